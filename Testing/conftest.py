@@ -1,0 +1,50 @@
+"""Shared fixtures.  Real data lives in ../shared/data (never copied into the repository)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("REPUX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test with a clear message when absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real test data not available: {p} (the ../shared/data folder ships with the project's CI, not with the repository)")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty model store (REPUX_HOME) so nothing leaks into ~/.repux."""
+    home = tmp_path_factory.mktemp("repux_home")
+    monkeypatch.setenv("REPUX_HOME", str(home))
+    yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """An untrained 'tiny' FLARE-layout model folder on a coarse 4 mm grid with 64^3 windows (fast on CPU)."""
+    import torch
+
+    from repux.config import InferenceSettings, Preprocessing
+    from repux.labels import FLARE
+    from repux.modelfile import save_model
+    from repux.nn import create_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("models") / "tiny-test"
+    save_model(
+        create_model("tiny", out_channels=FLARE.num_classes),
+        out,
+        labels=FLARE,
+        preprocessing=Preprocessing(spacing=(4.0, 4.0, 4.0)),
+        inference=InferenceSettings(roi_size=(64, 64, 64)),
+        model_id="tiny-test",
+    )
+    return out

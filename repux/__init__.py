@@ -1,0 +1,65 @@
+"""RepUX: RepUX-Net (Bayesian frequency re-parameterized 21^3 kernels) for CT organ segmentation.
+
+The core package never imports slicer, qt or vtk.  Heavy modules (torch,
+MONAI, SimpleITK) are imported lazily: ``import repux`` is cheap, and
+``repux.create_model``, ``repux.load_model``, ``repux.segment`` ... load them
+on first use.
+
+Example:
+    >>> import repux
+    >>> net = repux.create_model("tiny", out_channels=5)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "create_model",
+    "RepUXNet",
+    "bayesian_frequency_matrix",
+    "load_model",
+    "save_model",
+    "read_model_card",
+    "convert_official",
+    "LabelSet",
+    "Preprocessing",
+    "InferenceSettings",
+    "segment",
+    "Segmenter",
+    "read_image",
+    "write_image",
+]
+
+_LAZY = {
+    "create_model": "repux.nn.presets",
+    "RepUXNet": "repux.nn.repuxnet",
+    "bayesian_frequency_matrix": "repux.nn.bfr",
+    "load_model": "repux.modelfile",
+    "save_model": "repux.modelfile",
+    "read_model_card": "repux.modelfile",
+    "convert_official": "repux.official",
+    "LabelSet": "repux.labels",
+    "Preprocessing": "repux.config",
+    "InferenceSettings": "repux.config",
+    "segment": "repux.inference",
+    "Segmenter": "repux.inference",
+    "read_image": "repux.imageio",
+    "write_image": "repux.imageio",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'repux' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,216 @@
+"""The ``repux`` command line: one entry point, sub-commands, shared conventions.
+
+* exit code 0 on success, 1 for a user error (one line on stderr), 2 for a
+  usage error (argparse), 130/143 when cancelled by SIGINT/SIGTERM;
+* ``--progress auto|bar|json|none``: a bar on a terminal, JSON lines on stdout
+  for programs (the Slicer modules);
+* heavy imports happen inside the command functions so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..errors import Cancelled, RepuxError
+from ..progress import BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback
+
+__all__ = ["main", "build_parser", "JobContext"]
+
+logger = logging.getLogger("repux")
+
+CITATION = (
+    "Lee H.H. et al., Scaling Up 3D Kernels with Bayesian Frequency Re-parameterization "
+    "for Medical Image Segmentation, MICCAI 2023, arXiv:2303.05785"
+)
+
+#: seconds a cancelled job may take to stop cooperatively before the process exits hard
+CANCEL_GRACE_S = 2.0
+
+
+@dataclass
+class JobContext:
+    """What a command gets besides its arguments."""
+
+    progress: ProgressCallback | None
+    cancel: CancelToken
+    temp_paths: set[Path] = field(default_factory=set)
+    progress_mode: str = "none"
+
+    def register_temp(self, path: str | Path) -> Path:
+        """Remember a temporary path to delete if the job is killed."""
+        p = Path(path)
+        self.temp_paths.add(p)
+        return p
+
+    def release_temp(self, path: str | Path) -> None:
+        self.temp_paths.discard(Path(path))
+
+    def cleanup(self) -> None:
+        import shutil
+
+        for p in list(self.temp_paths):
+            try:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.exists():
+                    p.unlink()
+            except OSError:
+                pass
+            self.temp_paths.discard(p)
+
+
+def _commands() -> list[Callable[[Any], None]]:
+    from . import commands_core, commands_data, commands_infer, commands_train
+
+    return [commands_core.register, commands_infer.register, commands_train.register, commands_data.register]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="repux",
+        description="RepUX-Net CT organ segmentation: inference, training, fine-tuning and model management.",
+        epilog=f"Cite: {CITATION}",
+    )
+    parser.add_argument("--version", action="version", version=f"repux {__version__}\nCite: {CITATION}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for register in _commands():
+        register(sub)
+    return parser
+
+
+def add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
+    """Options every command has."""
+    g = p.add_argument_group("output and logging")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    if progress:
+        g.add_argument(
+            "--progress",
+            choices=("auto", "bar", "json", "none"),
+            default="auto",
+            help="progress display: 'json' prints one JSON object per line on stdout (for programs); "
+            "'auto' shows a bar on a terminal and nothing otherwise (default: auto)",
+        )
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    if getattr(args, "verbose", 0) >= 2:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if level == logging.DEBUG else "%(levelname)s: %(message)s"))
+    root = logging.getLogger("repux")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _progress_callback(args: argparse.Namespace) -> tuple[ProgressCallback | None, str, Callable[[], None]]:
+    mode = getattr(args, "progress", "none")
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "none"
+    if mode == "json":
+        return JsonProgressPrinter(sys.stdout), mode, lambda: None
+    if mode == "bar":
+        bar = BarProgressPrinter(desc=f"repux {args.command}")
+        return bar, mode, bar.close
+    return None, mode, lambda: None
+
+
+def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None], args: argparse.Namespace, ctx: JobContext) -> int:
+    """Run the command in a worker thread so SIGINT/SIGTERM are handled at once.
+
+    The main thread waits; a signal sets the cancel token (the job stops at its
+    next progress point and cleans up).  If it has not stopped after
+    :data:`CANCEL_GRACE_S` seconds, temporary files are removed and the process
+    exits with 128 + signal number.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["rc"] = func(args, ctx) or 0
+        except BaseException as err:  # handed to the main thread, re-raised there
+            outcome["error"] = err
+
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        ctx.cancel.cancel(f"cancelled by {signal.Signals(signum).name}")
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if in_main:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, handler)
+    worker = threading.Thread(target=target, name=f"repux-{args.command}", daemon=True)
+    try:
+        worker.start()
+        deadline = None
+        while worker.is_alive():
+            worker.join(0.1)
+            if received and deadline is None:
+                deadline = _monotonic() + CANCEL_GRACE_S
+            if deadline is not None and worker.is_alive() and _monotonic() > deadline:
+                ctx.cleanup()
+                print(f"repux: {ctx.cancel.reason}", file=sys.stderr, flush=True)
+                sys.stderr.flush()
+                os._exit(128 + received[0])
+    finally:
+        if in_main:
+            for s, h in previous.items():
+                signal.signal(s, h)
+    if "error" in outcome:
+        err = outcome["error"]
+        if isinstance(err, Cancelled) or (received and isinstance(err, KeyboardInterrupt)):
+            ctx.cleanup()
+            print(f"repux: {err or 'cancelled'}", file=sys.stderr)
+            return 128 + (received[0] if received else signal.SIGINT)
+        raise err
+    if received:
+        return 128 + received[0]
+    return int(outcome.get("rc", 0))
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    callback, mode, close = _progress_callback(args)
+    ctx = JobContext(progress=callback, cancel=CancelToken(), progress_mode=mode)
+    try:
+        return _run_cancellable(args.func, args, ctx)
+    except RepuxError as err:
+        ctx.cleanup()
+        close()
+        print(f"repux: error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        ctx.cleanup()
+        close()
+        print("repux: error: out of memory; try a smaller --sw-batch-size, --device cpu, or a lower --max-voxels budget.", file=sys.stderr)
+        return 1
+    finally:
+        close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: synthetic CT phantoms and training datasets."""

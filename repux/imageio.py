@@ -1,0 +1,298 @@
+"""Image input/output with full geometry (SimpleITK).
+
+Images travel through RepUX as :class:`SimpleITK.Image` objects, which carry
+the origin, spacing and direction (LPS physical space, ITK convention), so the
+geometry - oblique and left-handed grids included - is never lost.  Arrays
+from ``sitk.GetArrayFromImage`` are ``(k, j, i)`` in file order; Slicer arrays
+are ``(k, j, i)`` too but Slicer's reader flips ``k`` for left-handed files,
+MONAI/nibabel arrays are ``(i, j, k)``: always carry the IJK->RAS matrix
+(:func:`ijk_to_ras`) with an array.
+
+Supported inputs: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``,
+``.seg.nrrd``), MetaImage (``.mha``, ``.mhd``) and DICOM series (a folder, or
+one file of the series; the largest series is used unless a Series Instance
+UID is given; compressed transfer syntaxes such as JPEG 2000 are decoded by
+GDCM).  Every write goes to a temporary file in the target folder that is
+renamed into place, so a crash or a kill never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LABEL_SUFFIXES",
+    "read_image",
+    "list_dicom_series",
+    "check_image",
+    "write_image",
+    "write_segmentation_nrrd",
+    "read_segmentation_nrrd_labels",
+    "atomic_path",
+    "ijk_to_ras",
+    "geometry",
+    "same_grid",
+    "suffix_of",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def suffix_of(path: str | Path) -> str:
+    """The image suffix, e.g. ``".nii.gz"`` or ``".seg.nrrd"`` (lower case)."""
+    name = Path(path).name.lower()
+    for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(s):
+            return s
+    return Path(path).suffix.lower()
+
+
+def list_dicom_series(folder: str | Path) -> list[dict[str, Any]]:
+    """DICOM series in ``folder`` (recursively), largest first: uid, number of files, description."""
+    root = Path(folder)
+    series: dict[str, list[str]] = {}
+    dirs = [root] + [p for p in sorted(root.rglob("*")) if p.is_dir()]
+    for d in dirs:
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)
+            series.setdefault(uid, [])
+            series[uid].extend(f for f in files if f not in series[uid])
+    out = []
+    for uid, files in series.items():
+        desc = ""
+        try:
+            r = sitk.ImageFileReader()
+            r.SetFileName(files[0])
+            r.ReadImageInformation()
+            desc = r.GetMetaData("0008|103e").strip() if r.HasMetaDataKey("0008|103e") else ""
+        except RuntimeError:
+            pass
+        out.append({"uid": uid, "files": files, "num_files": len(files), "description": desc})
+    out.sort(key=lambda s: s["num_files"], reverse=True)
+    return out
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
+    series = list_dicom_series(folder)
+    if not series:
+        raise InputImageError(f"no DICOM series found in folder {str(folder)!r}.")
+    if series_uid:
+        match = [s for s in series if s["uid"] == series_uid]
+        if not match:
+            raise InputImageError(f"--series-uid {series_uid} is not in {str(folder)!r}; available: " + ", ".join(f"{s['uid']} ({s['num_files']} files)" for s in series))
+        chosen = match[0]
+    else:
+        chosen = series[0]
+        if len(series) > 1:
+            logger.info("folder holds %d DICOM series; using the largest (%s, %d files); choose another with --series-uid", len(series), chosen["uid"], chosen["num_files"])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(chosen["files"])
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        img = reader.Execute()
+    except RuntimeError as err:
+        raise InputImageError(f"cannot read DICOM series {chosen['uid']} in {str(folder)!r}: {_first_line(err)}") from err
+    logger.info("read DICOM series %s: %d slices", chosen["uid"], chosen["num_files"])
+    return img
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if "description:" in ln.lower():
+            return ln.split(":", 1)[1].strip()
+    return lines[-1] if lines else type(err).__name__
+
+
+def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
+    """Read a 3-D image file or DICOM series folder.
+
+    Args:
+        path: image file, DICOM file or DICOM folder.
+        series_uid: Series Instance UID to pick in a multi-series folder.
+
+    Raises:
+        InputImageError: missing file, unreadable data.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputImageError(f"input {str(p)!r} does not exist.")
+    if p.is_dir():
+        return _read_dicom_series(p, series_uid)
+    if suffix_of(p) == ".dcm" or _looks_like_dicom(p):
+        return _read_dicom_series(p.parent, series_uid)
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError as err:
+        raise InputImageError(f"cannot read {str(p)!r} as an image: {_first_line(err)}") from err
+
+
+def _looks_like_dicom(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def check_image(image: sitk.Image, *, max_voxels: int | None = None, ct: bool = True, name: str = "input") -> list[str]:
+    """Validate an image for segmentation; return warnings, raise for fatal problems.
+
+    Raises:
+        InputImageError: not 3-D, multi-component, too large, empty/constant, NaN voxels.
+    """
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim == 2:
+        raise InputImageError(f"{name} is a 2-D image of size {size}; RepUX segments 3-D volumes (CT series or NIfTI/NRRD volumes).")
+    if dim == 4:
+        raise InputImageError(f"{name} is a 4-D image of size {size}; select one 3-D frame first (e.g. with Slicer's Sequences module or SimpleITK).")
+    if dim != 3:
+        raise InputImageError(f"{name} has {dim} dimensions (size {size}); RepUX needs a 3-D volume.")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image); RepUX needs a scalar CT volume.")
+    if min(size) < 2:
+        raise InputImageError(f"{name} has size {size}: it is a single slice; RepUX needs a 3-D volume with several slices.")
+    n = math.prod(size)
+    if max_voxels is not None and n > max_voxels:
+        raise InputImageError(
+            f"{name} has {n:,} voxels ({size[0]}x{size[1]}x{size[2]}), more than the --max-voxels budget of {max_voxels:,}; "
+            "crop it to the region of interest, resample it to a coarser spacing, or raise --max-voxels if the machine has the memory."
+        )
+    arr = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise InputImageError(f"{name} contains {bad:,} NaN or infinite voxels; fix or mask them before segmentation.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo == hi:
+        raise InputImageError(f"{name} is empty: every voxel has the value {lo:g}.")
+    warnings = []
+    if ct:
+        p1, p99 = (float(v) for v in np.percentile(arr[:: max(1, arr.shape[0] // 16)], [1, 99]))
+        if lo > -500 or hi < 100 or p99 > 4000 or p1 > 200:
+            warnings.append(
+                f"{name} intensities range {lo:g}..{hi:g} (1st-99th percentile {p1:g}..{p99:g}) do not look like CT in Hounsfield units "
+                "(air about -1000, soft tissue 0..100); results may be poor. Is this an MR image or a CT without rescale slope/intercept?"
+            )
+    spacing = image.GetSpacing()
+    if max(spacing) > 8 * min(spacing) and max(spacing) > 6:
+        warnings.append(f"{name} has very anisotropic spacing {tuple(round(s, 2) for s in spacing)} mm; thick slices reduce accuracy.")
+    for w in warnings:
+        logger.warning(w)
+    return warnings
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on success.
+
+    On any exception - including cancellation - the temporary file is removed
+    and ``path`` is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix_of(target) or target.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
+    """Write an image atomically (format from the suffix)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return Path(path)
+
+
+def write_segmentation_nrrd(label_image: sitk.Image, labels, path: str | Path, compress: bool = True) -> Path:
+    """Write a label map as a 3D Slicer segmentation (``.seg.nrrd``) with names, colours and terminology.
+
+    All segments share one layer (label values as in ``labels``); segments absent
+    from the image are still listed (empty), so the file always has the model's segments.
+    """
+    img = sitk.Cast(label_image, sitk.sitkUInt8 if len(labels) < 256 else sitk.sitkUInt16)
+    for k in list(img.GetMetaDataKeys()):
+        img.EraseMetaData(k)
+    size = img.GetSize()
+    img.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    img.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    img.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    img.SetMetaData("Segmentation_ConversionParameters", "")
+    extent = f"0 {size[0] - 1} 0 {size[1] - 1} 0 {size[2] - 1}"
+    for i, lab in enumerate(labels):
+        pre = f"Segment{i}_"
+        img.SetMetaData(pre + "ID", f"Segment_{lab.value}")
+        img.SetMetaData(pre + "Name", lab.name)
+        img.SetMetaData(pre + "NameAutoGenerated", "0")
+        img.SetMetaData(pre + "Color", " ".join(f"{c:.6f}" for c in lab.color_float))
+        img.SetMetaData(pre + "ColorAutoGenerated", "0")
+        img.SetMetaData(pre + "LabelValue", str(lab.value))
+        img.SetMetaData(pre + "Layer", "0")
+        img.SetMetaData(pre + "Extent", extent)
+        img.SetMetaData(pre + "Tags", f"TerminologyEntry:{lab.slicer_terminology()}|")
+    with atomic_path(path) as tmp:
+        # SimpleITK picks the NRRD writer from the ".nrrd" ending of the temp name
+        sitk.WriteImage(img, str(tmp), compress)
+    return Path(path)
+
+
+def read_segmentation_nrrd_labels(path: str | Path) -> dict[int, dict[str, str]]:
+    """Segment metadata of a ``.seg.nrrd`` keyed by label value (name, color, tags)."""
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(path))
+    r.ReadImageInformation()
+    out: dict[int, dict[str, str]] = {}
+    i = 0
+    while r.HasMetaDataKey(f"Segment{i}_ID"):
+        meta = {k.split("_", 1)[1]: r.GetMetaData(k) for k in r.GetMetaDataKeys() if k.startswith(f"Segment{i}_")}
+        out[int(meta.get("LabelValue", i + 1))] = meta
+        i += 1
+    return out
+
+
+def ijk_to_ras(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix from (i, j, k) voxel indices to RAS millimetres (Slicer's IJKToRAS)."""
+    d = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = d @ np.diag(image.GetSpacing())
+    m[:3, 3] = image.GetOrigin()
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return lps_to_ras @ m
+
+
+def geometry(image: sitk.Image) -> dict[str, Any]:
+    return {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()), "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True when both images have the same size, spacing, origin and direction."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )

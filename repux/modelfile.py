@@ -1,0 +1,383 @@
+"""Model folders: ``model.safetensors`` + ``model.json``.
+
+A RepUX model is a folder holding
+
+* ``model.safetensors`` - the deploy-form (BFM folded) state dict, in the
+  official ``REPUXNET`` key layout; no pickle anywhere;
+* ``model.json`` - format version, architecture and constructor arguments,
+  labels (value, name, colour, SNOMED CT codes), preprocessing, inference
+  defaults (``roi_size``...), provenance and the sha256 of the weights.
+
+:func:`save_model` writes into a temporary sibling folder and renames it into
+place, so a crash never leaves half a model.  :func:`load_model` verifies the
+size and sha256 of the weights before parsing them and refuses a tampered or
+truncated file with a clear :class:`~repux.errors.ModelFileError`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import InferenceSettings, Preprocessing
+from .errors import ModelFileError
+from .labels import LabelSet
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "CARD_FILE",
+    "ModelCard",
+    "save_model",
+    "load_model",
+    "read_model_card",
+    "verify_model",
+    "sha256_file",
+    "deploy_state_dict",
+    "is_model_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "repux-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model.json"
+ARCHITECTURE = "RepUXNet"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelCard:
+    """Everything ``model.json`` says about a model."""
+
+    model_args: dict[str, Any]
+    labels: LabelSet
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    id: str = "repux-model"
+    version: str = "1.0.0"
+    name: str = ""
+    description: str = ""
+    preset: str | None = None
+    license: str = "Apache-2.0"
+    intended_use: str = "Research use only. Not for diagnostic use."
+    provenance: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    size_bytes: int = 0
+    deploy: bool = True
+    path: Path | None = None
+
+    @property
+    def roi_size(self) -> tuple[int, int, int]:
+        return self.inference.roi_size
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model_args["out_channels"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "id": self.id,
+            "version": self.version,
+            "name": self.name or self.id,
+            "description": self.description,
+            "architecture": ARCHITECTURE,
+            "preset": self.preset,
+            "model_args": self.model_args,
+            "deploy": self.deploy,
+            "labels": self.labels.to_list(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "roi_size": list(self.inference.roi_size),
+            "inference": self.inference.to_dict(),
+            "license": self.license,
+            "intended_use": self.intended_use,
+            "provenance": self.provenance,
+            "weights": {"file": WEIGHTS_FILE, "sha256": self.sha256, "size_bytes": self.size_bytes},
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: Path | None = None) -> ModelCard:
+        where = f" in {str(path)!r}" if path else ""
+        if d.get("format") != FORMAT:
+            raise ModelFileError(f"not a RepUX model card{where}: 'format' is {d.get('format')!r}, expected {FORMAT!r}.")
+        version = d.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"model card{where} has format_version {version!r}; this RepUX understands up to {FORMAT_VERSION}. Upgrade RepUX to use this model."
+            )
+        if d.get("architecture") != ARCHITECTURE:
+            raise ModelFileError(f"model card{where}: architecture {d.get('architecture')!r} is not supported (only {ARCHITECTURE!r}).")
+        try:
+            labels = LabelSet.from_list(d["labels"], name=str(d.get("id", "model")))
+            inference = dict(d.get("inference", {}))
+            if "roi_size" in d:
+                inference["roi_size"] = d["roi_size"]
+            card = cls(
+                model_args=dict(d["model_args"]),
+                labels=labels,
+                preprocessing=Preprocessing.from_dict(d.get("preprocessing", {})),
+                inference=InferenceSettings.from_dict(inference),
+                id=str(d.get("id", "repux-model")),
+                version=str(d.get("version", "1.0.0")),
+                name=str(d.get("name", "")),
+                description=str(d.get("description", "")),
+                preset=d.get("preset"),
+                license=str(d.get("license", "")),
+                intended_use=str(d.get("intended_use", "")),
+                provenance=dict(d.get("provenance", {})),
+                sha256=str(d.get("sha256") or d.get("weights", {}).get("sha256", "")),
+                size_bytes=int(d.get("weights", {}).get("size_bytes", 0)),
+                deploy=bool(d.get("deploy", True)),
+                path=path,
+            )
+        except KeyError as err:
+            raise ModelFileError(f"model card{where} lacks the required field {err.args[0]!r}.") from err
+        if card.num_classes != labels.num_classes:
+            raise ModelFileError(
+                f"model card{where}: out_channels={card.num_classes} but {len(labels)} labels + background = {labels.num_classes} classes."
+            )
+        return card
+
+
+def is_model_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / CARD_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+
+
+def deploy_state_dict(model) -> dict[str, Any]:
+    """The model's state dict with BFM folded into every large kernel (the model is not modified)."""
+    from .nn.bfr import BFRDepthwiseConv3d
+
+    sd = {k: v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}
+    for name, m in model.named_modules():
+        if isinstance(m, BFRDepthwiseConv3d) and not m.deploy:
+            key = f"{name}.weight"
+            sd[key] = (m.weight.detach() * m.bfm.to(m.weight.dtype)).contiguous().cpu()
+    return sd
+
+
+def save_model(
+    model,
+    out_dir: str | Path,
+    *,
+    labels: LabelSet,
+    preprocessing: Preprocessing | None = None,
+    inference: InferenceSettings | None = None,
+    model_id: str | None = None,
+    version: str = "1.0.0",
+    name: str = "",
+    description: str = "",
+    preset: str | None = None,
+    license: str = "Apache-2.0",
+    provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> ModelCard:
+    """Write ``model`` (training or deploy form) as a deploy-form model folder, atomically.
+
+    Args:
+        model: a :class:`~repux.nn.RepUXNet`.
+        out_dir: target folder (created; its parent must be writable).
+        labels: the label set; ``len(labels) + 1`` must equal ``out_channels``.
+        preprocessing: defaults to the official AMOS recipe.
+        inference: sliding-window defaults. Defaults to roi 96^3, overlap 0.5.
+        overwrite: replace an existing folder. Defaults to False.
+
+    Raises:
+        ModelFileError: if the folder exists (and not ``overwrite``) or labels do not fit.
+    """
+    from safetensors.torch import save_file
+
+    from ._version import __version__
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ModelFileError(f"model folder {str(out)!r} already exists; choose another --out or pass overwrite.")
+    if getattr(model, "batchnorm_folded", False):
+        raise ModelFileError("a model whose BatchNorm was folded for inference cannot be saved; save it before reparameterize(fold_batchnorm=True).")
+    args = model.config()
+    if args["out_channels"] != labels.num_classes:
+        raise ModelFileError(f"the model has out_channels={args['out_channels']} but the label set has {len(labels)} labels (+ background = {labels.num_classes}).")
+    import torch
+
+    prov = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "repux_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+    }
+    prov.update(dict(provenance or {}))
+    card = ModelCard(
+        model_args=args,
+        labels=labels,
+        preprocessing=preprocessing or Preprocessing(),
+        inference=inference or InferenceSettings(),
+        id=model_id or out.name,
+        version=version,
+        name=name,
+        description=description,
+        preset=preset,
+        license=license,
+        provenance=prov,
+        deploy=True,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        wpath = tmp / WEIGHTS_FILE
+        save_file(deploy_state_dict(model), str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE})
+        card.sha256 = sha256_file(wpath)
+        card.size_bytes = wpath.stat().st_size
+        (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+        _replace_dir(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    card.path = out
+    logger.info("saved model %s (%s, sha256 %s) to %s", card.id, _human_size(card.size_bytes), card.sha256[:12], out)
+    return card
+
+
+def _replace_dir(src: Path, dst: Path, overwrite: bool) -> None:
+    if dst.exists():
+        if not overwrite:
+            raise ModelFileError(f"model folder {str(dst)!r} already exists.")
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def read_model_card(path: str | Path) -> ModelCard:
+    """Parse ``model.json`` of a model folder (no weights are read)."""
+    p = Path(path)
+    card_path = p / CARD_FILE if p.is_dir() else p
+    if not card_path.is_file():
+        raise ModelFileError(f"{str(p)!r} is not a RepUX model folder: {CARD_FILE} is missing.")
+    try:
+        data = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"cannot parse {str(card_path)!r}: {err}") from err
+    return ModelCard.from_dict(data, path=card_path.parent)
+
+
+def verify_model(path: str | Path) -> ModelCard:
+    """Check that the weights exist and match the size and sha256 in ``model.json``."""
+    card = read_model_card(path)
+    assert card.path is not None
+    wpath = card.path / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise ModelFileError(f"model {card.id!r}: weights file {str(wpath)!r} is missing.")
+    size = wpath.stat().st_size
+    if card.size_bytes and size != card.size_bytes:
+        raise ModelFileError(
+            f"model {card.id!r}: {WEIGHTS_FILE} is {size} bytes but model.json says {card.size_bytes}; the file is truncated or corrupted. Reinstall the model."
+        )
+    digest = sha256_file(wpath)
+    if not card.sha256 or digest != card.sha256:
+        raise ModelFileError(
+            f"model {card.id!r}: sha256 of {WEIGHTS_FILE} is {digest[:16]}... but model.json expects {card.sha256[:16] or '(none)'}...; "
+            "the weights were modified or corrupted. Reinstall the model."
+        )
+    return card
+
+
+def load_model(path: str | Path, *, device: str = "cpu", verify: bool = True, algorithm: str = "auto"):
+    """Load a model folder into a deploy-form :class:`~repux.nn.RepUXNet` in eval mode.
+
+    Args:
+        path: the model folder.
+        device: torch device. Defaults to "cpu".
+        verify: check the sha256 first (a few ms per MB). Defaults to True.
+        algorithm: large-kernel convolution algorithm. Defaults to "auto".
+
+    Returns:
+        ``(model, card)``.
+
+    Raises:
+        ModelFileError: missing, truncated, tampered or incompatible files.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .nn import RepUXNet
+
+    card = verify_model(path) if verify else read_model_card(path)
+    assert card.path is not None
+    try:
+        state = load_file(str(card.path / WEIGHTS_FILE), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ModelFileError(f"model {card.id!r}: cannot read {WEIGHTS_FILE}: {err}") from err
+    try:
+        model = RepUXNet(**card.model_args, deploy=card.deploy, algorithm=algorithm)
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(f"model {card.id!r}: model_args in model.json are invalid: {err}") from err
+    load_state_dict_strict(model, state, source=f"model {card.id!r}")
+    model.eval()
+    return model.to(device), card
+
+
+def load_state_dict_strict(model, state: Mapping[str, Any], source: str) -> None:
+    """``load_state_dict(strict=True)`` with one error listing missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_abbrev(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_abbrev(unexpected)}")
+        if shapes:
+            parts.append(f"mis-shaped keys ({len(shapes)}): {_abbrev(shapes)}")
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{source} does not match the network: " + "; ".join(parts))
+    model.load_state_dict(dict(state), strict=True)
+
+
+def _abbrev(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def with_updates(card: ModelCard, **changes: Any) -> ModelCard:
+    return replace(card, **changes)

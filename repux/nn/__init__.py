@@ -1,0 +1,21 @@
+"""Networks and layers: RepUX-Net, BFR depthwise convolution, fast large-kernel ops."""
+
+from __future__ import annotations
+
+from .bfr import BFRDepthwiseConv3d, bayesian_frequency_matrix
+from .lkconv import depthwise_conv3d
+from .presets import PRESETS, create_model, preset_names
+from .repuxnet import LayerNorm3d, RepUXBlock, RepUXEncoder, RepUXNet
+
+__all__ = [
+    "BFRDepthwiseConv3d",
+    "bayesian_frequency_matrix",
+    "depthwise_conv3d",
+    "PRESETS",
+    "create_model",
+    "preset_names",
+    "LayerNorm3d",
+    "RepUXBlock",
+    "RepUXEncoder",
+    "RepUXNet",
+]

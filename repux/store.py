@@ -1,0 +1,353 @@
+"""The model store, the model catalog and safe downloads.
+
+* **Store**: a folder of model folders, ``$REPUX_HOME/models/<id>/`` (default
+  ``~/.repux``).  Models shipped inside the package (``repux/resources/models``)
+  are *built-in*: always available, read-only.
+* **Catalog**: ``Resources/catalog.json`` (packaged as
+  ``repux/resources/catalog.json``; ``$REPUX_CATALOG`` overrides it with a
+  path or URL) lists downloadable models with URL, size and sha256.
+* **Downloads** stream to ``<store>/downloads/<id>.zip.part`` with progress,
+  resume after an interruption (HTTP ``Range``), are verified against the
+  catalog's sha256, extracted into a temporary folder (refusing members that
+  would escape it), verified again (the model's own sha256) and only then
+  moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ModelFileError, did_you_mean
+from .modelfile import CARD_FILE, ModelCard, read_model_card, sha256_file, verify_model
+
+__all__ = [
+    "ModelStore",
+    "CatalogEntry",
+    "store_root",
+    "builtin_models_dir",
+    "load_catalog",
+    "resolve_model",
+    "download",
+    "safe_extract_zip",
+    "DEFAULT_MODEL",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the model used when none is named (built in, no download)
+DEFAULT_MODEL = "repux-tiny-phantom"
+
+#: refuse archives that unpack to more than this (zip-bomb guard)
+MAX_UNPACKED_BYTES = 20 * 1024**3
+
+
+def store_root() -> Path:
+    """``$REPUX_HOME`` or ``~/.repux``."""
+    env = os.environ.get("REPUX_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".repux"
+
+
+def builtin_models_dir() -> Path:
+    return Path(__file__).resolve().parent / "resources" / "models"
+
+
+def _catalog_location() -> str:
+    env = os.environ.get("REPUX_CATALOG")
+    if env:
+        return env
+    packaged = Path(__file__).resolve().parent / "resources" / "catalog.json"
+    if packaged.is_file():
+        return str(packaged)
+    return str(Path(__file__).resolve().parent.parent / "Resources" / "catalog.json")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One downloadable model."""
+
+    id: str
+    version: str
+    name: str
+    description: str
+    url: str
+    size_bytes: int
+    sha256: str
+    labels: tuple[str, ...] = ()
+    preset: str = ""
+    license: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CatalogEntry:
+        try:
+            return cls(
+                id=str(d["id"]),
+                version=str(d.get("version", "1.0.0")),
+                name=str(d.get("name", d["id"])),
+                description=str(d.get("description", "")),
+                url=str(d["url"]),
+                size_bytes=int(d.get("size_bytes", 0)),
+                sha256=str(d["sha256"]).lower(),
+                labels=tuple(d.get("labels", ())),
+                preset=str(d.get("preset", "")),
+                license=str(d.get("license", "")),
+            )
+        except KeyError as err:
+            raise ConfigError(f"catalog entry {d.get('id', d)!r} lacks the field {err.args[0]!r}.") from err
+
+
+def load_catalog(location: str | None = None) -> list[CatalogEntry]:
+    """Read the catalog (a JSON file path or an http(s) URL)."""
+    loc = location or _catalog_location()
+    try:
+        if loc.startswith(("http://", "https://")):
+            with urllib.request.urlopen(loc, timeout=30) as r:  # noqa: S310 - http(s) only
+                data = json.loads(r.read().decode("utf-8"))
+        else:
+            if not Path(loc).is_file():
+                return []
+            data = json.loads(Path(loc).read_text())
+    except (OSError, urllib.error.URLError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read the model catalog {loc!r}: {err}") from err
+    items = data.get("models", []) if isinstance(data, dict) else data
+    return [CatalogEntry.from_dict(d) for d in items]
+
+
+def safe_extract_zip(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> None:
+    """Extract ``archive`` into ``dest``, refusing absolute paths, ``..``, links and zip bombs."""
+    dest = dest.resolve()
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as err:
+        raise ModelFileError(f"{str(archive)!r} is not a valid zip archive: {err}") from err
+    with zf:
+        total = 0
+        for info in zf.infolist():
+            name = info.filename
+            target = (dest / name).resolve()
+            if name.startswith(("/", "\\")) or ".." in Path(name).parts or (dest != target and dest not in target.parents):
+                raise ModelFileError(f"refusing to extract {str(archive)!r}: member {name!r} would be written outside the target folder.")
+            mode = (info.external_attr >> 16) & 0o170000
+            if mode == 0o120000:
+                raise ModelFileError(f"refusing to extract {str(archive)!r}: member {name!r} is a symbolic link.")
+            total += info.file_size
+            if total > max_bytes:
+                raise ModelFileError(f"refusing to extract {str(archive)!r}: it unpacks to more than {max_bytes / 1024**3:.0f} GB.")
+        zf.extractall(dest)
+
+
+def _find_model_dir(root: Path) -> Path:
+    cards = sorted(root.rglob(CARD_FILE), key=lambda p: len(p.parts))
+    if not cards:
+        raise ModelFileError(f"no {CARD_FILE} found in the archive or folder {str(root)!r}; it is not a RepUX model.")
+    return cards[0].parent
+
+
+def download(url: str, dest: Path, *, expected_sha256: str | None = None, progress: Callable[[int, int], None] | None = None, cancel=None, chunk: int = 1 << 16) -> Path:
+    """Download ``url`` to ``dest``, resuming ``dest.part``; verify sha256; atomic rename.
+
+    Args:
+        url: http(s) or file URL.
+        dest: final file path.
+        expected_sha256: hex digest to verify (the partial file is discarded on mismatch).
+        progress: called with ``(bytes_done, bytes_total)``; total is 0 when unknown.
+        cancel: optional :class:`~repux.progress.CancelToken` checked per chunk.
+
+    Raises:
+        ModelFileError: on network errors (the partial file is kept for resuming) or a checksum mismatch.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "repux"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=60)  # noqa: S310 - catalog URLs only
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # already complete
+            resp = None
+        else:
+            raise ModelFileError(f"download of {url} failed: HTTP {err.code} {err.reason}.") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise ModelFileError(f"download of {url} failed: {getattr(err, 'reason', err)}. Check the network or proxy, or download the file by hand and use 'repux models import'.") from err
+    if resp is not None:
+        with resp:
+            status = getattr(resp, "status", 200)
+            if status == 206:
+                total = have + int(resp.headers.get("Content-Length", 0) or 0)
+                mode = "ab"
+                logger.info("resuming download of %s at %d bytes", url, have)
+            else:
+                total = int(resp.headers.get("Content-Length", 0) or 0)
+                have = 0
+                mode = "wb"
+            with open(part, mode) as f:
+                while True:
+                    if cancel is not None:
+                        cancel.check()
+                    try:
+                        b = resp.read(chunk)
+                    except (OSError, urllib.error.URLError) as err:
+                        raise ModelFileError(f"download of {url} was interrupted after {have} bytes ({err}); run the same command again to resume.") from err
+                    if not b:
+                        break
+                    f.write(b)
+                    have += len(b)
+                    if progress is not None:
+                        progress(have, total)
+            if total and have < total:
+                raise ModelFileError(f"download of {url} stopped after {have} of {total} bytes; run the same command again to resume.")
+    if expected_sha256:
+        digest = sha256_file(part)
+        if digest != expected_sha256.lower():
+            part.unlink()
+            raise ModelFileError(f"download of {url} is corrupted: sha256 {digest[:16]}... does not match the catalog's {expected_sha256[:16]}...; the partial file was removed, try again.")
+    os.replace(part, dest)
+    return dest
+
+
+class ModelStore:
+    """Installed models in ``root/models`` plus the built-in ones."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else store_root()
+        self.models_dir = self.root / "models"
+        self.downloads_dir = self.root / "downloads"
+
+    # ----------------------------------------------------------------- listing
+    def installed(self) -> list[ModelCard]:
+        """Model cards of the installed (user) models, sorted by id."""
+        out = []
+        if self.models_dir.is_dir():
+            for d in sorted(self.models_dir.iterdir()):
+                if d.is_dir() and not d.name.startswith(".") and (d / CARD_FILE).is_file():
+                    try:
+                        out.append(read_model_card(d))
+                    except ModelFileError as err:
+                        logger.warning("skipping broken model folder %s: %s", d, err)
+        return out
+
+    def builtin(self) -> list[ModelCard]:
+        root = builtin_models_dir()
+        if not root.is_dir():
+            return []
+        return [read_model_card(d) for d in sorted(root.iterdir()) if (d / CARD_FILE).is_file()]
+
+    def available(self) -> list[ModelCard]:
+        """Built-in and installed models (installed ones shadow built-ins of the same id)."""
+        cards = {c.id: c for c in self.builtin()}
+        cards.update({c.id: c for c in self.installed()})
+        return [cards[k] for k in sorted(cards)]
+
+    def path(self, model_id: str) -> Path:
+        for c in self.available():
+            if c.id == model_id:
+                assert c.path is not None
+                return c.path
+        raise ModelFileError(self._unknown_message(model_id))
+
+    def _unknown_message(self, model_id: str) -> str:
+        known = [c.id for c in self.available()]
+        try:
+            catalog = {e.id: e for e in load_catalog()}
+        except ConfigError:
+            catalog = {}
+        if model_id in catalog:
+            e = catalog[model_id]
+            return f"model {model_id!r} is not installed; install it with 'repux models install {model_id}' ({e.size_bytes / 1e6:.0f} MB)."
+        hint = did_you_mean(model_id, known + list(catalog))
+        return f"unknown model {model_id!r}; installed: {', '.join(known) or 'none'}.{hint} A model can also be given as a folder path."
+
+    # ------------------------------------------------------------ installation
+    def _unique_dest(self, model_id: str, replace: bool) -> Path:
+        dest = self.models_dir / model_id
+        if dest.exists() and not replace:
+            raise ModelFileError(f"a model with id {model_id!r} is already installed at {dest}; remove it first or import under another --id.")
+        return dest
+
+    def import_model(self, source: str | Path, *, model_id: str | None = None, replace: bool = False) -> ModelCard:
+        """Install a model folder or a ``.zip`` of one into the store (verified, atomic)."""
+        src = Path(source)
+        if not src.exists():
+            raise ModelFileError(f"{str(src)!r} does not exist.")
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=self.models_dir))
+        try:
+            if src.is_file():
+                if not zipfile.is_zipfile(src):
+                    raise ModelFileError(f"{str(src)!r} is neither a model folder nor a zip archive.")
+                safe_extract_zip(src, tmp / "x")
+                found = _find_model_dir(tmp / "x")
+            else:
+                found = _find_model_dir(src)
+                shutil.copytree(found, tmp / "x")
+                found = tmp / "x"
+            card = verify_model(found)
+            new_id = model_id or card.id
+            if model_id and model_id != card.id:
+                data = json.loads((found / CARD_FILE).read_text())
+                data["id"] = model_id
+                (found / CARD_FILE).write_text(json.dumps(data, indent=2) + "\n")
+            dest = self._unique_dest(new_id, replace)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(found, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("installed model %s in %s", new_id, dest)
+        return read_model_card(dest)
+
+    def install(self, model_id: str, *, progress: Callable[[int, int], None] | None = None, cancel=None, replace: bool = False) -> ModelCard:
+        """Download a catalog model, verify it and install it."""
+        catalog = {e.id: e for e in load_catalog()}
+        if model_id not in catalog:
+            raise ModelFileError(f"model {model_id!r} is not in the catalog; available: {', '.join(catalog) or 'none'}.{did_you_mean(model_id, catalog)}")
+        entry = catalog[model_id]
+        self._unique_dest(entry.id, replace)
+        archive = self.downloads_dir / f"{entry.id}-{entry.version}.zip"
+        if not (archive.exists() and sha256_file(archive) == entry.sha256):
+            download(entry.url, archive, expected_sha256=entry.sha256, progress=progress, cancel=cancel)
+        card = self.import_model(archive, model_id=entry.id, replace=replace)
+        archive.unlink(missing_ok=True)
+        return card
+
+    def remove(self, model_id: str) -> Path:
+        """Delete an installed model (built-in models cannot be removed)."""
+        dest = self.models_dir / model_id
+        if not (dest / CARD_FILE).is_file():
+            if any(c.id == model_id for c in self.builtin()):
+                raise ModelFileError(f"model {model_id!r} is built into RepUX and cannot be removed.")
+            raise ModelFileError(self._unknown_message(model_id))
+        shutil.rmtree(dest)
+        logger.info("removed model %s", model_id)
+        return dest
+
+    def new_model_dir(self, model_id: str) -> Path:
+        """A free folder path for a new model id (never overwrites)."""
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.models_dir / model_id
+        if dest.exists():
+            raise ModelFileError(f"a model with id {model_id!r} already exists in {self.models_dir}; choose another name.")
+        return dest
+
+
+def resolve_model(spec: str | Path, store: ModelStore | None = None) -> ModelCard:
+    """A model folder path, an installed id, or a built-in id -> its (unverified) :class:`ModelCard`."""
+    p = Path(spec).expanduser()
+    if p.is_dir() and (p / CARD_FILE).is_file():
+        return read_model_card(p)
+    if p.is_dir() or (os.sep in str(spec) and not p.exists()):
+        raise ModelFileError(f"{str(spec)!r} is not a RepUX model folder ({CARD_FILE} is missing).")
+    s = store or ModelStore()
+    return read_model_card(s.path(str(spec)))
