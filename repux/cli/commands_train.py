@@ -1,9 +1,212 @@
-"""Sub-commands (filled in by later work)."""
+"""Training sub-commands: ``train``, ``finetune``, ``evaluate``."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
 from typing import Any
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: a cancelled training run finishes its iteration and writes a checkpoint before exiting
+TRAIN_CANCEL_GRACE_S = 600.0
+
+
+def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
+    p.add_argument("--dataset", required=True, help="dataset folder: repux-dataset.json, MSD dataset.json or nnU-Net v2 raw")
+    p.add_argument("--out", required=True, help="new model: a folder path, or an id (no slashes) to create it in the model store")
+    p.add_argument("--name", default="", help="human-readable model name stored in model.json")
+    p.add_argument("--run-dir", help="folder for the resumable checkpoint and logs (default: <store>/runs/<model id>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--max-iterations", type=int, default=300 if finetune else 1000, help="iterations (default: %(default)s)")
+    g.add_argument("--time-budget", help="stop after this long, e.g. 900, 15m, 1.5h (the best model so far is exported)")
+    g.add_argument("--lr", type=float, default=2e-4 if finetune else 1e-3, help="peak AdamW learning rate (default: %(default)g)")
+    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument("--warmup", type=int, default=20 if finetune else 50, help="linear warm-up iterations before the cosine decay (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=2, help="random crops per iteration from one case (default: 2, the official recipe)")
+    g.add_argument("--grad-accumulation", type=int, default=1, help="iterations whose gradients are summed before a step (default: 1)")
+    g.add_argument("--roi-size", help="crop/window size, multiple of 16 (default: 96, or the base model's)")
+    g.add_argument("--val-interval", type=int, default=50 if finetune else 100, help="validate every N iterations (default: %(default)s)")
+    g.add_argument("--val-fraction", type=float, default=0.2, help="fraction of cases held out when the dataset has no split (default: 0.2)")
+    g.add_argument("--checkpoint-interval", type=int, default=25, help="write the resumable checkpoint every N iterations (default: 25)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--augmentation", choices=("none", "standard", "strong"), default="strong" if finetune else "standard")
+    if finetune:
+        g.add_argument("--freeze-encoder", type=int, default=0, metavar="K", help="freeze the large-kernel encoder for the first K iterations")
+    else:
+        g.add_argument("--preset", default="tiny", help="network preset: base (the paper), small, tiny (default: tiny)")
+        g.add_argument("--spacing", help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)")
+        g.add_argument("--kernel-mode", choices=("bfr", "plain"), default="bfr", help="bfr: Bayesian frequency re-parameterized kernels (default); plain: ablation")
+    h = p.add_argument_group("hardware")
+    h.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    h.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    h.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="auto: AMP on GPU, fp32 on CPU")
+    h.add_argument("--cache", choices=("memory", "disk", "none"), default="memory", help="cache preprocessed cases (default: memory)")
+    h.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory, ~30%% slower)")
+    h.add_argument("--algorithm", default="auto", choices=("auto", "direct", "fft", "native"), help="large-kernel convolution algorithm (default: auto)")
 
 
 def register(sub: Any) -> None:
-    return None
+    from .main import add_common
+
+    p = sub.add_parser(
+        "train",
+        help="train a RepUX-Net from scratch on a dataset",
+        description="Trains with BFR large kernels (W * BFM), DiceCE, AdamW + warm-up/cosine, sliding-window validation, "
+        "resumable atomic checkpoints; exports the best model (deploy form) as a model folder. "
+        "Multi-GPU/multi-node: torchrun --nproc_per_node N -m repux train ...",
+    )
+    _add_train_options(p, finetune=False)
+    add_common(p)
+    p.set_defaults(func=cmd_train, cancel_grace=TRAIN_CANCEL_GRACE_S)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on a (small) dataset; organs may be added or dropped",
+        description="Starts from a model folder (deploy weights are un-folded exactly: W = W_eff / BFM); shared organs keep their "
+        "output channels, new organs get new ones, dropped organs are removed. The result is a new model; the base is never overwritten.",
+    )
+    p.add_argument("--base", required=True, help="base model: installed id or model folder")
+    _add_train_options(p, finetune=True)
+    add_common(p)
+    p.set_defaults(func=cmd_finetune, cancel_grace=TRAIN_CANCEL_GRACE_S)
+
+    p = sub.add_parser("evaluate", help="per-case, per-organ Dice and HD95 of a model on a dataset (CSV + JSON + table)")
+    p.add_argument("-m", "--model", required=True, help="installed model id or model folder")
+    p.add_argument("--dataset", required=True, help="dataset folder")
+    p.add_argument("--split", help="only cases of this split (train, val, test)")
+    p.add_argument("--out", default="evaluation", help="report prefix: writes PREFIX.csv and PREFIX.json (default: ./evaluation)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's)")
+    add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _resolve_out(out: str, overwrite_check: bool = True) -> tuple[Path, str, bool]:
+    """(folder, model id, in_store)."""
+    from ..store import ModelStore
+
+    if "/" in out or "\\" in out or out.startswith("."):
+        p = Path(out)
+        return p, p.name, False
+    store = ModelStore()
+    return store.models_dir / out, out, True
+
+
+def _run_dir(args: argparse.Namespace, model_id: str) -> Path:
+    from ..store import store_root
+
+    return Path(args.run_dir) if args.run_dir else store_root() / "runs" / model_id
+
+
+def _config_from_args(args: argparse.Namespace, finetune: bool, base_roi=None):
+    from ..config import Preprocessing, spacing_from
+    from ..training.trainer import TrainConfig, parse_duration
+
+    kw: dict[str, Any] = {
+        "max_iterations": args.max_iterations,
+        "time_budget_s": parse_duration(args.time_budget),
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "warmup_iterations": args.warmup,
+        "batch_size": args.batch_size,
+        "grad_accumulation": args.grad_accumulation,
+        "val_interval": args.val_interval,
+        "val_fraction": args.val_fraction,
+        "checkpoint_interval": args.checkpoint_interval,
+        "seed": args.seed,
+        "augmentation": args.augmentation,
+        "precision": args.precision,
+        "cache": args.cache,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "algorithm": args.algorithm,
+    }
+    if args.roi_size:
+        kw["roi_size"] = args.roi_size
+    elif base_roi is not None:
+        kw["roi_size"] = base_roi
+    if finetune:
+        kw["freeze_encoder_iterations"] = args.freeze_encoder
+    else:
+        kw["preset"] = args.preset
+        kw["kernel_mode"] = args.kernel_mode
+        if args.spacing:
+            kw["preprocessing"] = Preprocessing(spacing=spacing_from([float(v) for v in args.spacing.split(",")]))
+    return TrainConfig(**kw)
+
+
+def _run_training(args: argparse.Namespace, ctx: Any, finetune: bool) -> int:
+    from ..data.datasets import load_dataset
+    from ..training.trainer import train
+
+    dataset = load_dataset(args.dataset)
+    out_dir, model_id, in_store = _resolve_out(args.out)
+    base_roi = None
+    if finetune:
+        from ..store import resolve_model
+
+        base_card = resolve_model(args.base)
+        if base_card.path is not None and out_dir.resolve() == base_card.path.resolve():
+            raise ConfigError(f"--out {args.out!r} is the base model itself; fine-tuning always writes a new model.")
+        base_roi = base_card.roi_size
+    if in_store:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    config = _config_from_args(args, finetune, base_roi)
+    command = "repux " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0] else None
+    result = train(
+        dataset,
+        out_dir,
+        config,
+        run_dir=_run_dir(args, model_id),
+        base_model=args.base if finetune else None,
+        resume=args.resume,
+        device=args.device,
+        threads=args.threads,
+        model_id=model_id,
+        model_name=args.name,
+        command=command,
+        progress=ctx.progress,
+        cancel=ctx.cancel,
+    )
+    if result.card is not None and ctx.progress_mode != "json":
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in result.best_dice.items() if v is not None)
+        where = f"model store as '{model_id}'" if in_store else str(result.card.path)
+        print(f"{result.iterations} iterations ({result.stopped_by}); best validation Dice: {dice or 'n/a'}; saved to {where}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, ctx: Any) -> int:
+    return _run_training(args, ctx, finetune=False)
+
+
+def cmd_finetune(args: argparse.Namespace, ctx: Any) -> int:
+    return _run_training(args, ctx, finetune=True)
+
+
+def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
+    from ..data.datasets import load_dataset
+    from ..training.evaluate import evaluate, format_table, write_reports
+
+    report = evaluate(
+        args.model,
+        load_dataset(args.dataset),
+        split=args.split,
+        device=args.device,
+        segmenter_kwargs={"overlap": args.overlap} if args.overlap is not None else None,
+        progress=ctx.progress,
+        cancel=ctx.cancel,
+    )
+    csv_path, json_path = write_reports(report, args.out)
+    if ctx.progress_mode == "json":
+        print(json.dumps({"stage": "done", "fraction": 1.0, "message": "evaluation written", "eta_s": 0.0, "mean": report["mean"], "csv": str(csv_path), "json": str(json_path)}))
+    else:
+        print(format_table(report))
+        print(f"wrote {csv_path} and {json_path}")
+    return 0

@@ -162,7 +162,7 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
         while worker.is_alive():
             worker.join(0.1)
             if received and deadline is None:
-                deadline = _monotonic() + CANCEL_GRACE_S
+                deadline = _monotonic() + float(getattr(args, "cancel_grace", CANCEL_GRACE_S))
             if deadline is not None and worker.is_alive() and _monotonic() > deadline:
                 ctx.cleanup()
                 print(f"repux: {ctx.cancel.reason}", file=sys.stderr, flush=True)

@@ -1,0 +1,106 @@
+"""Resumable training checkpoints: atomic writes, safe loads.
+
+A checkpoint holds tensors and plain Python values only (model, optimizer,
+scheduler and grad-scaler state dicts, RNG states as tensors/lists, the
+iteration, the best validation result and the training configuration) so
+that it loads with ``torch.load(weights_only=True)``.
+
+Writes go to a temporary file in the same folder, are flushed and fsynced,
+then renamed over the previous checkpoint (``os.replace`` is atomic), so a
+``kill -9`` at any moment leaves either the old or the new checkpoint, never
+a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+
+__all__ = ["CHECKPOINT", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as checkpoint-safe values."""
+    np_state = np.random.get_state()
+    return {
+        "python": _to_lists(random.getstate()),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _to_lists(x: Any) -> Any:
+    if isinstance(x, tuple):
+        return [_to_lists(v) for v in x]
+    return x
+
+
+def _to_tuples(x: Any) -> Any:
+    if isinstance(x, list):
+        return tuple(_to_tuples(v) for v in x)
+    return x
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` atomically to ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        try:
+            dfd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a truncated or foreign file gives a clear error."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"no training checkpoint at {str(p)!r}; start without --resume.")
+    try:
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise CheckpointError(
+            f"training checkpoint {str(p)!r} is truncated or corrupted ({str(err).splitlines()[0][:120]}); "
+            "delete it to restart from scratch, or restore a copy."
+        ) from err
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise CheckpointError(f"{str(p)!r} is not a RepUX training checkpoint.")
+    return state

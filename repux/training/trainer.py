@@ -1,0 +1,657 @@
+"""Training and fine-tuning of RepUX-Net with MONAI.
+
+* data: :mod:`repux.training.transforms` (inference preprocessing, cached, then
+  the official random crops/augmentations), one case per iteration with
+  ``batch_size`` positive/negative crops (official: 2);
+* loss ``DiceCELoss(softmax, one-hot)``, AdamW, linear warm-up then cosine
+  decay, gradient accumulation, AMP on GPU;
+* the large kernels train through ``W * BFM`` (:mod:`repux.nn.bfr`); the
+  exported model is folded (deploy form);
+* validation: sliding-window Dice per organ (MONAI ``DiceMetric``) every
+  ``val_interval`` iterations; the best model (mean Dice) is exported;
+* resumable checkpoints (atomic) every ``checkpoint_interval`` iterations and
+  on cancellation (SIGTERM); ``resume=True`` continues exactly: crops and
+  augmentations are seeded from ``(seed, iteration)``, so an interrupted and
+  resumed run computes the same updates as an uninterrupted one;
+* distributed data parallel when launched by ``torchrun`` (gloo on CPU, NCCL
+  on GPU): rank 0 validates, checkpoints, exports and reports progress.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Preprocessing, parse_roi_size
+from ..device import autocast_dtype, resolve_device, set_threads
+from ..errors import Cancelled, CheckpointError, ConfigError, DatasetError
+from ..labels import Label, LabelSet
+from ..modelfile import ModelCard, save_model
+from ..progress import CancelToken, ProgressCallback, ProgressTracker
+from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .transforms import AUGMENTATIONS, deterministic_transforms, random_transforms
+
+__all__ = ["TrainConfig", "TrainResult", "train", "plan_labels", "adapt_output_head", "parse_duration", "KERNEL_MODES"]
+
+logger = logging.getLogger(__name__)
+
+KERNEL_MODES = ("bfr", "plain")
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """``"90"``, ``"90s"``, ``"15m"``, ``"1.5h"`` -> seconds."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower()
+    unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1], None)
+    try:
+        value = float(s[:-1]) * unit if unit else float(s)
+    except ValueError as err:
+        raise ConfigError(f"--time-budget must look like 900, 90s, 15m or 1.5h; got {text!r}.") from err
+    if value <= 0:
+        raise ConfigError(f"--time-budget must be positive; got {text!r}.")
+    return value
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (stored in checkpoints and in the exported model's provenance)."""
+
+    preset: str = "tiny"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    batch_size: int = 2
+    max_iterations: int = 1000
+    time_budget_s: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_iterations: int = 50
+    val_interval: int = 100
+    val_fraction: float = 0.2
+    val_overlap: float = 0.25
+    grad_accumulation: int = 1
+    precision: str = "auto"
+    seed: int = 0
+    cache: str = "memory"
+    checkpoint_interval: int = 50
+    freeze_encoder_iterations: int = 0
+    augmentation: str = "standard"
+    gradient_checkpointing: bool = False
+    algorithm: str = "auto"
+    kernel_mode: str = "bfr"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+
+    def __post_init__(self) -> None:
+        self.roi_size = parse_roi_size(self.roi_size)
+        if isinstance(self.preprocessing, Mapping):
+            self.preprocessing = Preprocessing.from_dict(self.preprocessing)
+        for name in ("batch_size", "max_iterations", "val_interval", "grad_accumulation", "checkpoint_interval"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {v!r}.")
+        if self.warmup_iterations < 0 or self.freeze_encoder_iterations < 0:
+            raise ConfigError("warmup_iterations and freeze_encoder_iterations must be >= 0.")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0; got {self.lr!r}.")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}.")
+        if self.cache not in ("memory", "disk", "none"):
+            raise ConfigError(f"cache must be memory, disk or none; got {self.cache!r}.")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}; got {self.augmentation!r}.")
+        if self.kernel_mode not in KERNEL_MODES:
+            raise ConfigError(f"kernel_mode must be one of {', '.join(KERNEL_MODES)}; got {self.kernel_mode!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["roi_size"] = list(self.roi_size)
+        d["preprocessing"] = self.preprocessing.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    card: ModelCard | None
+    iterations: int
+    best_dice: dict[str, float | None]
+    best_mean_dice: float | None
+    history: list[dict[str, Any]]
+    stopped_by: str
+
+
+# --------------------------------------------------------------------------- labels
+def plan_labels(base: LabelSet | None, dataset_labels: LabelSet) -> tuple[LabelSet, dict[str, int], dict[int, int]]:
+    """Label set of the trained model and how the dataset's labels map onto it.
+
+    From scratch the dataset's labels are used.  For fine-tuning, organs shared
+    with the base model keep their output channel weights (matched by name,
+    alias or terminology code), new organs get new channels, organs the
+    dataset lacks are dropped.
+
+    Returns:
+        ``(labels, name_to_value, new_value_to_base_channel)``
+    """
+    if base is None:
+        return dataset_labels, {lab.name: lab.value for lab in dataset_labels}, {}
+    keep: list[tuple[Label, Label]] = []  # (base label, dataset label)
+    new: list[Label] = []
+    for ds_lab in dataset_labels:
+        match = base.find(ds_lab.name) or next((b for b in base if _same_code(b, ds_lab)), None)
+        if match is not None:
+            keep.append((match, ds_lab))
+        else:
+            new.append(ds_lab)
+    keep.sort(key=lambda pair: pair[0].value)
+    labels: list[Label] = []
+    channel_map: dict[int, int] = {0: 0}
+    name_to_value: dict[str, int] = {}
+    for base_lab, ds_lab in keep:
+        v = len(labels) + 1
+        labels.append(base_lab.with_value(v))
+        channel_map[v] = base_lab.value
+        name_to_value[ds_lab.name] = v
+    for ds_lab in new:
+        v = len(labels) + 1
+        labels.append(ds_lab.with_value(v))
+        name_to_value[ds_lab.name] = v
+    dropped = [b.name for b in base if b.value not in channel_map.values()]
+    if dropped:
+        logger.info("organs of the base model not in the dataset are dropped: %s", ", ".join(dropped))
+    if new:
+        logger.info("new organs get new output channels: %s", ", ".join(lab.name for lab in new))
+    return LabelSet(labels, name=dataset_labels.name), name_to_value, channel_map
+
+
+def _same_code(a: Label, b: Label) -> bool:
+    return a.type is not None and b.type is not None and a.type.value == b.type.value and (a.modifier or None) == (b.modifier or None)
+
+
+def adapt_output_head(model: nn.Module, channel_map: Mapping[int, int], num_classes: int, seed: int = 0) -> None:
+    """Replace the 1x1x1 output conv: channel ``v`` copies base channel ``channel_map[v]``; others start fresh."""
+    from monai.networks.blocks import UnetOutBlock
+
+    old = model.out.conv.conv
+    torch.manual_seed(seed)
+    head = UnetOutBlock(3, old.in_channels, num_classes)
+    with torch.no_grad():
+        for new_c, old_c in channel_map.items():
+            head.conv.conv.weight[new_c] = old.weight[old_c]
+            head.conv.conv.bias[new_c] = old.bias[old_c]
+    model.out = head.to(old.weight.device)
+    model.out_channels = num_classes
+
+
+# --------------------------------------------------------------------------- helpers
+def _lr_lambda(warmup: int, total: int):
+    def f(it: int) -> float:
+        if warmup and it < warmup:
+            return (it + 1) / warmup
+        progress = (it - warmup) / max(1, total - warmup)
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _iteration_seed(seed: int, iteration: int, micro: int, rank: int) -> int:
+    return (seed * 1_000_003 + iteration * 7_919 + micro * 104_729 + rank * 15_485_863) % (2**31 - 1)
+
+
+class _Distributed:
+    def __init__(self, device_type: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend, timeout=_dt.timedelta(minutes=30))
+            logger.info("distributed training: rank %d of %d (%s)", self.rank, self.world, backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def any(self, flag: bool) -> bool:
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def sync_buffers(self, net: nn.Module) -> None:
+        """Average floating-point buffers (BatchNorm running statistics) over ranks."""
+        if not self.enabled:
+            return
+        for b in net.buffers():
+            if b.is_floating_point():
+                torch.distributed.all_reduce(b.data, op=torch.distributed.ReduceOp.SUM)
+                b.data /= self.world
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def _make_datasets(train_cases, val_cases, cfg: TrainConfig, labels: LabelSet, value_map: dict[int, int], run_dir: Path):
+    from monai.data import CacheDataset, Dataset, PersistentDataset
+    from monai.transforms import Compose
+
+    det = deterministic_transforms(cfg.preprocessing, value_map)
+    rand = random_transforms(cfg.roi_size, cfg.batch_size, labels, cfg.augmentation)
+    train_items = [{"image": str(c.image), "label": str(c.label), "id": c.id} for c in train_cases]
+    val_items = [{"image": str(c.image), "label": str(c.label), "id": c.id} for c in val_cases]
+    train_t = Compose(det + rand)
+    val_t = Compose(det)
+    if cfg.cache == "memory":
+        tr = CacheDataset(train_items, train_t, cache_rate=1.0, num_workers=1, progress=False)
+        va = CacheDataset(val_items, val_t, cache_rate=1.0, num_workers=1, progress=False) if val_items else None
+    elif cfg.cache == "disk":
+        cache_dir = run_dir / "cache"
+        tr = PersistentDataset(train_items, train_t, cache_dir=cache_dir)
+        va = PersistentDataset(val_items, val_t, cache_dir=cache_dir) if val_items else None
+    else:
+        tr = Dataset(train_items, train_t)
+        va = Dataset(val_items, val_t) if val_items else None
+    return tr, va, train_t
+
+
+def _validate(model: nn.Module, val_ds, labels: LabelSet, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None, cancel: CancelToken | None) -> dict[str, float | None]:
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    rows = []
+    with torch.inference_mode():
+        for i in range(len(val_ds)):
+            if cancel is not None:
+                cancel.check()
+            item = val_ds[i]
+            x = torch.as_tensor(item["image"])[None].to(device)
+            y = torch.as_tensor(item["label"])[None].long()
+
+            def predict(b: torch.Tensor) -> torch.Tensor:
+                if amp is not None:
+                    with torch.autocast(device_type=device.type, dtype=amp):
+                        return net(b).float()
+                return net(b)
+
+            logits = sliding_window_inference(x, cfg.roi_size, 1, predict, overlap=cfg.val_overlap, mode="gaussian")
+            pred = logits.argmax(1, keepdim=True).cpu()
+            n = labels.num_classes
+            rows.append(metric(one_hot(pred, n), one_hot(y, n))[0])
+    if was_training:
+        net.train()
+    if not rows:
+        return {}
+    table = torch.stack(rows)  # (cases, organs), NaN where the organ is absent
+    out: dict[str, float | None] = {}
+    for j, lab in enumerate(labels):
+        col = table[:, j]
+        col = col[~torch.isnan(col)]
+        out[lab.name] = round(float(col.mean()), 4) if len(col) else None
+    return out
+
+
+def _weights_digest(net: nn.Module) -> torch.Tensor:
+    """Order-dependent float64 checksum of all parameters and buffers."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for i, t in enumerate(net.state_dict().values()):
+        v = t.detach().double().cpu().flatten()
+        if v.numel():
+            total[0] += v.sum() * (i + 1)
+            total[1] += (v * torch.linspace(0.5, 1.5, v.numel(), dtype=torch.float64)).sum()
+    return total
+
+
+def _ranks_agree(net: nn.Module) -> bool:
+    mine = _weights_digest(net)
+    if torch.distributed.get_backend() == "nccl":
+        mine = mine.to(next(net.parameters()).device)
+    gathered = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, mine)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def _mean(d: Mapping[str, float | None]) -> float | None:
+    vals = [v for v in d.values() if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+# --------------------------------------------------------------------------- train
+def train(
+    dataset,
+    out: str | Path | None,
+    config: TrainConfig,
+    *,
+    run_dir: str | Path,
+    base_model: str | Path | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    model: nn.Module | None = None,
+    model_id: str | None = None,
+    model_name: str = "",
+    description: str = "",
+    command: str | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> TrainResult:
+    """Train (or fine-tune, with ``base_model``) and export the best model folder to ``out``.
+
+    Args:
+        dataset: a :class:`repux.data.datasets.Dataset`.
+        out: model folder to write (deploy form); None to skip the export.
+        config: :class:`TrainConfig`.
+        run_dir: folder for the resumable checkpoint, the progress log and caches.
+        base_model: model folder/id to fine-tune from (deploy weights are un-folded exactly).
+        resume: continue from ``run_dir/checkpoint.pt``.
+        model: a pre-built network (ablations); overrides preset/base.
+        progress: receives per-iteration events (``iteration``, ``loss``, ``lr``, ``val_dice``...).
+        cancel: cancellation token; a checkpoint is written before :class:`Cancelled` propagates.
+
+    Raises:
+        DatasetError, ConfigError, CheckpointError, Cancelled.
+    """
+    from monai.losses import DiceCELoss
+
+    from ..data.datasets import dataset_fingerprint, split_cases
+    from ..nn import create_model
+
+    cfg = config
+    run = Path(run_dir)
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        set_threads(threads)
+    dist = _Distributed(dev.type)
+    if dist.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.main:
+        progress = None
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.exists() and not overwrite and dist.main:
+        raise ConfigError(f"output model folder {str(out_path)!r} already exists; choose another --out (models are never overwritten).")
+
+    # ---- labels and data
+    base_card = None
+    base_net = None
+    if base_model is not None and model is None:
+        from ..modelfile import load_model
+        from ..store import resolve_model
+
+        base_card = resolve_model(base_model)
+        base_net, base_card = load_model(base_card.path, device="cpu", algorithm=cfg.algorithm)
+        cfg = replace(cfg, preprocessing=base_card.preprocessing)
+    labels, name_to_value, channel_map = plan_labels(base_card.labels if base_card else None, dataset.labels)
+    file_values = dataset.label_values or {lab.name: lab.value for lab in dataset.labels}
+    value_map = {int(file_values[name]): int(v) for name, v in name_to_value.items()}
+    cases = [c for c in dataset.cases if c.split != "test"]
+    if not cases:
+        raise DatasetError("the dataset has no training cases.")
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
+    if not train_cases:
+        raise DatasetError(f"no training cases left after the validation split ({len(val_cases)} validation cases); lower --val-fraction.")
+    missing = [str(p) for c in cases for p in (c.image, c.label) if not Path(p).exists()]
+    if missing:
+        raise DatasetError(f"{len(missing)} dataset file(s) are missing, e.g. {missing[0]}; run 'repux dataset check'.")
+    run.mkdir(parents=True, exist_ok=True)
+    fingerprint = dataset_fingerprint(cases, dataset.labels)
+
+    tracker = ProgressTracker(progress, {"prepare": 3.0, "train": 94.0, "export": 3.0}, cancel)
+    tracker.update("prepare", 0.0, f"caching {len(train_cases)} training and {len(val_cases)} validation cases")
+    torch.manual_seed(cfg.seed)
+    train_ds, val_ds, train_transform = _make_datasets(train_cases, val_cases, cfg, labels, value_map, run)
+    tracker.update("prepare", 1.0, "data ready")
+
+    # ---- model
+    if model is not None:
+        net = model
+    elif base_net is not None:
+        net = base_net
+        if cfg.kernel_mode == "bfr":
+            net.unreparameterize()  # W = W_eff / BFM, exact
+        net.train()
+        adapt_output_head(net, channel_map, labels.num_classes, seed=cfg.seed)
+    else:
+        net = create_model(cfg.preset, in_channels=1, out_channels=labels.num_classes, deploy=cfg.kernel_mode == "plain", algorithm=cfg.algorithm, **cfg.model_args)
+    if net.out_channels != labels.num_classes:
+        raise ConfigError(f"the network has {net.out_channels} outputs but the label set needs {labels.num_classes}.")
+    net.set_gradient_checkpointing(cfg.gradient_checkpointing)
+    net = net.to(dev).train()
+    amp = autocast_dtype(dev, cfg.precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16 and dev.type == "cuda")
+    ddp_net: nn.Module = net
+    if dist.enabled:
+        ddp_net = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_iterations, cfg.max_iterations))
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    start_it = 0
+    best: dict[str, Any] = {"mean": None, "dice": {}, "state": None, "iteration": 0}
+    history: list[dict[str, Any]] = []
+    elapsed_before = 0.0
+    ckpt_path = run / CHECKPOINT
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        if state.get("labels") != labels.to_list() or state.get("model_args") != net.config():
+            raise CheckpointError(f"checkpoint {ckpt_path} was written for another model or label set; start a new run folder instead of --resume.")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_it = int(state["iteration"])
+        best = {"mean": state["best"]["mean"], "dice": state["best"]["dice"], "state": state.get("best_model"), "iteration": state["best"]["iteration"]}
+        history = list(state.get("history", []))
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        logger.info("resumed from %s at iteration %d", ckpt_path, start_it)
+
+    t_start = time.monotonic() - elapsed_before
+    n_train = len(train_ds)
+
+    def checkpoint(iteration: int) -> None:
+        if not dist.main:
+            return
+        save_checkpoint(
+            {
+                "format": "repux-train-checkpoint",
+                "iteration": iteration,
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "rng": rng_state(),
+                "best": {"mean": best["mean"], "dice": best["dice"], "iteration": best["iteration"]},
+                "best_model": best["state"],
+                "labels": labels.to_list(),
+                "model_args": net.config(),
+                "config": cfg.to_dict(),
+                "history": history,
+                "elapsed_s": time.monotonic() - t_start,
+            },
+            ckpt_path,
+        )
+
+    def emit(stage: str, iteration: int, **extra: Any) -> None:
+        elapsed = time.monotonic() - t_start
+        frac_it = iteration / cfg.max_iterations
+        frac_t = elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0
+        event = {"iteration": iteration, "max_iterations": cfg.max_iterations, "elapsed_s": round(elapsed, 1), **extra}
+        if dist.main:
+            history.append({"stage": stage, **event})
+        if progress is not None or cancel is not None:
+            tracker.update("train", max(frac_it, frac_t), _message(stage, iteration, cfg.max_iterations, extra), **event)
+
+    stopped_by = "max_iterations"
+    it = start_it
+    encoder_frozen = None
+    try:
+        while it < cfg.max_iterations:
+            elapsed = time.monotonic() - t_start
+            over_budget = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
+            cancelled = cancel is not None and cancel.cancelled
+            if dist.any(over_budget or cancelled):
+                stopped_by = "cancelled" if dist.any(cancelled) else "time_budget"
+                break
+            freeze = it < cfg.freeze_encoder_iterations
+            if freeze != encoder_frozen:
+                for p in net.repuxnet_3d.parameters():
+                    p.requires_grad_(not freeze)
+                encoder_frozen = freeze
+                if freeze:
+                    logger.info("encoder frozen for the first %d iterations", cfg.freeze_encoder_iterations)
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accumulation):
+                s = _iteration_seed(cfg.seed, it, micro, dist.rank)
+                rng = np.random.default_rng(s)
+                idx = int(rng.integers(n_train))
+                train_transform.set_random_state(seed=s)
+                torch.manual_seed(s)
+                crops = train_ds[idx]
+                crops = crops if isinstance(crops, list) else [crops]
+                x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(dev)
+                y = torch.stack([torch.as_tensor(c["label"]) for c in crops]).to(dev)
+                if amp is not None:
+                    with torch.autocast(device_type=dev.type, dtype=amp):
+                        loss = loss_fn(ddp_net(x).float(), y)
+                else:
+                    loss = loss_fn(ddp_net(x), y)
+                scaler.scale(loss / cfg.grad_accumulation).backward()
+                loss_sum += float(loss.detach())
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            it += 1
+            loss_value = loss_sum / cfg.grad_accumulation
+            if not math.isfinite(loss_value):
+                raise ConfigError(f"training diverged at iteration {it} (loss {loss_value}); lower --lr or use --precision fp32.")
+            emit("train", it, loss=round(loss_value, 5), lr=float(scheduler.get_last_lr()[0]))
+            do_val = val_ds is not None and (it % cfg.val_interval == 0 or it == cfg.max_iterations)
+            if do_val:
+                dist.sync_buffers(net)
+                if dist.main:
+                    dice = _validate(net, val_ds, labels, cfg, dev, amp, cancel)
+                    mean = _mean(dice)
+                    if mean is not None and (best["mean"] is None or mean > best["mean"]):
+                        best = {"mean": mean, "dice": dice, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "iteration": it}
+                    emit("validate", it, val_dice=dice, val_mean_dice=None if mean is None else round(mean, 4), best_mean_dice=best["mean"])
+                dist.barrier()
+            if it % cfg.checkpoint_interval == 0 or it == cfg.max_iterations:
+                checkpoint(it)
+    except Cancelled:
+        stopped_by = "cancelled"
+    if stopped_by == "cancelled":
+        checkpoint(it)
+        dist.close()
+        logger.warning("training stopped at iteration %d; resume with --resume (checkpoint %s)", it, ckpt_path)
+        raise Cancelled(f"training cancelled at iteration {it}; checkpoint saved to {ckpt_path}")
+    if stopped_by == "time_budget":
+        logger.info("time budget reached at iteration %d", it)
+        if val_ds is not None and dist.main and (not history or history[-1].get("stage") != "validate"):
+            dice = _validate(net, val_ds, labels, cfg, dev, amp, None)
+            mean = _mean(dice)
+            if mean is not None and (best["mean"] is None or mean > best["mean"]):
+                best = {"mean": mean, "dice": dice, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "iteration": it}
+            emit("validate", it, val_dice=dice, val_mean_dice=None if mean is None else round(mean, 4), best_mean_dice=best["mean"])
+        checkpoint(it)
+
+    weights_agree = None
+    if dist.enabled:
+        dist.sync_buffers(net)
+        weights_agree = _ranks_agree(net)
+        if not weights_agree:
+            raise RuntimeError("distributed ranks ended with different weights; this is a bug, please report it.")
+        logger.info("all %d ranks agree on the final weights", dist.world)
+
+    # ---- export
+    card = None
+    if dist.main and out_path is not None:
+        tracker.update("export", 0.0, "exporting the best model")
+        export = copy.deepcopy(_unwrap(net)).cpu().eval()
+        if best["state"] is not None:
+            export.load_state_dict(best["state"])
+        prov: dict[str, Any] = {
+            "source": "repux finetune" if base_card else "repux train",
+            "dataset": {"name": dataset.name, "fingerprint": fingerprint, "train_cases": len(train_cases), "val_cases": len(val_cases), "layout": dataset.layout},
+            "iterations": it,
+            "best_iteration": best["iteration"],
+            "validation_dice": best["dice"],
+            "validation_mean_dice": best["mean"],
+            "train_config": cfg.to_dict(),
+            "seed": cfg.seed,
+            "stopped_by": stopped_by,
+            "elapsed_s": round(time.monotonic() - t_start, 1),
+            "device": str(dev),
+        }
+        if command:
+            prov["command"] = command
+        if base_card is not None:
+            prov["base_model"] = {"id": base_card.id, "version": base_card.version, "sha256": base_card.sha256}
+        if dist.enabled:
+            prov["world_size"] = dist.world
+            prov["ranks_agree_on_weights"] = weights_agree
+        card = save_model(
+            export,
+            out_path,
+            labels=labels,
+            preprocessing=cfg.preprocessing,
+            inference=replace(base_card.inference, roi_size=cfg.roi_size) if base_card else _default_inference(cfg),
+            model_id=model_id,
+            name=model_name,
+            description=description,
+            preset=None if base_card else cfg.preset,
+            provenance=prov,
+            overwrite=overwrite,
+        )
+        tracker.done(f"saved {card.id}", iteration=it, max_iterations=cfg.max_iterations, model=str(card.path), best_mean_dice=best["mean"], val_dice=best["dice"])
+    dist.close()
+    return TrainResult(card, it, best["dice"], best["mean"], history, stopped_by)
+
+
+def _default_inference(cfg: TrainConfig):
+    from ..config import InferenceSettings
+
+    return InferenceSettings(roi_size=cfg.roi_size)
+
+
+def _message(stage: str, it: int, total: int, extra: Mapping[str, Any]) -> str:
+    if stage == "validate":
+        return f"iteration {it}/{total}: validation mean Dice {extra.get('val_mean_dice')}"
+    return f"iteration {it}/{total}: loss {extra.get('loss', float('nan')):.4f}"
+
