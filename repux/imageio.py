@@ -68,11 +68,16 @@ def list_dicom_series(folder: str | Path) -> list[dict[str, Any]]:
     root = Path(folder)
     series: dict[str, list[str]] = {}
     dirs = [root] + [p for p in sorted(root.rglob("*")) if p.is_dir()]
-    for d in dirs:
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)
-            series.setdefault(uid, [])
-            series[uid].extend(f for f in files if f not in series[uid])
+    shown = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # "No Series were found" for every non-DICOM sub-folder
+    try:
+        for d in dirs:
+            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
+                files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)
+                series.setdefault(uid, [])
+                series[uid].extend(f for f in files if f not in series[uid])
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(shown)
     out = []
     for uid, files in series.items():
         desc = ""
@@ -101,8 +106,9 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
         chosen = series[0]
         if len(series) > 1:
             logger.info("folder holds %d DICOM series; using the largest (%s, %d files); choose another with --series-uid", len(series), chosen["uid"], chosen["num_files"])
+    files = _check_slice_spacing(chosen["files"], chosen["uid"])
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(chosen["files"])
+    reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         img = reader.Execute()
@@ -110,6 +116,41 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
         raise InputImageError(f"cannot read DICOM series {chosen['uid']} in {str(folder)!r}: {_first_line(err)}") from err
     logger.info("read DICOM series %s: %d slices", chosen["uid"], chosen["num_files"])
     return img
+
+
+def _check_slice_spacing(files: list[str], uid: str) -> list[str]:
+    """Refuse series whose slice positions are irregular (ITK would silently assume even spacing).
+
+    Returns the files sorted along the slice normal.
+    """
+    positions = []
+    normal = None
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        try:
+            r.ReadImageInformation()
+            ipp = [float(v) for v in r.GetMetaData("0020|0032").split("\\")]
+            iop = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            return files  # no usable geometry tags: leave it to ITK
+        if normal is None:
+            normal = np.cross(iop[:3], iop[3:6])
+        positions.append(float(np.dot(ipp, normal)))
+    if len(files) < 3:
+        return [f for _, f in sorted(zip(positions, files))]
+    order = np.argsort(positions)
+    steps = np.diff(np.asarray(positions)[order])
+    if (steps <= 1e-4).any():
+        raise InputImageError(f"DICOM series {uid} has {int((steps <= 1e-4).sum()) + 1} slices at the same position (duplicates or several acquisitions); select the intended series with --series-uid or clean the folder.")
+    median = float(np.median(steps))
+    if steps.max() - steps.min() > max(0.01 * median, 1e-3):
+        i = int(np.argmax(np.abs(steps - median)))
+        raise InputImageError(
+            f"DICOM series {uid} has irregular slice spacing ({steps.min():.2f} to {steps.max():.2f} mm; a step of {steps[i]:.2f} mm after slice {i + 1} of {len(files)}): "
+            "slices are missing or acquisitions are mixed. Load it in 3D Slicer (which can regularize the geometry) and export a volume, or remove the stray slices."
+        )
+    return [files[i] for i in order]
 
 
 def _first_line(err: Exception) -> str:
