@@ -1,0 +1,922 @@
+"""RepUXSegment: CT organ segmentation with RepUX-Net in 3D Slicer.
+
+This file is thin on purpose: the module description, the widget (GUI only), a
+logic wrapper and the self-test.  Everything else lives in the Qt-free
+``RepUXSegmentLib`` package and in the ``repux`` engine, which runs in a
+background ``PythonSlicer -m repux`` process.
+"""
+
+import contextlib
+import enum
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import qt
+import slicer
+import vtk
+from RepUXSegmentLib.dependencies import ensureDependencies, missingRequirements, readRequirements, torchStatus
+from RepUXSegmentLib.models import (
+    LABEL_SET_CHOICES,
+    convertOfficialArguments,
+    deviceInfoArguments,
+    findModel,
+    importArguments,
+    installArguments,
+    listModels,
+    parseDeviceInfo,
+    removeModel,
+    storeFolder,
+    suggestModelId,
+)
+from RepUXSegmentLib.mrml import MRMLContext, roiBoundsInVolumeSpace
+from RepUXSegmentLib.process import ProcessRunner, childEnvironment, repuxCommand
+from RepUXSegmentLib.segmentation import SegmentationError, SegmentationJob, SegmentationOptions
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+logger = logging.getLogger(__name__)
+
+#
+# RepUXSegment
+#
+
+
+class RepUXSegment(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("RepUX Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["RepUX developers"]
+        self.parent.helpText = _(
+            "Segments abdominal organs in CT volumes with RepUX-Net, a 3D network with 21x21x21 kernels "
+            "(Bayesian frequency re-parameterization). Choose a CT volume and a model, press Apply, then correct "
+            "the result in the Segment Editor. The network runs in a background process: Slicer stays responsive "
+            "and Apply turns into Cancel while it runs. For research use only, not for diagnosis. "
+            'See <a href="https://github.com/RepUX/SlicerRepUX">the documentation</a>.'
+        )
+        self.parent.acknowledgementText = _(
+            "RepUX-Net: Lee H.H. et al., Scaling Up 3D Kernels with Bayesian Frequency Re-parameterization for "
+            "Medical Image Segmentation, MICCAI 2023 (arXiv:2303.05785). Inference uses MONAI and PyTorch. "
+            "Check the licence of each model's weights before use."
+        )
+
+
+#
+# Parameter node
+#
+
+
+class Quality(enum.Enum):
+    """Quality levels of ``repux segment --quality``."""
+
+    FAST = "fast"
+    STANDARD = "standard"
+    BEST = "best"
+
+    def label(self):
+        return {
+            Quality.FAST: _("Fast"),
+            Quality.STANDARD: _("Standard"),
+            Quality.BEST: _("Best (about 4x slower)"),
+        }[self]
+
+
+@parameterNodeWrapper
+class RepUXSegmentParameterNode:
+    """GUI state saved with the scene.
+
+    inputVolume - CT volume to segment.
+    model - model id (or model folder).
+    device - auto, cpu, cuda, cuda:N or mps.
+    quality - fast, standard or best.
+    roi - optional box to restrict the processing to.
+    largestComponent - keep each organ's largest connected component.
+    outputSegmentation - segmentation to fill; None creates a new one.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = ""
+    device: str = "auto"
+    quality: Quality = Quality.STANDARD
+    roi: vtkMRMLMarkupsROINode
+    largestComponent: bool = False
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+#
+# RepUXSegmentWidget
+#
+
+#: model combo box entries that open a dialog instead of selecting a model
+IMPORT_MODEL_ITEM = "__import-model__"
+IMPORT_OFFICIAL_ITEM = "__import-official-checkpoint__"
+
+
+class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel; all work is delegated to RepUXSegmentLogic / RepUXSegmentLib."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None
+        self._taskTitle = ""
+        self._deviceRunner = None
+        self._devicesDetected = False
+        self._models = []
+        self._lastSegmentation = None
+        self._syncingGui = False
+        self._pollTimer = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/RepUXSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = RepUXSegmentLogic()
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(100)
+        self._pollTimer.connect("timeout()", self._onPollTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        self.ui.importOfficialButton.connect("clicked(bool)", self.onImportOfficialCheckpoint)
+        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModel)
+        self.ui.deleteModelButton.connect("clicked(bool)", self.onDeleteModel)
+        self.ui.openStoreFolderButton.connect("clicked(bool)", self.onOpenStoreFolder)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.modelsTable.connect("itemSelectionChanged()", self._updateModelButtons)
+
+        self.ui.warningLabel.hide()
+        self.ui.modelsTable.horizontalHeader().setStretchLastSection(True)
+        self._setDeviceChoices([])
+        self.refreshModels()
+        self._updateDependenciesLabel()
+        self.initializeParameterNode()
+        self._detectDevices()
+
+    def cleanup(self):
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                self._task.wait(timeout=30)
+            except TimeoutError:
+                logger.warning("the background RepUX task did not stop within 30 s")
+        if self._deviceRunner is not None:
+            self._deviceRunner.cancel(block=True)
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event):
+        if self._task is not None:
+            self._task.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        self._lastSegmentation = None
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ---------------------------------------------------------- parameter node
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+                if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                    self._parameterNode.inputVolume = node
+                    break
+        if not self._parameterNode.model and self._models:
+            installed = [m for m in self._models if m.installed]
+            self._parameterNode.model = (installed or self._models)[0].id
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        p = self._parameterNode
+        if p is not None:
+            self._syncingGui = True
+            try:
+                self._selectComboData(self.ui.modelComboBox, p.model)
+                self._selectComboData(self.ui.deviceComboBox, p.device)
+            finally:
+                self._syncingGui = False
+            self._updateModelInfo()
+        self._checkCanApply()
+
+    @staticmethod
+    def _selectComboData(combo, value):
+        if not value:
+            combo.currentIndex = -1
+            return
+        index = combo.findData(value)
+        if index < 0:  # e.g. a model folder set from a script: show it as it is
+            combo.insertItem(0, value, value)
+            index = 0
+        combo.currentIndex = index
+
+    def _checkCanApply(self):
+        self.ui.editButton.enabled = self._resultSegmentation() is not None
+        if self._task is not None:
+            return
+        p = self._parameterNode
+        problems = []
+        if p is None or not p.inputVolume:
+            problems.append(_("Select an input volume."))
+        if p is None or not p.model:
+            problems.append(_("Select a model (or import one in the Models section)."))
+        self.ui.applyButton.enabled = not problems
+        self.ui.applyButton.toolTip = "\n".join(problems) if problems else _("Segment the organs of the input volume.")
+
+    # ------------------------------------------------------------ combo boxes
+    def onModelChanged(self, index):
+        if self._syncingGui or self._parameterNode is None or index < 0:
+            return
+        data = self.ui.modelComboBox.itemData(index) or ""
+        actions = {IMPORT_MODEL_ITEM: self.onImportModel, IMPORT_OFFICIAL_ITEM: self.onImportOfficialCheckpoint}
+        if data in actions:
+            self._onParameterNodeModified()  # show the current model again, then open the import dialog
+            qt.QTimer.singleShot(0, actions[data])
+            return
+        self._parameterNode.model = data
+
+    def onDeviceChanged(self, index):
+        if self._syncingGui or self._parameterNode is None or index < 0:
+            return
+        self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    def _setDeviceChoices(self, devices):
+        gpus = [d for d in devices if d.isGpu]
+        if gpus:
+            autoText = _("Auto ({name})").format(name=gpus[0].name or gpus[0].device)
+        elif self._devicesDetected:
+            autoText = _("Auto (no GPU found: CPU)")
+        else:
+            autoText = _("Auto (GPU when available)")
+        items = [(autoText, "auto"), (_("CPU"), "cpu")]
+        for d in gpus:
+            if d.device == "mps":
+                items.append((_("Apple GPU (MPS)"), "mps"))
+            else:
+                memory = _(" ({gb:.0f} GB)").format(gb=d.memoryGB) if d.memoryGB else ""
+                items.append((_("GPU {index}: {name}").format(index=d.device.partition(":")[2] or "0", name=d.name) + memory, d.device))
+        self._syncingGui = True
+        try:
+            self.ui.deviceComboBox.clear()
+            for text, data in items:
+                self.ui.deviceComboBox.addItem(text, data)
+            if self._parameterNode is not None:
+                self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+        finally:
+            self._syncingGui = False
+
+    def _detectDevices(self):
+        if self._deviceRunner is not None or self._devicesDetected or torchStatus() != "ok":
+            return
+        self._deviceRunner = self.logic.startRepuxCommand(deviceInfoArguments(), onFinished=self._onDevicesDetected)
+        self._pollTimer.start()
+
+    def _onDevicesDetected(self, runner):
+        self._deviceRunner = None
+        if not runner.succeeded:
+            logger.info("GPU detection failed: %s", runner.errorMessage)
+            return
+        try:
+            devices = parseDeviceInfo(runner.stdoutLines)
+        except ValueError as err:
+            logger.warning("%s", err)
+            return
+        self._devicesDetected = True
+        self._setDeviceChoices(devices)
+
+    # ------------------------------------------------------------------ models
+    def refreshModels(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
+            self._models = self.logic.models()
+            self._syncingGui = True
+            try:
+                self.ui.modelComboBox.clear()
+                for m in self._models:
+                    text = f"{m.displayName} {m.version}"
+                    if m.status == "downloadable":
+                        text += " " + _("(download, {size:.0f} MB)").format(size=m.sizeMB)
+                    self.ui.modelComboBox.addItem(text, m.id)
+                self.ui.modelComboBox.insertSeparator(self.ui.modelComboBox.count)
+                self.ui.modelComboBox.addItem(_("Import model..."), IMPORT_MODEL_ITEM)
+                self.ui.modelComboBox.addItem(_("Import official RepUX-Net checkpoint..."), IMPORT_OFFICIAL_ITEM)
+            finally:
+                self._syncingGui = False
+            self._fillModelsTable()
+            self.ui.storeFolderLabel.text = _("Model store: {folder}").format(folder=str(self.logic.modelStoreFolder()))
+            if self._parameterNode is not None:
+                if not self._parameterNode.model and self._models:
+                    installed = [m for m in self._models if m.installed]
+                    self._parameterNode.model = (installed or self._models)[0].id  # triggers the GUI update
+                else:
+                    self._onParameterNodeModified()
+
+    def _fillModelsTable(self):
+        statusText = {"built-in": _("built-in"), "installed": _("installed"), "downloadable": _("downloadable")}
+        table = self.ui.modelsTable
+        table.setRowCount(len(self._models))
+        for row, m in enumerate(self._models):
+            values = [m.id, m.version, statusText.get(m.status, m.status), f"{m.sizeMB:.1f}", ", ".join(m.labels)]
+            for column, value in enumerate(values):
+                item = qt.QTableWidgetItem(value)
+                item.setToolTip(m.description or m.path or m.id)
+                table.setItem(row, column, item)
+        table.resizeColumnsToContents()
+        self._updateModelButtons()
+
+    def _selectedModel(self):
+        rows = {index.row() for index in self.ui.modelsTable.selectedIndexes()}
+        if len(rows) != 1:
+            return None
+        row = rows.pop()
+        return self._models[row] if 0 <= row < len(self._models) else None
+
+    def _updateModelButtons(self):
+        selected = self._selectedModel()
+        idle = self._task is None
+        self.ui.downloadModelButton.enabled = idle and selected is not None and selected.status == "downloadable"
+        self.ui.deleteModelButton.enabled = idle and selected is not None and selected.status == "installed"
+        self.ui.importModelButton.enabled = idle
+        self.ui.importOfficialButton.enabled = idle
+
+    def _updateModelInfo(self):
+        info = findModel(self._parameterNode.model, self._models) if self._parameterNode is not None else None
+        if info is None:
+            self.ui.modelInfoLabel.text = ""
+            return
+        organs = ", ".join(info.labels)
+        text = _("{count} organs: {organs}").format(count=len(info.labels), organs=organs) if info.labels else ""
+        if info.status == "downloadable":
+            text += "\n" + _("Downloaded ({size:.0f} MB) when you press Apply.").format(size=info.sizeMB)
+        self.ui.modelInfoLabel.text = text
+        self.ui.modelInfoLabel.toolTip = info.description
+
+    def onImportModel(self):
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import a RepUX model"), "", _("RepUX model (model.json *.zip)"))
+        if not path:
+            return
+        self._startStoreCommand(importArguments(path), _("Importing the model"))
+
+    def onImportOfficialCheckpoint(self):
+        title = _("Import an official RepUX-Net checkpoint")
+        mainWindow = slicer.util.mainWindow()
+        checkpoint = qt.QFileDialog.getOpenFileName(mainWindow, title, "", _("PyTorch checkpoint (*.pth *.pt)"))
+        if not checkpoint:
+            return
+        choices = [
+            _("FLARE: liver, kidney, spleen, pancreas"),
+            _("AMOS: 15 abdominal organs"),
+            _("Label list from a JSON file..."),
+        ]
+        choice = self._askText(title, _("Label set the checkpoint was trained with:"), items=choices)
+        if choice is None:
+            return
+        index = choices.index(choice)
+        if index < len(LABEL_SET_CHOICES):
+            labels = LABEL_SET_CHOICES[index]
+        else:
+            labels = qt.QFileDialog.getOpenFileName(mainWindow, title, "", _("Label list (*.json)"))
+            if not labels:
+                return
+        modelId = self._askText(title, _("Model id in the model store:"), text=suggestModelId(checkpoint, labels))
+        if not modelId:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to convert the checkpoint."), waitCursor=True):
+            self.logic.setupPythonRequirements(askConfirmation=True)
+            workFolder = tempfile.mkdtemp(prefix="RepUX-convert-", dir=slicer.app.temporaryPath)
+            arguments = convertOfficialArguments(checkpoint, labels, os.path.join(workFolder, modelId), modelId)
+            self._startStoreCommand(arguments, _("Converting the checkpoint"), temporaryFolder=workFolder)
+
+    @staticmethod
+    def _askText(title, label, items=None, text=""):
+        """A choice from ``items`` or a line of text; None when cancelled (QInputDialog.getItem cannot tell)."""
+        dialog = qt.QInputDialog(slicer.util.mainWindow())
+        dialog.setWindowTitle(title)
+        dialog.setLabelText(label)
+        if items:
+            dialog.setComboBoxItems(items)
+            dialog.setComboBoxEditable(False)
+        else:
+            dialog.setTextValue(text)
+        if not dialog.exec_():
+            return None
+        return dialog.textValue().strip()
+
+    def onDownloadModel(self):
+        selected = self._selectedModel()
+        if selected is None or selected.status != "downloadable":
+            return
+        self._startStoreCommand(installArguments(selected.id), _("Downloading {model}").format(model=selected.id))
+
+    def onDeleteModel(self):
+        selected = self._selectedModel()
+        if selected is None or selected.status != "installed":
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+            _("Delete model '{model}' ({size:.0f} MB) from the model store?").format(model=selected.id, size=selected.sizeMB)
+        ):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to delete the model."), waitCursor=True):
+            self.logic.removeModel(selected.id)
+            self._appendLog(_("Deleted model {model}.").format(model=selected.id))
+        self.refreshModels()
+
+    def onOpenStoreFolder(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the model store folder.")):
+            folder = self.logic.modelStoreFolder(create=True)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    def onInstallDependencies(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the Python packages."), waitCursor=True):
+            self.logic.setupPythonRequirements(askConfirmation=True)
+        self._updateDependenciesLabel()
+        self._detectDevices()
+
+    def _updateDependenciesLabel(self):
+        torch = {"ok": _("PyTorch installed"), "outdated": _("PyTorch too old"), "missing": _("PyTorch missing")}[torchStatus()]
+        missing = missingRequirements(readRequirements(self.logic.requirementsPath()))
+        others = _("other packages installed") if not missing else _("missing: {packages}").format(packages=", ".join(missing))
+        self.ui.dependenciesLabel.text = f"{torch}; {others}"
+
+    # ------------------------------------------------------------ background tasks
+    def _setTask(self, task, title):
+        self._task = task
+        self._taskTitle = title
+        self.ui.applyButton.text = _("Cancel")
+        self.ui.applyButton.enabled = True
+        self.ui.applyButton.toolTip = _("Stop the running task.")
+        self.ui.inputsCollapsibleButton.enabled = False
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = title
+        self._updateModelButtons()
+        self._pollTimer.start()
+
+    def _clearTask(self):
+        self._task = None
+        self.ui.applyButton.text = _("Apply")
+        self.ui.inputsCollapsibleButton.enabled = True
+        self._updateModelButtons()
+        self._checkCanApply()
+
+    def _onPollTimer(self):
+        if self._deviceRunner is not None:
+            self._deviceRunner.processEvents()
+        if self._task is not None:
+            self._task.processEvents()
+        if self._task is None and self._deviceRunner is None:
+            self._pollTimer.stop()
+
+    def _startStoreCommand(self, arguments, title, then=None, temporaryFolder=None):
+        self._appendLog(title)
+
+        def onFinished(runner):
+            self._clearTask()
+            if temporaryFolder:
+                shutil.rmtree(temporaryFolder, ignore_errors=True)
+            self.refreshModels()
+            if runner.succeeded:
+                self.ui.progressBar.value = 100
+                self.ui.statusLabel.text = _("{task}: done.").format(task=title)
+                if then is not None:
+                    with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+                        then()
+            elif runner.cancelled:
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = _("{task}: cancelled.").format(task=title)
+            else:
+                self.ui.statusLabel.text = _("{task}: failed.").format(task=title)
+                slicer.util.errorDisplay(
+                    _("{task} failed:\n{message}").format(task=title, message=runner.errorMessage), detailedText="\n".join(runner.stderrTail)
+                )
+
+        runner = self.logic.startRepuxCommand(arguments, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, onFinished=onFinished)
+        self._setTask(runner, title)
+
+    def _onRunnerProgress(self, update):
+        self._onProgress(update.fraction, update.stage, update.message, update.etaSeconds)
+
+    def _onRunnerLog(self, message):
+        self._onLog(message.level, message.text)
+
+    # ------------------------------------------------------------------ apply
+    def onApplyButton(self):
+        if self._task is not None:
+            self.onCancel()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            self.ui.warningLabel.hide()
+            self.logic.setupPythonRequirements(askConfirmation=True)
+            self._updateDependenciesLabel()
+            self._detectDevices()
+            info = findModel(self._parameterNode.model, self._models)
+            if info is not None and info.status == "downloadable":
+                question = _("Model '{model}' is not installed yet. Download it now ({size:.0f} MB)? The download is checked against its published sha256.")
+                if not slicer.util.confirmOkCancelDisplay(question.format(model=info.id, size=info.sizeMB)):
+                    return
+                self._startStoreCommand(installArguments(info.id), _("Downloading {model}").format(model=info.id), then=self._startSegmentation)
+                return
+            self._startSegmentation()
+
+    def _startSegmentation(self):
+        p = self._parameterNode
+        job = self.logic.startSegmentation(
+            p.inputVolume,
+            p.model,
+            device=p.device,
+            quality=p.quality.value,
+            roiNode=p.roi,
+            largestComponent=p.largestComponent,
+            outputSegmentation=p.outputSegmentation,
+            onProgress=self._onProgress,
+            onLog=self._onLog,
+            onFinished=self._onSegmentationFinished,
+        )
+        self._setTask(job, _("Segmenting {volume}").format(volume=p.inputVolume.GetName()))
+
+    def onCancel(self):
+        if self._task is None:
+            return
+        self.ui.applyButton.text = _("Cancelling...")
+        self.ui.applyButton.enabled = False
+        self._task.cancel()
+
+    def _onProgress(self, fraction, stage, message, etaSeconds):
+        stages = {
+            "load": _("Loading"),
+            "preprocess": _("Preprocessing"),
+            "infer": _("Segmenting"),
+            "postprocess": _("Post-processing"),
+            "write": _("Writing"),
+            "done": _("Finishing"),
+            "import": _("Importing the segments"),
+            "download": _("Downloading"),
+        }
+        text = stages.get(stage, stage)
+        if message:
+            text += ": " + message
+        if etaSeconds:
+            text += " " + _("(about {seconds:.0f} s left)").format(seconds=etaSeconds)
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.statusLabel.text = text
+
+    def _onLog(self, level, text):
+        self._appendLog(text if level == "INFO" else f"{level}: {text}")
+
+    def _appendLog(self, text):
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def _onSegmentationFinished(self, outcome):
+        self._clearTask()
+        if outcome.succeeded:
+            node = outcome.segmentationNode
+            self._lastSegmentation = node
+            self.ui.show3DButton.setSegmentationNode(node)
+            self.ui.show3DButton.enabled = True
+            self.ui.progressBar.value = 100
+            volumes = ", ".join(f"{name} {ml:.0f} mL" for name, ml in outcome.volumesMl.items())
+            self.ui.statusLabel.text = _("Done in {seconds:.0f} s: {volumes}").format(seconds=outcome.seconds, volumes=volumes)
+            if outcome.warnings:
+                self.ui.warningLabel.text = _("Warning: {warnings}").format(warnings=" ".join(outcome.warnings))
+                self.ui.warningLabel.show()
+        elif outcome.status == "cancelled":
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Cancelled.")
+        else:
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=outcome.errorMessage)
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(
+                _("Segmentation failed:\n{message}").format(message=outcome.errorMessage), detailedText=self.ui.logTextEdit.toPlainText()[-5000:]
+            )
+        self._checkCanApply()
+
+    # ---------------------------------------------------------------- results
+    def _resultSegmentation(self):
+        node = self._lastSegmentation
+        if node is not None and slicer.mrmlScene.IsNodePresent(node):
+            return node
+        return None
+
+    def onEditButton(self):
+        segmentationNode = self._resultSegmentation()
+        if segmentationNode is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the Segment Editor.")):
+            volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+            slicer.util.selectModule("SegmentEditor")
+            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+            editor.setSegmentationNode(segmentationNode)
+            if volumeNode is not None:
+                setSourceVolume = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
+                setSourceVolume(volumeNode)
+
+
+#
+# RepUXSegmentLogic
+#
+
+
+class RepUXSegmentLogic(ScriptedLoadableModuleLogic):
+    """Scripting entry points; the work is done by RepUXSegmentLib.
+
+    Example (Python console)::
+
+        import RepUXSegment
+        logic = RepUXSegment.RepUXSegmentLogic()
+        logic.setupPythonRequirements()  # once: PyTorch (PyTorch extension) and MONAI & co. (pip), asks first
+        segmentation = logic.segment(slicer.util.getNode("CTAAbdomenPanoramix"), model="repux-amos", device="auto")
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        #: interpreter for ``-m repux`` (None: PythonSlicer)
+        self.pythonExecutable = None
+
+    def getParameterNode(self):
+        return RepUXSegmentParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def requirementsPath():
+        return os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "requirements.txt")
+
+    def setupPythonRequirements(self, askConfirmation=True):
+        """Install PyTorch (PyTorch extension) and the packages of Resources/requirements.txt when missing."""
+        ensureDependencies(self.requirementsPath(), askConfirmation=askConfirmation, requester="RepUX")
+
+    # models
+    def models(self):
+        """Built-in, installed and downloadable models (list of RepUXSegmentLib.models.ModelInfo)."""
+        return listModels()
+
+    def removeModel(self, modelId):
+        return removeModel(modelId)
+
+    def modelStoreFolder(self, create=False):
+        return storeFolder(create=create)
+
+    # background commands
+    def startRepuxCommand(self, arguments, onProgress=None, onLog=None, onFinished=None):
+        """Start ``<python> -m repux <arguments>`` in the background; pump it with ``processEvents()``."""
+        runner = ProcessRunner(
+            repuxCommand(arguments, self.pythonExecutable),
+            env=childEnvironment(),
+            onProgress=onProgress,
+            onLog=onLog,
+            onFinished=onFinished,
+        )
+        runner.start()
+        return runner
+
+    def runRepuxCommand(self, arguments, timeout=None):
+        """Run ``<python> -m repux <arguments>`` and wait; returns the finished ProcessRunner."""
+        runner = self.startRepuxCommand(arguments)
+        runner.wait(timeout=timeout)
+        return runner
+
+    # segmentation
+    def _options(self, model, device, quality, roiNode, volumeNode, largestComponent):
+        if model is None:
+            from repux.store import DEFAULT_MODEL
+
+            model = DEFAULT_MODEL
+        roi = tuple(roiBoundsInVolumeSpace(roiNode, volumeNode)) if roiNode is not None else None
+        return SegmentationOptions(model=str(model), device=device, quality=quality, roiRAS=roi, largestComponent=largestComponent)
+
+    def startSegmentation(
+        self,
+        inputVolume,
+        model=None,
+        device="auto",
+        quality="standard",
+        roiNode=None,
+        largestComponent=False,
+        outputSegmentation=None,
+        onProgress=None,
+        onLog=None,
+        onFinished=None,
+    ):
+        """Start segmenting ``inputVolume`` in the background; returns the running SegmentationJob.
+
+        Call ``job.processEvents()`` periodically (or ``job.wait()``); ``onFinished`` gets the outcome.
+        """
+        job = SegmentationJob(
+            inputVolume,
+            self._options(model, device, quality, roiNode, inputVolume, largestComponent),
+            outputSegmentation=outputSegmentation,
+            context=MRMLContext.fromSlicer(),
+            pythonExecutable=self.pythonExecutable,
+            onProgress=onProgress,
+            onLog=onLog,
+            onFinished=onFinished,
+        )
+        job.start()
+        return job
+
+    def segment(
+        self,
+        inputVolume,
+        model=None,
+        device="auto",
+        quality="standard",
+        roiNode=None,
+        largestComponent=False,
+        outputSegmentation=None,
+        onProgress=None,
+        onLog=None,
+        timeout=None,
+    ):
+        """Segment ``inputVolume`` and return the segmentation node (blocks until done).
+
+        :param model: installed model id, built-in model id or model folder.
+        :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        :param quality: ``fast``, ``standard`` or ``best``.
+        :param roiNode: optional markups ROI: only this box is processed.
+        :param outputSegmentation: segmentation node to fill (segments replaced), or None for a new one.
+        :raises RepUXSegmentLib.segmentation.SegmentationError: the engine failed or was cancelled.
+        """
+        job = self.startSegmentation(inputVolume, model, device, quality, roiNode, largestComponent, outputSegmentation, onProgress, onLog)
+        outcome = job.wait(timeout=timeout)
+        if not outcome.succeeded:
+            raise SegmentationError(
+                _("Segmentation {status}: {message}").format(status=outcome.status, message=outcome.errorMessage or outcome.status), outcome
+            )
+        return outcome.segmentationNode
+
+
+#
+# RepUXSegmentTest
+#
+
+
+class RepUXSegmentTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer on the CPU with an untrained tiny model and a synthetic CT (about a minute)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentSyntheticVolume()
+        self.setUp()
+        self.test_RoiRestrictsProcessing()
+        self.setUp()
+        self.test_CancelLeavesSceneUnchanged()
+
+    @contextlib.contextmanager
+    def _testData(self, angleDegrees=15.0):
+        """Logic, work folder, tiny model folder and a synthetic CT volume (rotated about S by ``angleDegrees``).
+
+        The work folder is removed afterwards.
+        """
+        from RepUXSegmentLib.testing import createTinyModel, syntheticCTArray, syntheticIJKToRAS
+
+        logic = RepUXSegmentLogic()
+        logic.setupPythonRequirements(askConfirmation=False)
+        folder = tempfile.mkdtemp(prefix="RepUXSegmentTest-", dir=slicer.app.temporaryPath)
+        try:
+            modelDir = createTinyModel(folder)
+            volume = slicer.util.addVolumeFromArray(syntheticCTArray(), ijkToRAS=syntheticIJKToRAS(angleDegrees=angleDegrees), name="RepUXSyntheticCT")
+            yield logic, folder, modelDir, volume
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _exportLabels(self, segmentationNode):
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        self.assertTrue(
+            slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(segmentationNode, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+        )
+        array = slicer.util.arrayFromVolume(labelmap).copy()
+        slicer.mrmlScene.RemoveNode(labelmap)
+        return array
+
+    def test_SegmentSyntheticVolume(self):
+        import numpy as np
+        import SimpleITK as sitk
+
+        import repux
+        from repux.store import resolve_model
+
+        self.delayDisplay("Segmenting a synthetic CT with an untrained tiny model")
+        with self._testData() as (logic, folder, modelDir, volume):
+            updates = []
+            segmentationNode = logic.segment(volume, model=str(modelDir), device="cpu", quality="fast", onProgress=lambda f, s, m, e: updates.append((f, s)))
+
+            card = resolve_model(str(modelDir))
+            segmentation = segmentationNode.GetSegmentation()
+            self.assertEqual(segmentation.GetNumberOfSegments(), len(card.labels))
+            for i, label in enumerate(card.labels):
+                segment = segmentation.GetNthSegment(i)
+                self.assertEqual(segment.GetName(), label.name)
+                np.testing.assert_allclose(segment.GetColor(), label.color_float, atol=1e-3)
+                tag = vtk.reference("")
+                self.assertTrue(segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag))
+                self.assertEqual(str(tag), label.slicer_terminology())
+            self.assertEqual(segmentationNode.GetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole()), volume.GetID())
+            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+            self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(segmentationNode)), shNode.GetItemParent(shNode.GetItemByDataNode(volume)))
+
+            fractions = [f for f, _stage in updates]
+            self.assertGreater(len(fractions), 3)
+            self.assertEqual(fractions, sorted(fractions))
+            self.assertEqual(fractions[-1], 1.0)
+            self.assertIn("infer", [s for _f, s in updates])
+
+            # the segmentation equals, voxel for voxel, the engine's own result for the same voxels
+            exported = self._exportLabels(segmentationNode)
+            self.assertEqual(exported.shape, slicer.util.arrayFromVolume(volume).shape)
+            path = os.path.join(folder, "input.nrrd")
+            self.assertTrue(slicer.util.saveNode(volume, path))
+            reference = repux.segment(path, model=str(modelDir), device="cpu", quality="fast")
+            np.testing.assert_array_equal(exported, sitk.GetArrayFromImage(reference.labels))
+        self.delayDisplay("Test passed")
+
+    def test_RoiRestrictsProcessing(self):
+        import numpy as np
+
+        self.delayDisplay("Segmenting inside an ROI")
+        with self._testData(angleDegrees=0.0) as (logic, _folder, modelDir, volume):  # axis-aligned: the box check is exact
+            bounds = [0.0] * 6
+            volume.GetRASBounds(bounds)
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "RepUXTestROI")
+            roi.SetCenter([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
+            roi.SetSize((bounds[1] - bounds[0]) / 3, (bounds[3] - bounds[2]) / 3, (bounds[5] - bounds[4]) / 3)
+            segmentationNode = logic.segment(volume, model=str(modelDir), device="cpu", quality="fast", roiNode=roi)
+            labels = self._exportLabels(segmentationNode)
+            ijkToRAS = vtk.vtkMatrix4x4()
+            volume.GetIJKToRASMatrix(ijkToRAS)
+            matrix = slicer.util.arrayFromVTKMatrix(ijkToRAS)
+            k, j, i = np.nonzero(labels)
+            self.assertGreater(len(i), 0, "the tiny model found nothing inside the ROI")
+            ras = matrix[:3, :3] @ np.vstack([i, j, k]) + matrix[:3, 3:4]
+            roiBounds = [0.0] * 6
+            roi.GetRASBounds(roiBounds)
+            margin = 12.0  # up to two 4 mm model voxels around the box, plus one input voxel
+            for axis in range(3):
+                self.assertGreaterEqual(ras[axis].min(), roiBounds[2 * axis] - margin)
+                self.assertLessEqual(ras[axis].max(), roiBounds[2 * axis + 1] + margin)
+        self.delayDisplay("Test passed")
+
+    def test_CancelLeavesSceneUnchanged(self):
+        self.delayDisplay("Cancelling a run")
+        with self._testData() as (logic, _folder, modelDir, volume):
+            nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+            progress = []
+            job = logic.startSegmentation(volume, str(modelDir), device="cpu", quality="best", onProgress=lambda *args: progress.append(args))
+            temporaryFolder = job.tempDirectory
+            self.assertTrue(os.path.isdir(temporaryFolder))
+            deadline = time.monotonic() + 120
+            while job.processEvents() and not progress and time.monotonic() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            self.assertTrue(progress, "no progress line within 120 s")
+            job.cancel()
+            outcome = job.wait(timeout=60)
+            self.assertEqual(outcome.status, "cancelled")
+            self.assertIsNone(outcome.segmentationNode)
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+            self.assertFalse(os.path.exists(temporaryFolder))
+        self.delayDisplay("Test passed")

@@ -1,0 +1,235 @@
+"""The model store as RepUXSegment shows it (no Qt).
+
+Listing and deleting use the ``repux.store`` Python API in this process (cheap:
+no torch).  Downloads, imports and conversions run ``repux models install``,
+``repux models import`` and ``repux convert-official --install`` in a child
+process (:func:`installArguments` & co. build their arguments) so the GUI stays
+responsive and downloads report progress and are sha256-verified by the engine.
+Available compute devices come from ``repux info --json`` in a child process too,
+so Slicer's own process never initialises CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LABEL_SET_CHOICES",
+    "DeviceChoice",
+    "ModelInfo",
+    "convertOfficialArguments",
+    "deviceInfoArguments",
+    "findModel",
+    "importArguments",
+    "installArguments",
+    "listModels",
+    "parseDeviceInfo",
+    "removeModel",
+    "storeFolder",
+    "suggestModelId",
+]
+
+#: label sets ``repux convert-official --labels`` knows by name
+LABEL_SET_CHOICES = ("flare", "amos")
+
+_ID_CHARS = re.compile(r"[^a-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One row of ``repux models list --json``.
+
+    Attributes:
+        id: model id (what ``--model`` takes).
+        version: model version.
+        status: ``built-in``, ``installed`` or ``downloadable``.
+        sizeMB: size of the weights (or of the download) in MB.
+        labels: organ names, by label value.
+        path: model folder ("" for downloadable models).
+        name: display name.
+        description: longer text (catalog or model card).
+    """
+
+    id: str
+    version: str
+    status: str
+    sizeMB: float
+    labels: tuple[str, ...] = field(default_factory=tuple)
+    path: str = ""
+    name: str = ""
+    description: str = ""
+
+    @property
+    def installed(self) -> bool:
+        return self.status in ("built-in", "installed")
+
+    @property
+    def displayName(self) -> str:
+        return self.name if self.name and self.name != self.id else self.id
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """A compute device: ``device`` is what ``--device`` takes, ``name`` the hardware name."""
+
+    device: str
+    name: str = ""
+    memoryGB: float | None = None
+
+    @property
+    def isGpu(self) -> bool:
+        return self.device.startswith("cuda") or self.device == "mps"
+
+
+def listModels(store: Any = None) -> list[ModelInfo]:
+    """Built-in, installed and downloadable models (the ``repux models list --json`` rows), by id."""
+    from repux.store import ModelStore, builtin_models_dir, load_catalog
+
+    store = store or ModelStore()
+    rows: list[ModelInfo] = []
+    builtinRoot = builtin_models_dir()
+    for card in store.available():
+        path = Path(card.path) if card.path else None
+        size = card.size_bytes or (((path / "model.safetensors").stat().st_size) if path and (path / "model.safetensors").is_file() else 0)
+        builtin = path is not None and builtinRoot in path.resolve().parents
+        rows.append(
+            ModelInfo(
+                id=card.id,
+                version=card.version,
+                status="built-in" if builtin else "installed",
+                sizeMB=round(size / 1e6, 1),
+                labels=tuple(card.labels.names),
+                path=str(path or ""),
+                name=card.name,
+                description=card.description,
+            )
+        )
+    have = {r.id for r in rows}
+    for entry in load_catalog():
+        if entry.id not in have:
+            rows.append(
+                ModelInfo(
+                    id=entry.id,
+                    version=entry.version,
+                    status="downloadable",
+                    sizeMB=round(entry.size_bytes / 1e6, 1),
+                    labels=tuple(entry.labels),
+                    name=entry.name,
+                    description=entry.description,
+                )
+            )
+    return rows
+
+
+def findModel(modelId: str, models: Iterable[ModelInfo]) -> ModelInfo | None:
+    """The row with ``modelId`` (or whose folder is ``modelId``), or None."""
+    for m in models:
+        if m.id == modelId or (m.path and os.path.normcase(m.path) == os.path.normcase(str(modelId))):
+            return m
+    return None
+
+
+def storeFolder(create: bool = False) -> Path:
+    """The model store's root folder (``$REPUX_HOME`` or ``~/.repux``)."""
+    from repux.store import ModelStore
+
+    root = ModelStore().root
+    if create:
+        (root / "models").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def removeModel(modelId: str) -> Path:
+    """Delete an installed model; returns its former folder.
+
+    Raises:
+        repux.errors.ModelFileError: unknown or built-in model.
+    """
+    from repux.store import ModelStore
+
+    return ModelStore().remove(modelId)
+
+
+def installArguments(modelId: str, replace: bool = False) -> list[str]:
+    """``repux models install ID --progress json`` (download, sha256 check, install)."""
+    args = ["models", "install", str(modelId), "--progress", "json"]
+    if replace:
+        args.append("--replace")
+    return args
+
+
+def importArguments(source: str | os.PathLike[str], modelId: str | None = None, replace: bool = False) -> list[str]:
+    """``repux models import SOURCE [--id ID]`` for a model folder or ``.zip``.
+
+    A path to a ``model.json`` file stands for its folder.
+    """
+    src = Path(source)
+    if src.name == "model.json":
+        src = src.parent
+    args = ["models", "import", str(src)]
+    if modelId:
+        args += ["--id", modelId]
+    if replace:
+        args.append("--replace")
+    return args
+
+
+def convertOfficialArguments(checkpoint: str | os.PathLike[str], labels: str, outFolder: str | os.PathLike[str], modelId: str) -> list[str]:
+    """``repux convert-official CKPT --labels L --out OUT --id ID --install``.
+
+    Raises:
+        ValueError: empty model id or label set.
+    """
+    if not str(modelId).strip():
+        raise ValueError("a model id is needed to install the converted checkpoint.")
+    if not str(labels).strip():
+        raise ValueError("choose the label set of the checkpoint: flare, amos or a label JSON file.")
+    return ["convert-official", str(checkpoint), "--labels", str(labels), "--out", str(outFolder), "--id", str(modelId), "--install"]
+
+
+def deviceInfoArguments() -> list[str]:
+    return ["info", "--json"]
+
+
+def parseDeviceInfo(stdoutLines: Sequence[str]) -> list[DeviceChoice]:
+    """The devices listed by ``repux info --json``: the CPU, then CUDA GPUs and Apple MPS.
+
+    Raises:
+        ValueError: the output is not the expected JSON.
+    """
+    text = "\n".join(stdoutLines).strip()
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"'repux info --json' printed something else than JSON: {text[:200]!r}") from err
+    devices = info.get("devices") if isinstance(info, dict) else None
+    if not isinstance(devices, list):
+        raise ValueError("'repux info --json' has no 'devices' list.")
+    choices: list[DeviceChoice] = []
+    for d in devices:
+        if not isinstance(d, dict) or "device" not in d:
+            continue
+        dev = str(d["device"])
+        if dev != "cpu" and not dev.startswith("cuda") and dev != "mps":
+            continue
+        memory = d.get("memory_gb")
+        choices.append(DeviceChoice(dev, str(d.get("name") or ""), float(memory) if isinstance(memory, (int, float)) else None))
+    return choices
+
+
+def suggestModelId(checkpoint: str | os.PathLike[str], labels: str) -> str:
+    """A store id for a converted checkpoint, e.g. ``repuxnet-flare-best-metric-model``."""
+    stem = Path(checkpoint).name
+    for suffix in (".pth", ".pt", ".ckpt"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    labelPart = Path(labels).stem if labels not in LABEL_SET_CHOICES else labels
+    raw = f"repuxnet-{labelPart}-{stem}".lower().replace("_", "-")
+    cleaned = _ID_CHARS.sub("-", raw).strip("-.")
+    return re.sub(r"-{2,}", "-", cleaned)[:64] or "repuxnet-model"

@@ -1,0 +1,478 @@
+"""Run a command in a background process and stream its output, without Qt.
+
+:class:`ProcessRunner` starts a child process (normally ``PythonSlicer -m repux ...``),
+reads its stdout and stderr on two reader threads into one queue, and hands
+the lines to callbacks when the owner calls :meth:`ProcessRunner.processEvents`.
+That call happens in the owner's thread: a module widget drains the queue from
+a ``qt.QTimer`` (so callbacks may touch the GUI and the MRML scene), scripts and
+tests use the blocking :meth:`ProcessRunner.wait`.
+
+The child follows the ``repux`` command-line conventions:
+
+* stdout: one JSON object per line with ``--progress json``
+  (``{"stage": ..., "fraction": ..., "message": ..., "eta_s": ...}``, the last one
+  ``{"stage": "done", ...}``); other stdout lines are plain text;
+* stderr: log lines ``LEVEL: message`` (``LEVEL name: message`` with ``-vv``) and,
+  on failure, one line ``repux: error: message``;
+* exit code 0 on success, 1 for a user error, 2 for a usage error, 128 + signal
+  number when stopped by a signal.
+
+:meth:`ProcessRunner.cancel` stops the whole process tree: the child is started
+as the leader of a new session (POSIX) or process group (Windows), gets
+SIGTERM (``repux`` then stops at its next progress point and removes its
+temporary files) and, after a grace period, SIGKILL for the whole group; on
+Windows ``taskkill /T /F`` ends the tree.  ``psutil`` is used when installed to
+also reach descendants that left the group.
+
+Nothing here imports Qt or Slicer, so the module can be reused by other modules
+(e.g. RepUXTrainer) and tested with a plain Python interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LogMessage",
+    "ProcessRunner",
+    "ProcessStartError",
+    "ProgressUpdate",
+    "childEnvironment",
+    "findPythonExecutable",
+    "killProcessTree",
+    "parseLogLine",
+    "parseProgressLine",
+    "repuxCommand",
+    "repuxPackageParent",
+]
+
+logger = logging.getLogger(__name__)
+
+#: seconds between SIGTERM and SIGKILL when cancelling (repux itself exits 2 s after SIGTERM at the latest)
+DEFAULT_GRACE_SECONDS = 3.0
+
+_LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)(?: [\w.]+)?: (.*)$")
+_ERROR_LINE = re.compile(r"^[\w.-]+(?: [\w.-]+)*: error: (.*)$")  # "repux: error:" and argparse "repux segment: error:"
+
+
+class ProcessStartError(RuntimeError):
+    """The child process could not be started (interpreter missing, bad working folder...)."""
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """One JSON progress line of the child.
+
+    Attributes:
+        stage: machine name of the stage (``"load"``, ``"infer"``, ``"download"``, ``"done"``...).
+        fraction: fraction of the whole job done, 0..1.
+        message: human-readable text.
+        etaSeconds: estimated seconds left, or None.
+        data: the whole JSON object (stage-specific keys such as ``outputs``, ``volumes_ml``).
+    """
+
+    stage: str
+    fraction: float
+    message: str = ""
+    etaSeconds: float | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogMessage:
+    """One log line of the child.
+
+    Attributes:
+        level: ``"DEBUG"``, ``"INFO"``, ``"WARNING"`` or ``"ERROR"``.
+        text: the message without the level prefix.
+        stream: ``"stderr"`` or ``"stdout"``.
+    """
+
+    level: str
+    text: str
+    stream: str = "stderr"
+
+
+def parseProgressLine(line: str) -> ProgressUpdate | None:
+    """A :class:`ProgressUpdate` for a JSON progress line, None for anything else."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or "stage" not in data or "fraction" not in data:
+        return None
+    try:
+        fraction = min(max(float(data["fraction"]), 0.0), 1.0)
+    except (TypeError, ValueError):
+        return None
+    eta = data.get("eta_s")
+    try:
+        etaSeconds = None if eta is None else float(eta)
+    except (TypeError, ValueError):
+        etaSeconds = None
+    return ProgressUpdate(str(data["stage"]), fraction, str(data.get("message", "")), etaSeconds, data)
+
+
+def parseLogLine(line: str, stream: str = "stderr") -> LogMessage:
+    """Split ``LEVEL: message`` / ``repux: error: message``; other text is INFO."""
+    text = line.rstrip("\r\n")
+    m = _LOG_LINE.match(text)
+    if m:
+        level = "ERROR" if m.group(1) == "CRITICAL" else m.group(1)
+        return LogMessage(level, m.group(2), stream)
+    m = _ERROR_LINE.match(text)
+    if m:
+        return LogMessage("ERROR", m.group(1), stream)
+    return LogMessage("INFO", text, stream)
+
+
+def _psutilChildren(pid: int) -> list[Any]:
+    if importlib.util.find_spec("psutil") is None:
+        return []
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _killStragglers(children: Sequence[Any]) -> None:
+    if not children:
+        return
+    import psutil
+
+    for child in children:
+        try:
+            if child.is_running():
+                child.kill()
+        except psutil.Error:
+            pass
+
+
+def killProcessTree(process: subprocess.Popen, graceSeconds: float = DEFAULT_GRACE_SECONDS) -> None:
+    """Stop ``process`` and all its descendants; blocks up to ``graceSeconds``.
+
+    The process must have been started by :class:`ProcessRunner` (new session on
+    POSIX, new process group on Windows) so that the whole tree shares one group.
+    """
+    children = _psutilChildren(process.pid)
+    if os.name == "nt":
+        if process.poll() is None:
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False)
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            process.wait(timeout=max(graceSeconds, 0.0))
+        except subprocess.TimeoutExpired:
+            pass
+        # the group may outlive its leader: always finish it off
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _killStragglers(children)
+    try:
+        process.wait(timeout=10.0)
+    except subprocess.TimeoutExpired:
+        logger.warning("process %d did not exit after being killed", process.pid)
+
+
+class ProcessRunner:
+    """A background process whose output is delivered to callbacks in the owner's thread.
+
+    Args:
+        command: program and arguments.
+        env: environment of the child (default: this process's).
+        cwd: working folder of the child.
+        onProgress: called with :class:`ProgressUpdate` for every JSON progress line.
+        onLog: called with :class:`LogMessage` for stderr lines and non-JSON stdout lines.
+        onFinished: called once with this runner when the child has exited and all its
+            output was delivered.
+
+    Example:
+        >>> runner = ProcessRunner([sys.executable, "-c", "print('hi')"])  # doctest: +SKIP
+        >>> runner.start(); runner.wait()  # doctest: +SKIP
+        0
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        onProgress: Callable[[ProgressUpdate], None] | None = None,
+        onLog: Callable[[LogMessage], None] | None = None,
+        onFinished: Callable[[ProcessRunner], None] | None = None,
+    ) -> None:
+        if not command:
+            raise ValueError("ProcessRunner needs a command; got an empty list.")
+        self.command = [str(c) for c in command]
+        self.env = dict(env) if env is not None else None
+        self.cwd = str(cwd) if cwd is not None else None
+        self.onProgress = onProgress
+        self.onLog = onLog
+        self.onFinished = onFinished
+        self.process: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self.cancelled = False
+        self.lastProgress: ProgressUpdate | None = None
+        self.stdoutLines: list[str] = []
+        self.warnings: list[str] = []
+        self.errors: list[str] = []
+        self.stderrTail: list[str] = []
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._finished = False
+        self._startTime: float | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def started(self) -> bool:
+        return self.process is not None
+
+    @property
+    def finished(self) -> bool:
+        """True once the exit was delivered by :meth:`processEvents`."""
+        return self._finished
+
+    @property
+    def running(self) -> bool:
+        return self.started and not self._finished
+
+    @property
+    def succeeded(self) -> bool:
+        return self._finished and self.returncode == 0 and not self.cancelled
+
+    @property
+    def elapsedSeconds(self) -> float:
+        return 0.0 if self._startTime is None else time.monotonic() - self._startTime
+
+    @property
+    def errorMessage(self) -> str:
+        """The child's own error message (``repux: error: ...``), else its last ERROR or stderr line."""
+        if self.errors:
+            return self.errors[-1]
+        if self.stderrTail:
+            return self.stderrTail[-1]
+        if self.returncode not in (None, 0):
+            return f"the process exited with code {self.returncode}"
+        return ""
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> None:
+        """Start the child and its reader threads.
+
+        Raises:
+            ProcessStartError: when the program cannot be executed.
+            RuntimeError: when called twice.
+        """
+        if self.process is not None:
+            raise RuntimeError("this ProcessRunner was already started; create a new one.")
+        kwargs: dict[str, Any] = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True
+        env = self.env if self.env is not None else dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("PYTHONIOENCODING", "utf-8")
+        try:
+            self.process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=self.cwd,
+                env=env,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                **kwargs,
+            )
+        except OSError as err:
+            raise ProcessStartError(f"cannot start {self.command[0]!r}: {err}") from err
+        self._startTime = time.monotonic()
+        readers = [
+            threading.Thread(target=self._read, args=(self.process.stdout, "stdout"), name="repux-stdout", daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stderr, "stderr"), name="repux-stderr", daemon=True),
+        ]
+        for t in readers:
+            t.start()
+        waiter = threading.Thread(target=self._waitForExit, args=(readers,), name="repux-wait", daemon=True)
+        waiter.start()
+        self._threads = [*readers, waiter]
+
+    def _read(self, stream: Any, name: str) -> None:
+        try:
+            for line in iter(stream.readline, ""):
+                self._queue.put((name, line))
+        except (OSError, ValueError):  # stream closed under us
+            pass
+        finally:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def _waitForExit(self, readers: list[threading.Thread]) -> None:
+        assert self.process is not None
+        rc = self.process.wait()
+        for t in readers:
+            t.join()
+        self._queue.put(("exit", rc))
+
+    def cancel(self, graceSeconds: float = DEFAULT_GRACE_SECONDS, block: bool = False) -> None:
+        """Stop the child and its descendants (SIGTERM, then SIGKILL after ``graceSeconds``).
+
+        Non-blocking by default: the kill runs on a helper thread and the exit is
+        delivered by :meth:`processEvents` as usual.
+        """
+        if self.process is None or self._finished:
+            return
+        self.cancelled = True
+        if self.process.poll() is not None:
+            return
+        if block:
+            killProcessTree(self.process, graceSeconds)
+        else:
+            threading.Thread(target=killProcessTree, args=(self.process, graceSeconds), name="repux-kill", daemon=True).start()
+
+    # ------------------------------------------------------------------ delivery
+    def processEvents(self, maxEvents: int | None = None) -> bool:
+        """Deliver queued output to the callbacks; return True while the child is running."""
+        if self.process is None:
+            return False
+        n = 0
+        while not self._finished and (maxEvents is None or n < maxEvents):
+            try:
+                kind, payload = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            n += 1
+            if kind == "exit":
+                self.returncode = int(payload)
+                self._finished = True
+                if self.onFinished is not None:
+                    self.onFinished(self)
+            else:
+                self._deliverLine(kind, payload)
+        return not self._finished
+
+    def _deliverLine(self, stream: str, line: str) -> None:
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            return
+        if stream == "stdout":
+            update = parseProgressLine(text)
+            if update is not None:
+                self.lastProgress = update
+                if self.onProgress is not None:
+                    self.onProgress(update)
+                return
+            self.stdoutLines.append(text)
+            message = LogMessage("INFO", text, "stdout")
+        else:
+            message = parseLogLine(text, "stderr")
+            self.stderrTail = (self.stderrTail + [text])[-50:]
+            if message.level == "WARNING":
+                self.warnings.append(message.text)
+            elif message.level == "ERROR":
+                self.errors.append(message.text)
+        if self.onLog is not None:
+            self.onLog(message)
+
+    def wait(self, timeout: float | None = None, pollInterval: float = 0.05) -> int:
+        """Block until the child exits (delivering its output); return its exit code.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds (the child keeps running; cancel it if needed).
+        """
+        if self.process is None:
+            raise RuntimeError("the process was not started.")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.processEvents():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.command[0]} did not finish within {timeout} s.")
+            time.sleep(pollInterval)
+        assert self.returncode is not None
+        return self.returncode
+
+
+# ---------------------------------------------------------------------- environment
+
+
+def _insideSlicerApplication() -> bool:
+    slicerModule = sys.modules.get("slicer")
+    return slicerModule is not None and getattr(slicerModule, "app", None) is not None
+
+
+def findPythonExecutable() -> str:
+    """The interpreter that runs ``-m repux``: ``PythonSlicer`` inside Slicer, else this interpreter.
+
+    ``PythonSlicer`` is looked up on ``PATH`` (the Slicer launcher puts it there) and
+    next to ``sys.executable``.
+
+    Raises:
+        ProcessStartError: inside Slicer when PythonSlicer cannot be found.
+    """
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    folder = Path(sys.executable).resolve().parent
+    for name in ("PythonSlicer", "PythonSlicer.exe"):
+        candidate = folder / name
+        if candidate.is_file():
+            return str(candidate)
+    if _insideSlicerApplication():
+        raise ProcessStartError(f"PythonSlicer was not found on PATH or in {folder}; the Slicer installation looks incomplete.")
+    return sys.executable
+
+
+def repuxPackageParent() -> Path:
+    """The folder that contains the ``repux`` package (what the child needs on ``PYTHONPATH``)."""
+    spec = importlib.util.find_spec("repux")
+    if spec is None or spec.origin is None:
+        raise ProcessStartError("the 'repux' package is not importable; the RepUX extension is not installed completely.")
+    return Path(spec.origin).resolve().parent.parent
+
+
+def childEnvironment(extraPythonPath: Sequence[str | os.PathLike[str]] = (), base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child ``repux`` process: ``PYTHONPATH`` starts with the repux package folder."""
+    env = dict(os.environ if base is None else base)
+    parts = [str(repuxPackageParent()), *(str(p) for p in extraPythonPath)]
+    old = env.get("PYTHONPATH", "")
+    if old:
+        parts.extend(p for p in old.split(os.pathsep) if p and p not in parts)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def repuxCommand(arguments: Sequence[str], python: str | None = None) -> list[str]:
+    """``[python, "-m", "repux", *arguments]``."""
+    return [python or findPythonExecutable(), "-m", "repux", *[str(a) for a in arguments]]

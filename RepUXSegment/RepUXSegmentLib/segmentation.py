@@ -1,0 +1,394 @@
+"""Segment a volume node with ``repux segment`` in a background process (no Qt).
+
+:class:`SegmentationJob` is the whole round trip:
+
+1. resolve the model (``repux.store.resolve_model``) for its labels;
+2. write the volume to ``<tmp>/input.nrrd`` with Slicer's NRRD storage node;
+3. run ``<python> -m repux segment --input input.nrrd --model <folder> --output labels.nrrd
+   --progress json --device ... --quality ... [--roi-ras ...]`` through
+   :class:`~RepUXSegmentLib.process.ProcessRunner`, forwarding its progress and log;
+4. read ``labels.nrrd`` and import it as one named, coloured, SNOMED-tagged segment
+   per organ (:func:`~RepUXSegmentLib.mrml.importLabelmap`);
+5. remove the temporary folder whatever happened.
+
+The scene is only touched in step 4, so a failed or cancelled job leaves it
+unchanged.  The GUI drives a job with :meth:`SegmentationJob.processEvents` from a
+timer; :func:`segmentVolume` is the blocking form for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
+from .process import LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
+
+__all__ = [
+    "QUALITIES",
+    "SegmentationError",
+    "SegmentationJob",
+    "SegmentationOptions",
+    "SegmentationOutcome",
+    "segmentVolume",
+]
+
+logger = logging.getLogger(__name__)
+
+#: quality levels of ``repux segment --quality``
+QUALITIES = ("fast", "standard", "best")
+
+#: job states
+IDLE, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "cancelling", "succeeded", "failed", "cancelled"
+
+
+class SegmentationError(RuntimeError):
+    """A segmentation failed or was cancelled; ``outcome`` holds the details."""
+
+    def __init__(self, message: str, outcome: SegmentationOutcome | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """What to run.
+
+    Attributes:
+        model: installed model id, built-in model id or model folder.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        quality: ``fast``, ``standard`` or ``best``.
+        roiRAS: optional box ``(r0, a0, s0, r1, a1, s1)`` in the volume's RAS space (mm).
+        largestComponent: keep each organ's largest connected component.
+        extraArguments: further ``repux segment`` options, e.g. ``("--threads", "4")``.
+    """
+
+    model: str
+    device: str = "auto"
+    quality: str = "standard"
+    roiRAS: tuple[float, ...] | None = None
+    largestComponent: bool = False
+    extraArguments: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        """Raise ValueError for an unusable option (messages name the option and the allowed values)."""
+        if not str(self.model).strip():
+            raise ValueError("no model selected: choose an installed model or a model folder.")
+        if self.quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {', '.join(QUALITIES)}; got {self.quality!r}.")
+        device = str(self.device).strip().lower()
+        if not (device in ("auto", "cpu", "cuda", "gpu", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}.")
+        if self.roiRAS is not None:
+            formatRoiRas(self.roiRAS)
+
+    def commandArguments(
+        self, inputPath: str | os.PathLike[str], outputPath: str | os.PathLike[str], modelPath: str | os.PathLike[str] | None = None
+    ) -> list[str]:
+        """The ``repux segment ...`` arguments (after ``-m repux``)."""
+        args = [
+            "segment",
+            "--input",
+            str(inputPath),
+            "--model",
+            str(modelPath or self.model),
+            "--output",
+            str(outputPath),
+            "--progress",
+            "json",
+            "--device",
+            str(self.device).strip().lower(),
+            "--quality",
+            self.quality,
+        ]
+        if self.roiRAS is not None:
+            args.append("--roi-ras=" + formatRoiRas(self.roiRAS))  # "=": the value may start with "-"
+        if self.largestComponent:
+            args.append("--largest-component")
+        args += [str(a) for a in self.extraArguments]
+        return args
+
+
+@dataclass
+class SegmentationOutcome:
+    """How a job ended.
+
+    Attributes:
+        status: ``succeeded``, ``failed`` or ``cancelled``.
+        segmentationNode: the result (succeeded only).
+        volumesMl: organ volumes in mL reported by the engine.
+        summary: the engine's summary (timings, device, settings, warnings...).
+        warnings: warnings of the engine (e.g. intensities that do not look like CT).
+        errorMessage: why it failed.
+        returncode: exit code of the child process (None if it never ran).
+        seconds: wall time of the job.
+    """
+
+    status: str
+    segmentationNode: Any = None
+    volumesMl: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    errorMessage: str = ""
+    returncode: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCEEDED
+
+
+class SegmentationJob:
+    """One segmentation of one volume node in a background process.
+
+    Args:
+        volumeNode: the input ``vtkMRMLScalarVolumeNode``.
+        options: :class:`SegmentationOptions`.
+        outputSegmentation: existing segmentation node to fill (its segments are
+            replaced), or None to create a new node at the end.
+        context: scene and logics (default: :meth:`MRMLContext.fromSlicer`).
+        pythonExecutable: interpreter for ``-m repux`` (default: PythonSlicer / this Python).
+        environment: environment of the child (default: :func:`~RepUXSegmentLib.process.childEnvironment`).
+        onProgress: ``(fraction, stage, message, etaSeconds)`` for every engine progress line.
+        onLog: ``(level, text)`` for engine log lines and job messages.
+        onFinished: called once with the :class:`SegmentationOutcome`.
+    """
+
+    def __init__(
+        self,
+        volumeNode: Any,
+        options: SegmentationOptions,
+        *,
+        outputSegmentation: Any = None,
+        context: MRMLContext | None = None,
+        pythonExecutable: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        onProgress: Callable[[float, str, str, float | None], None] | None = None,
+        onLog: Callable[[str, str], None] | None = None,
+        onFinished: Callable[[SegmentationOutcome], None] | None = None,
+    ) -> None:
+        if volumeNode is None:
+            raise ValueError("no input volume selected.")
+        options.validate()
+        self.volumeNode = volumeNode
+        self.options = options
+        self.outputSegmentation = outputSegmentation
+        self.context = context or MRMLContext.fromSlicer()
+        self.pythonExecutable = pythonExecutable
+        self.environment = dict(environment) if environment is not None else None
+        self.onProgress = onProgress
+        self.onLog = onLog
+        self.onFinished = onFinished
+        self.state = IDLE
+        self.outcome: SegmentationOutcome | None = None
+        self.tempDirectory: Path | None = None
+        self.runner: ProcessRunner | None = None
+        self.specs: list[SegmentSpec] = []
+        self.modelCard: Any = None
+        self._doneEvent: ProgressUpdate | None = None
+        self._startTime = 0.0
+
+    # ----------------------------------------------------------------- helpers
+    def _log(self, level: str, text: str) -> None:
+        logger.log(getattr(logging, level, logging.INFO), "%s", text)
+        if self.onLog is not None:
+            self.onLog(level, text)
+
+    def _onRunnerProgress(self, update: ProgressUpdate) -> None:
+        if update.stage == "done":
+            self._doneEvent = update
+        if self.onProgress is not None:
+            self.onProgress(update.fraction, update.stage, update.message, update.etaSeconds)
+
+    def _onRunnerLog(self, message: LogMessage) -> None:
+        if self.onLog is not None:
+            self.onLog(message.level, message.text)
+
+    def _removeTemporaryFiles(self) -> None:
+        if self.tempDirectory is not None:
+            shutil.rmtree(self.tempDirectory, ignore_errors=True)
+            if self.tempDirectory.exists():
+                logger.warning("could not remove the temporary folder %s", self.tempDirectory)
+            self.tempDirectory = None
+
+    def _finish(self, outcome: SegmentationOutcome) -> None:
+        self._removeTemporaryFiles()
+        outcome.seconds = time.monotonic() - self._startTime if self._startTime else 0.0
+        self.outcome = outcome
+        self.state = outcome.status
+        if outcome.status == SUCCEEDED:
+            self._log("INFO", f"segmentation finished in {outcome.seconds:.1f} s")
+        elif outcome.status == CANCELLED:
+            self._log("INFO", "segmentation cancelled")
+        else:
+            self._log("ERROR", f"segmentation failed: {outcome.errorMessage}")
+        if self.onFinished is not None:
+            self.onFinished(outcome)
+
+    # ----------------------------------------------------------------- control
+    @property
+    def running(self) -> bool:
+        return self.state in (RUNNING, CANCELLING)
+
+    def start(self) -> None:
+        """Write the input and start the engine.
+
+        Raises:
+            repux.errors.ModelFileError: unknown model.
+            ValueError: unusable input volume.
+            ProcessStartError: the interpreter could not be started.
+        """
+        if self.state != IDLE:
+            raise RuntimeError("a SegmentationJob can only be started once.")
+        self._startTime = time.monotonic()
+        self.modelCard, self.specs = segmentSpecsFromModel(self.options.model)
+        self.tempDirectory = Path(tempfile.mkdtemp(prefix="RepUX-", dir=self.context.temporaryDirectory))
+        try:
+            inputPath = writeVolumeNrrd(self.volumeNode, self.tempDirectory / "input.nrrd")
+            outputPath = self.tempDirectory / "labels.nrrd"
+            python = self.pythonExecutable or findPythonExecutable()
+            command = repuxCommand(self.options.commandArguments(inputPath, outputPath, self.modelCard.path), python)
+            env = self.environment if self.environment is not None else childEnvironment()
+            self._log("INFO", f"model {self.modelCard.id} {self.modelCard.version}: {', '.join(s.name for s in self.specs)}")
+            self._log("INFO", "running: " + " ".join(command))
+            self.runner = ProcessRunner(command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog)
+            self.runner.start()
+        except BaseException:
+            self._removeTemporaryFiles()
+            raise
+        self.state = RUNNING
+
+    def cancel(self) -> None:
+        """Stop the engine (the whole process tree); the job then ends as ``cancelled``."""
+        if self.state == RUNNING and self.runner is not None:
+            self.state = CANCELLING
+            self._log("INFO", "cancelling...")
+            self.runner.cancel()
+
+    def processEvents(self) -> bool:
+        """Deliver the engine's output; import the result when it has exited. True while running."""
+        if self.runner is None or not self.running:
+            return False
+        try:
+            stillRunning = self.runner.processEvents()
+        except Exception as err:  # noqa: BLE001 - a callback failed: stop the child, report it, keep the scene unchanged
+            self.runner.cancel(block=True)
+            self._finish(SegmentationOutcome(FAILED, errorMessage=f"{type(err).__name__}: {err}", returncode=self.runner.returncode))
+            return False
+        if stillRunning:
+            return True
+        self._onProcessExit()
+        return False
+
+    def _onProcessExit(self) -> None:
+        runner = self.runner
+        assert runner is not None
+        warnings = list(dict.fromkeys(runner.warnings))
+        if self.state == CANCELLING or runner.cancelled:
+            self._finish(SegmentationOutcome(CANCELLED, warnings=warnings, returncode=runner.returncode))
+            return
+        if runner.returncode != 0 or self._doneEvent is None:
+            message = runner.errorMessage or f"the engine exited with code {runner.returncode} without a result"
+            self._finish(SegmentationOutcome(FAILED, warnings=warnings, errorMessage=message, returncode=runner.returncode))
+            return
+        done = dict(self._doneEvent.data)
+        summary = dict(done.get("summary") or {})
+        for w in summary.get("warnings", []):
+            if w not in warnings:
+                warnings.append(str(w))
+        outputs = done.get("outputs") or {}
+        labelsPath = Path(outputs.get("labels") or (self.tempDirectory / "labels.nrrd"))
+        if not labelsPath.is_absolute() and self.tempDirectory is not None:
+            labelsPath = self.tempDirectory / labelsPath
+        try:
+            if self.onProgress is not None:
+                self.onProgress(1.0, "import", "importing the segments", 0.0)
+            labelmapNode = readLabelmapNrrd(labelsPath)
+            segNode = importLabelmap(
+                self.context,
+                labelmapNode,
+                self.specs,
+                self.volumeNode,
+                outputSegmentation=self.outputSegmentation,
+                name=f"{self.volumeNode.GetName()} segmentation",
+            )
+        except Exception as err:  # noqa: BLE001 - any import failure becomes a failed outcome; the scene is restored
+            logger.debug("import failed:\n%s", traceback.format_exc())
+            self._finish(SegmentationOutcome(FAILED, warnings=warnings, errorMessage=f"could not import the result: {err}", returncode=runner.returncode))
+            return
+        for w in warnings:
+            self._log("WARNING", w)
+        volumes = {str(k): float(v) for k, v in (done.get("volumes_ml") or {}).items()}
+        self._finish(SegmentationOutcome(SUCCEEDED, segNode, volumes, summary, warnings, returncode=runner.returncode))
+
+    def wait(self, timeout: float | None = None, pollInterval: float = 0.05) -> SegmentationOutcome:
+        """Block until the job ends (starting it if needed); return the outcome.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds; the job is cancelled first.
+        """
+        if self.state == IDLE:
+            self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.processEvents():
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                while self.processEvents():
+                    time.sleep(pollInterval)
+                raise TimeoutError(f"the segmentation did not finish within {timeout} s and was cancelled.")
+            time.sleep(pollInterval)
+        assert self.outcome is not None
+        return self.outcome
+
+
+def segmentVolume(
+    volumeNode: Any,
+    model: str,
+    *,
+    device: str = "auto",
+    quality: str = "standard",
+    roiRAS: Sequence[float] | None = None,
+    largestComponent: bool = False,
+    outputSegmentation: Any = None,
+    context: MRMLContext | None = None,
+    pythonExecutable: str | None = None,
+    environment: Mapping[str, str] | None = None,
+    onProgress: Callable[[float, str, str, float | None], None] | None = None,
+    onLog: Callable[[str, str], None] | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Segment ``volumeNode`` and return the segmentation node (blocking).
+
+    Raises:
+        SegmentationError: the engine failed or was cancelled (``err.outcome`` has the details).
+        ValueError: bad options or input.
+    """
+    options = SegmentationOptions(
+        model=str(model),
+        device=device,
+        quality=quality,
+        roiRAS=tuple(float(v) for v in roiRAS) if roiRAS is not None else None,
+        largestComponent=largestComponent,
+    )
+    job = SegmentationJob(
+        volumeNode,
+        options,
+        outputSegmentation=outputSegmentation,
+        context=context,
+        pythonExecutable=pythonExecutable,
+        environment=environment,
+        onProgress=onProgress,
+        onLog=onLog,
+    )
+    outcome = job.wait(timeout=timeout)
+    if not outcome.succeeded:
+        raise SegmentationError(f"segmentation {outcome.status}: {outcome.errorMessage or outcome.status}", outcome)
+    return outcome.segmentationNode

@@ -1,0 +1,140 @@
+"""RepUXSegmentLib.dependencies: torch only through the PyTorch extension, the rest through pip_ensure.
+
+Slicer's ``slicer.packaging`` / ``slicer.util.pip_install`` and the PyTorch extension's ``PyTorchUtils``
+are replaced by recorders here (nothing is installed); the requirement checks are real.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from RepUXSegmentLib import dependencies as deps
+
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "RepUXSegment" / "Resources" / "requirements.txt"
+
+
+def test_requirements_file_lists_the_extras_but_never_torch_or_simpleitk():
+    reqs = deps.readRequirements(REQUIREMENTS)
+    names = {deps.requirementName(r).lower() for r in reqs}
+    assert {"monai", "safetensors", "tqdm", "pillow"} <= names
+    assert not names & {"torch", "torchvision", "simpleitk", "numpy"}
+    # and every requirement is satisfied by the test environment, which mirrors a set-up Slicer
+    assert deps.missingRequirements(reqs) == []
+
+
+def test_requirement_checks():
+    assert deps.isSatisfied("numpy>=1.0")
+    assert not deps.isSatisfied("numpy>=999")
+    assert not deps.isSatisfied("surely-not-installed-package-xyz")
+    assert deps.isSatisfied('numpy>=999; python_version < "3.0"')  # marker does not apply
+    assert deps.missingRequirements(["numpy>=1", "numpy>=999"]) == ["numpy>=999"]
+    assert deps.torchStatus() == "ok"
+    with pytest.raises(ValueError, match="not a requirement"):
+        deps.requirementName("  >=1.0")
+
+
+class Recorder:
+    def __init__(self, result=None, error=None):
+        self.calls = []
+        self.result = result
+        self.error = error
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@pytest.fixture
+def missingMonai(monkeypatch):
+    """Pretend monai is missing until something 'installs' it."""
+    installed = {"monai": False}
+    real = deps.isSatisfied
+
+    def isSatisfied(requirement):
+        if deps.requirementName(requirement) == "monai":
+            return installed["monai"]
+        return real(requirement)
+
+    monkeypatch.setattr(deps, "isSatisfied", isSatisfied)
+    return installed
+
+
+def test_pip_ensure_is_used_with_torch_and_simpleitk_skipped(monkeypatch, missingMonai):
+    def pip_ensure(
+        requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True, requester=None, skip_in_testing=True, show_progress=True
+    ):
+        pass
+
+    recorder = Recorder()
+
+    def recordingEnsure(requirements, **kwargs):
+        recorder(requirements, **kwargs)
+        missingMonai["monai"] = True
+
+    recordingEnsure.__signature__ = inspect.signature(pip_ensure)  # what ensureRequirements inspects
+    packaging = SimpleNamespace(pip_ensure=recordingEnsure, load_requirements=lambda path: ["loaded:" + Path(path).name])
+    monkeypatch.setattr(deps, "_slicer", lambda: SimpleNamespace(packaging=packaging))
+
+    missing = deps.ensureRequirements(REQUIREMENTS, askConfirmation=False, requester="RepUX")
+
+    assert [deps.requirementName(m) for m in missing] == ["monai"]
+    ((args, kwargs),) = recorder.calls
+    assert args == (["loaded:requirements.txt"],)
+    assert kwargs == {"requester": "RepUX", "prompt_install": False, "skip_in_testing": False, "skip_packages": ["torch", "SimpleITK"]}
+
+
+def test_declining_the_install_is_an_install_error(monkeypatch, missingMonai):
+    packaging = SimpleNamespace(pip_ensure=Recorder(error=RuntimeError("User declined package installation")), load_requirements=lambda path: [])
+    monkeypatch.setattr(deps, "_slicer", lambda: SimpleNamespace(packaging=packaging))
+    with pytest.raises(deps.InstallError, match="cannot run without: monai"):
+        deps.ensureRequirements(REQUIREMENTS)
+
+
+def test_old_slicer_falls_back_to_pip_install_without_pulling_torch(monkeypatch, missingMonai):
+    pipInstall = Recorder()
+    confirm = Recorder(result=True)
+
+    def install(args):
+        pipInstall(args)
+        missingMonai["monai"] = True
+
+    util = SimpleNamespace(pip_install=install, confirmOkCancelDisplay=confirm)
+    monkeypatch.setattr(deps, "_slicer", lambda: SimpleNamespace(util=util))
+
+    deps.ensureRequirements(REQUIREMENTS, askConfirmation=True)
+
+    assert len(confirm.calls) == 1 and "monai" in confirm.calls[0][0][0]
+    assert pipInstall.calls == [((["monai>=1.3", "--no-deps"],), {})]
+
+    missingMonai["monai"] = False
+    confirm.result = False
+    with pytest.raises(deps.InstallError, match="cannot run without"):
+        deps.ensureRequirements(REQUIREMENTS, askConfirmation=True)
+    assert len(pipInstall.calls) == 1
+
+
+def test_torch_comes_from_the_pytorch_extension(monkeypatch):
+    monkeypatch.setattr(deps, "isSatisfied", lambda requirement: not requirement.startswith("torch"))
+    installTorch = Recorder(result=None)
+    fakeExtension = SimpleNamespace(PyTorchUtilsLogic=lambda: SimpleNamespace(installTorch=installTorch))
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", fakeExtension)
+
+    with pytest.raises(deps.InstallError, match="PyTorch is required"):
+        deps.ensureTorch(askConfirmation=True)
+    assert installTorch.calls == [((), {"askConfirmation": True, "torchVersionRequirement": ">=2.1"})]
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # extension not installed
+    with pytest.raises(deps.InstallError, match="'PyTorch' extension"):
+        deps.ensureTorch()
+
+
+def test_nothing_happens_when_everything_is_installed(monkeypatch):
+    monkeypatch.setattr(deps, "_slicer", lambda: pytest.fail("Slicer must not be asked to install anything"))
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    deps.ensureDependencies(REQUIREMENTS)
