@@ -14,8 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import shared_file
-from repux.cli.main import main
+from helpers import shared_file
 from repux.config import InferenceSettings, Preprocessing
 from repux.imageio import read_image, read_segmentation_nrrd_labels, same_grid
 from repux.inference import Segmenter, count_windows, keep_largest_components

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -173,7 +172,7 @@ def test_adapt_output_head_keeps_shared_channels():
 
 
 def test_finetune_cli_adds_an_organ_and_never_overwrites_base(tmp_path):
-    from conftest import make_blob_dataset
+    from helpers import make_blob_dataset
 
     from repux.cli.main import main
     from repux.store import ModelStore

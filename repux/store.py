@@ -41,6 +41,7 @@ __all__ = [
     "download",
     "safe_extract_zip",
     "DEFAULT_MODEL",
+    "list_models",
 ]
 
 logger = logging.getLogger(__name__)
@@ -340,6 +341,39 @@ class ModelStore:
         if dest.exists():
             raise ModelFileError(f"a model with id {model_id!r} already exists in {self.models_dir}; choose another name.")
         return dest
+
+
+def list_models(store: ModelStore | None = None) -> list[dict[str, Any]]:
+    """Built-in, installed and downloadable models as rows (what ``repux models list --json`` prints).
+
+    Each row: ``id, version, status (built-in|installed|downloadable), size_mb, labels, path, name, description``.
+    """
+    s = store or ModelStore()
+    rows: list[dict[str, Any]] = []
+    builtin_root = builtin_models_dir()
+    for c in s.available():
+        path = Path(c.path) if c.path else None
+        size = c.size_bytes or ((path / "model.safetensors").stat().st_size if path and (path / "model.safetensors").is_file() else 0)
+        builtin = path is not None and builtin_root in path.resolve().parents
+        rows.append(
+            {
+                "id": c.id,
+                "version": c.version,
+                "status": "built-in" if builtin else "installed",
+                "size_mb": round(size / 1e6, 1),
+                "labels": c.labels.names,
+                "path": str(path or ""),
+                "name": c.name,
+                "description": c.description,
+            }
+        )
+    have = {r["id"] for r in rows}
+    for e in load_catalog():
+        if e.id not in have:
+            rows.append(
+                {"id": e.id, "version": e.version, "status": "downloadable", "size_mb": round(e.size_bytes / 1e6, 1), "labels": list(e.labels), "path": "", "name": e.name, "description": e.description}
+            )
+    return rows
 
 
 def resolve_model(spec: str | Path, store: ModelStore | None = None) -> ModelCard:

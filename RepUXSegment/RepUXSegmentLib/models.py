@@ -89,42 +89,21 @@ class DeviceChoice:
 
 def listModels(store: Any = None) -> list[ModelInfo]:
     """Built-in, installed and downloadable models (the ``repux models list --json`` rows), by id."""
-    from repux.store import ModelStore, builtin_models_dir, load_catalog
+    from repux.store import list_models
 
-    store = store or ModelStore()
-    rows: list[ModelInfo] = []
-    builtinRoot = builtin_models_dir()
-    for card in store.available():
-        path = Path(card.path) if card.path else None
-        size = card.size_bytes or (((path / "model.safetensors").stat().st_size) if path and (path / "model.safetensors").is_file() else 0)
-        builtin = path is not None and builtinRoot in path.resolve().parents
-        rows.append(
-            ModelInfo(
-                id=card.id,
-                version=card.version,
-                status="built-in" if builtin else "installed",
-                sizeMB=round(size / 1e6, 1),
-                labels=tuple(card.labels.names),
-                path=str(path or ""),
-                name=card.name,
-                description=card.description,
-            )
+    return [
+        ModelInfo(
+            id=r["id"],
+            version=r["version"],
+            status=r["status"],
+            sizeMB=r["size_mb"],
+            labels=tuple(r["labels"]),
+            path=r["path"],
+            name=r["name"],
+            description=r["description"],
         )
-    have = {r.id for r in rows}
-    for entry in load_catalog():
-        if entry.id not in have:
-            rows.append(
-                ModelInfo(
-                    id=entry.id,
-                    version=entry.version,
-                    status="downloadable",
-                    sizeMB=round(entry.size_bytes / 1e6, 1),
-                    labels=tuple(entry.labels),
-                    name=entry.name,
-                    description=entry.description,
-                )
-            )
-    return rows
+        for r in list_models(store)
+    ]
 
 
 def findModel(modelId: str, models: Iterable[ModelInfo]) -> ModelInfo | None:

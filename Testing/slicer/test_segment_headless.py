@@ -148,7 +148,7 @@ def makeLeftHandedObliqueVolume(path: Path) -> Path:
 
 @pytest.mark.realdata
 def test_example_ct_end_to_end_matches_the_cli(mrml, tiny_model_dir, tmp_path):
-    from conftest import shared_file  # Testing/conftest.py: skips with a clear message without ../shared/data
+    from helpers import shared_file  # Testing/conftest.py: skips with a clear message without ../shared/data
     from RepUXSegmentLib.segmentation import SegmentationJob, SegmentationOptions
 
     ctPath = shared_file("ct-abdomen", "example_ct.nii.gz")

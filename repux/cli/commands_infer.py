@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
     p.add_argument("--largest-component", action="store_true", help="keep each organ's largest connected component")
     p.add_argument("--uncertainty", metavar="PATH", help="also write the voxel-wise normalised entropy (0..1) to PATH")
     p.add_argument("--summary", metavar="PATH", help="write a JSON summary (organ volumes, timings, device, model)")
-    p.add_argument("--roi-ras", help="only process the box r0,a0,s0,r1,a1,s1 (RAS mm)")
+    p.add_argument("--roi-ras", metavar="R0,A0,S0,R1,A1,S1", help="only process this box (RAS mm); write --roi-ras=... when R0 is negative")
     p.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS, help=f"refuse larger inputs (default: {DEFAULT_MAX_VOXELS:,})")
     add_inference_options(p)
     add_common(p)
@@ -172,18 +172,10 @@ def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace, ctx: Any) -> int:
-    from ..store import ModelStore, builtin_models_dir, load_catalog
+    from ..store import ModelStore, list_models
 
     store = ModelStore()
-    rows = []
-    for c in store.available():
-        size = c.size_bytes or ((c.path / "model.safetensors").stat().st_size if c.path else 0)
-        builtin = c.path is not None and builtin_models_dir() in c.path.parents
-        rows.append({"id": c.id, "version": c.version, "status": "built-in" if builtin else "installed", "size_mb": round(size / 1e6, 1), "labels": c.labels.names, "path": str(c.path), "name": c.name})
-    have = {r["id"] for r in rows}
-    for e in load_catalog():
-        if e.id not in have:
-            rows.append({"id": e.id, "version": e.version, "status": "downloadable", "size_mb": round(e.size_bytes / 1e6, 1), "labels": list(e.labels), "path": "", "name": e.name})
+    rows = list_models(store)
     if args.json:
         print(json.dumps({"store": str(store.root), "models": rows}, indent=2))
         return 0

@@ -38,6 +38,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     g.add_argument("--checkpoint-interval", type=int, default=25, help="write the resumable checkpoint every N iterations (default: 25)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--augmentation", choices=("none", "standard", "strong"), default="strong" if finetune else "standard")
+    g.add_argument("--crop-sampling", choices=("posneg", "classes"), default="classes" if finetune else "posneg", help="posneg: half the crops on any organ (official); classes: every class equally often (helps small organs)")
     if finetune:
         g.add_argument("--freeze-encoder", type=int, default=0, metavar="K", help="freeze the large-kernel encoder for the first K iterations")
     else:
@@ -50,6 +51,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     h.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="auto: AMP on GPU, fp32 on CPU")
     h.add_argument("--cache", choices=("memory", "disk", "none"), default="memory", help="cache preprocessed cases (default: memory)")
     h.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory, ~30%% slower)")
+    h.add_argument("--channels-last", action="store_true", help="channels-last-3d memory format (faster convolution backward on many CPUs)")
     h.add_argument("--algorithm", default="auto", choices=("auto", "direct", "fft", "native"), help="large-kernel convolution algorithm (default: auto)")
 
 
@@ -126,6 +128,8 @@ def _config_from_args(args: argparse.Namespace, finetune: bool, base_roi=None):
         "precision": args.precision,
         "cache": args.cache,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "channels_last": args.channels_last,
+        "crop_sampling": args.crop_sampling,
         "algorithm": args.algorithm,
     }
     if args.roi_size:

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .bfr import BFRDepthwiseConv3d
+from .fastconv import use_onednn
 from .lkconv import ALGORITHMS
 
 __all__ = ["LayerNorm3d", "RepUXBlock", "RepUXEncoder", "RepUXNet"]
@@ -213,6 +214,7 @@ class RepUXNet(nn.Module):
         self.decoder1 = basic(f[0], f[0])
         self.out = UnetOutBlock(3, f[0], out_channels)
         self.gradient_checkpointing = False
+        use_onednn(self)  # PyTorch's 2-D size heuristic sends narrow 3-D maps to a 10x slower kernel
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:

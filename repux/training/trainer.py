@@ -41,7 +41,7 @@ from ..labels import Label, LabelSet
 from ..modelfile import ModelCard, save_model
 from ..progress import CancelToken, ProgressCallback, ProgressTracker
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .transforms import AUGMENTATIONS, deterministic_transforms, random_transforms
+from .transforms import AUGMENTATIONS, CROP_SAMPLING, deterministic_transforms, random_transforms
 
 __all__ = ["TrainConfig", "TrainResult", "train", "plan_labels", "adapt_output_head", "parse_duration", "KERNEL_MODES"]
 
@@ -93,6 +93,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     algorithm: str = "auto"
     kernel_mode: str = "bfr"
+    channels_last: bool = False
+    crop_sampling: str = "posneg"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     def __post_init__(self) -> None:
@@ -113,6 +115,8 @@ class TrainConfig:
             raise ConfigError(f"cache must be memory, disk or none; got {self.cache!r}.")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}; got {self.augmentation!r}.")
+        if self.crop_sampling not in CROP_SAMPLING:
+            raise ConfigError(f"crop_sampling must be one of {', '.join(CROP_SAMPLING)}; got {self.crop_sampling!r}.")
         if self.kernel_mode not in KERNEL_MODES:
             raise ConfigError(f"kernel_mode must be one of {', '.join(KERNEL_MODES)}; got {self.kernel_mode!r}.")
 
@@ -196,7 +200,9 @@ def adapt_output_head(model: nn.Module, channel_map: Mapping[int, int], num_clas
         for new_c, old_c in channel_map.items():
             head.conv.conv.weight[new_c] = old.weight[old_c]
             head.conv.conv.bias[new_c] = old.bias[old_c]
-    model.out = head.to(old.weight.device)
+    from ..nn.fastconv import use_onednn
+
+    model.out = use_onednn(head).to(old.weight.device)
     model.out_channels = num_classes
 
 
@@ -265,7 +271,7 @@ def _make_datasets(train_cases, val_cases, cfg: TrainConfig, labels: LabelSet, v
     from monai.transforms import Compose
 
     det = deterministic_transforms(cfg.preprocessing, value_map)
-    rand = random_transforms(cfg.roi_size, cfg.batch_size, labels, cfg.augmentation)
+    rand = random_transforms(cfg.roi_size, cfg.batch_size, labels, cfg.augmentation, cfg.crop_sampling)
     train_items = [{"image": str(c.image), "label": str(c.label), "id": c.id} for c in train_cases]
     val_items = [{"image": str(c.image), "label": str(c.label), "id": c.id} for c in val_cases]
     train_t = Compose(det + rand)
@@ -451,6 +457,9 @@ def train(
         raise ConfigError(f"the network has {net.out_channels} outputs but the label set needs {labels.num_classes}.")
     net.set_gradient_checkpointing(cfg.gradient_checkpointing)
     net = net.to(dev).train()
+    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    if cfg.channels_last:
+        net = net.to(memory_format=memory_format)
     amp = autocast_dtype(dev, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16 and dev.type == "cuda")
     ddp_net: nn.Module = net
@@ -545,7 +554,7 @@ def train(
                 torch.manual_seed(s)
                 crops = train_ds[idx]
                 crops = crops if isinstance(crops, list) else [crops]
-                x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(dev)
+                x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(dev).contiguous(memory_format=memory_format)
                 y = torch.stack([torch.as_tensor(c["label"]) for c in crops]).to(dev)
                 if amp is not None:
                     with torch.autocast(device_type=dev.type, dtype=amp):
