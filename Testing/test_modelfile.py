@@ -11,8 +11,8 @@ from repux.config import InferenceSettings, Preprocessing
 from repux.errors import CheckpointError, ModelFileError
 from repux.labels import AMOS, FLARE, LabelSet
 from repux.modelfile import load_model, read_model_card, save_model, verify_model
-from repux.nn import RepUXNet, create_model
-from repux.official import convert_official, model_from_official_state_dict, read_official_checkpoint, unwrap_state_dict
+from repux.nn import RepUXNet
+from repux.official import model_from_official_state_dict, read_official_checkpoint, unwrap_state_dict
 
 
 def _net(seed=0, out=5):
