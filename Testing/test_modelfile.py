@@ -42,7 +42,9 @@ def test_save_load_roundtrip_folds_bfm(tmp_path):
         y2 = loaded(x)
     assert float((y2 - y).abs().max() / y.abs().max()) < 1e-5
     assert card2.labels == FLARE and card2.roi_size == (64, 64, 32)
-    assert b"\x80" not in (tmp_path / "m" / "model.safetensors").read_bytes()[:8]  # not a pickle
+    raw = (tmp_path / "m" / "model.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")  # safetensors: 8-byte length + JSON header + raw tensors (no pickle)
+    assert raw[8:9] == b"{" and json.loads(raw[8 : 8 + header_len])["__metadata__"]["format"] == "repux-model"
 
 
 def test_tampered_and_truncated_weights_are_refused(tmp_path):

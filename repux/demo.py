@@ -83,7 +83,7 @@ def overlay_png(ct: sitk.Image, labels: sitk.Image, label_set: LabelSet, path: s
             canvas.paste(p, (x, y))
             x += p.width + 10
         if reference is not None:
-            draw.text((14, y + 4), "RepUX" if i == 0 else "reference", fill=(255, 255, 0))
+            draw.text((14, y + 4), "RepUX" if i == 0 else "ground truth", fill=(255, 255, 0))
         y += 266
     for i, lab in enumerate(label_set):
         lx, ly = 10 + (i % 4) * (width // 4), y + 4 + (i // 4) * 22
@@ -144,7 +144,11 @@ def run_demo(
     if not trained:
         lines.append("NOTE: this model's weights are UNTRAINED (random); the segmentation is meaningless. Train one with 'repux train'.")
     if card is not None and card.provenance.get("validation_mean_dice") is not None:
-        lines.append(f"model trained by '{card.provenance.get('command', 'repux train')}' (validation mean Dice {card.provenance['validation_mean_dice']:.3f})")
+        p = card.provenance
+        lines.append(
+            f"the model was trained by '{p.get('source', 'repux train')}' ({p.get('iterations')} iterations, {p.get('dataset', {}).get('train_cases', '?')} cases; "
+            f"validation mean Dice {p['validation_mean_dice']:.3f}); 'repux info {card.id}' shows the exact command"
+        )
     lines.append("Dice against the phantom's ground truth: " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in dice.items()))
     lines.append(f"time {sum(summary['timings_s'].values()):.1f} s on {summary['device']} ({summary['device_name']})")
     lines.append(f"outputs in {out}: phantom_ct.nii.gz, phantom_segmentation.seg.nrrd (open in 3D Slicer), phantom_labels.nii.gz, phantom_overlay.png, summary.json")

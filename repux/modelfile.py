@@ -197,6 +197,7 @@ def save_model(
     license: str = "Apache-2.0",
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    weights_dtype: str = "float32",
 ) -> ModelCard:
     """Write ``model`` (training or deploy form) as a deploy-form model folder, atomically.
 
@@ -207,6 +208,7 @@ def save_model(
         preprocessing: defaults to the official AMOS recipe.
         inference: sliding-window defaults. Defaults to roi 96^3, overlap 0.5.
         overwrite: replace an existing folder. Defaults to False.
+        weights_dtype: ``float32`` or ``float16`` (half the file size; loaded back as float32).
 
     Raises:
         ModelFileError: if the folder exists (and not ``overwrite``) or labels do not fit.
@@ -218,6 +220,8 @@ def save_model(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise ModelFileError(f"model folder {str(out)!r} already exists; choose another --out or pass overwrite.")
+    if weights_dtype not in ("float32", "float16"):
+        raise ModelFileError(f"weights_dtype must be float32 or float16; got {weights_dtype!r}.")
     if getattr(model, "batchnorm_folded", False):
         raise ModelFileError("a model whose BatchNorm was folded for inference cannot be saved; save it before reparameterize(fold_batchnorm=True).")
     args = model.config()
@@ -232,6 +236,7 @@ def save_model(
         "python": platform.python_version(),
     }
     prov.update(dict(provenance or {}))
+    prov["weights_dtype"] = weights_dtype
     card = ModelCard(
         model_args=args,
         labels=labels,
@@ -248,9 +253,16 @@ def save_model(
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder gets the usual permissions
     try:
         wpath = tmp / WEIGHTS_FILE
-        save_file(deploy_state_dict(model), str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE})
+        state = deploy_state_dict(model)
+        if weights_dtype == "float16":
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        save_file(state, str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE, "dtype": weights_dtype})
+        os.chmod(wpath, 0o666 & ~umask)
         card.sha256 = sha256_file(wpath)
         card.size_bytes = wpath.stat().st_size
         (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")

@@ -100,9 +100,11 @@ class ProgressTracker:
         return sum(self.weights[s] for s in self.order[:i])
 
     def update(self, stage: str, local_fraction: float = 0.0, message: str = "", **extra: Any) -> None:
-        """Report ``local_fraction`` (0..1) of ``stage`` done."""
-        if self.cancel is not None:
-            self.cancel.check()
+        """Report ``local_fraction`` (0..1) of ``stage`` done, then stop if cancelled.
+
+        The event is delivered before the cancellation check so that the last
+        completed step (e.g. the iteration a checkpoint will hold) is reported.
+        """
         local = min(max(float(local_fraction), 0.0), 1.0)
         frac = self._base(stage) + self.weights.get(stage, 0.0) * local
         self.fraction = max(self.fraction, min(frac, 1.0))
@@ -112,6 +114,8 @@ class ProgressTracker:
             eta = elapsed * (1.0 - self.fraction) / self.fraction
         if self.callback is not None:
             self.callback(ProgressEvent(stage, self.fraction, message, eta, dict(extra)))
+        if self.cancel is not None:
+            self.cancel.check()
 
     def done(self, message: str = "done", **extra: Any) -> None:
         self.fraction = 1.0

@@ -176,6 +176,14 @@ def killProcessTree(process: subprocess.Popen, graceSeconds: float = DEFAULT_GRA
     """
     children = _psutilChildren(process.pid)
     if os.name == "nt":
+        # CTRL_BREAK reaches the child's process group as SIGBREAK: the engine stops cleanly
+        # (a fine-tune writes its checkpoint); whatever is left after the grace period is killed.
+        if process.poll() is None:
+            try:
+                process.send_signal(signal.CTRL_BREAK_EVENT)
+                process.wait(timeout=max(graceSeconds, 0.0))
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
         if process.poll() is None:
             subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False)
     else:

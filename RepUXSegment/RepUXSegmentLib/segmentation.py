@@ -43,6 +43,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: node attribute holding the id of the model that produced a segmentation
+MODEL_ATTRIBUTE = "RepUX.Model"
+
 #: quality levels of ``repux segment --quality``
 QUALITIES = ("fast", "standard", "best")
 
@@ -324,6 +327,8 @@ class SegmentationJob:
             logger.debug("import failed:\n%s", traceback.format_exc())
             self._finish(SegmentationOutcome(FAILED, warnings=warnings, errorMessage=f"could not import the result: {err}", returncode=runner.returncode))
             return
+        if self.modelCard is not None:
+            segNode.SetAttribute(MODEL_ATTRIBUTE, str(self.modelCard.id))  # RepUXTrainer shows it as the case's source model
         for w in warnings:
             self._log("WARNING", w)
         volumes = {str(k): float(v) for k, v in (done.get("volumes_ml") or {}).items()}

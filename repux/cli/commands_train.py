@@ -22,8 +22,10 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder: repux-dataset.json, MSD dataset.json or nnU-Net v2 raw")
     p.add_argument("--out", required=True, help="new model: a folder path, or an id (no slashes) to create it in the model store")
     p.add_argument("--name", default="", help="human-readable model name stored in model.json")
+    p.add_argument("--description", default="", help="model description stored in model.json")
     p.add_argument("--run-dir", help="folder for the resumable checkpoint and logs (default: <store>/runs/<model id>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    p.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32", help="dtype of the exported weights (float16 halves the file; default: float32)")
     g = p.add_argument_group("schedule")
     g.add_argument("--max-iterations", type=int, default=300 if finetune else 1000, help="iterations (default: %(default)s)")
     g.add_argument("--time-budget", help="stop after this long, e.g. 900, 15m, 1.5h (the best model so far is exported)")
@@ -175,7 +177,9 @@ def _run_training(args: argparse.Namespace, ctx: Any, finetune: bool) -> int:
         threads=args.threads,
         model_id=model_id,
         model_name=args.name,
+        description=args.description,
         command=command,
+        weights_dtype=args.weights_dtype,
         progress=ctx.progress,
         cancel=ctx.cancel,
     )

@@ -153,8 +153,10 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
     in_main = threading.current_thread() is threading.main_thread()
     previous = {}
     if in_main:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            previous[s] = signal.signal(s, handler)
+        # SIGBREAK: what a Windows parent sends with CTRL_BREAK_EVENT to stop a child process group
+        for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
+            if s is not None:
+                previous[s] = signal.signal(s, handler)
     worker = threading.Thread(target=target, name=f"repux-{args.command}", daemon=True)
     try:
         worker.start()

@@ -372,6 +372,7 @@ def train(
     description: str = "",
     command: str | None = None,
     overwrite: bool = False,
+    weights_dtype: str = "float32",
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> TrainResult:
@@ -647,6 +648,7 @@ def train(
             preset=None if base_card else cfg.preset,
             provenance=prov,
             overwrite=overwrite,
+            weights_dtype=weights_dtype,
         )
         tracker.done(f"saved {card.id}", iteration=it, max_iterations=cfg.max_iterations, model=str(card.path), best_mean_dice=best["mean"], val_dice=best["dice"])
     dist.close()

@@ -1,18 +1,7 @@
-"""Fixtures for the headless RepUXSegment tests (real Slicer MRML logic from slicer-core, no Qt).
+"""Fixtures for the headless Slicer-module tests: the real Slicer MRML library (slicer-core), no Qt.
 
-Two catches are handled here.
-
-1. This folder is called ``slicer`` and pytest puts its parent (``Testing/``) on ``sys.path``.
-   slicer-core's ``slicer/__init__.py`` extends its package path with *every* ``slicer/`` folder on
-   ``sys.path`` and imports all the modules it finds there, so a plain ``import slicer`` would import
-   these files as ``slicer.*`` submodules.  slicer-core is therefore imported here, before any test
-   module, with ``Testing/`` hidden from ``sys.path``, and this folder is kept out of
-   ``slicer.__path__``.  Should it be scanned anyway (a test elsewhere importing ``slicer`` first),
-   the modules of this folder import cleanly: this file is imported first (names are scanned in
-   sorted order) and puts ``RepUXSegment/`` on ``sys.path``; no module here has side effects.
-2. pytest imports every ``conftest.py`` outside a package under the module name ``conftest``; the
-   last one imported wins in ``sys.modules``.  The project's tests use ``from conftest import
-   shared_file`` (Testing/conftest.py), so this file hands that name back to Testing/conftest.py.
+(The folder is not called ``slicer``: slicer-core's ``slicer/__init__.py`` imports every module of
+every ``slicer/`` folder on ``sys.path`` into its namespace.)
 """
 
 from __future__ import annotations
@@ -20,7 +9,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,53 +17,18 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 MODULE_DIR = REPO / "RepUXSegment"
-ROOT_CONFTEST = HERE.parent / "conftest.py"
-
-
-def _isThisFolder(entry: str) -> bool:
-    try:
-        return (Path(entry or os.getcwd()).resolve() / "slicer") == HERE
-    except OSError:
-        return False
 
 
 def importSlicerCore():
-    """Import slicer-core's ``slicer`` package without picking up this test folder; None if not installed."""
-    module = sys.modules.get("slicer")
-    if module is None:
-        saved = list(sys.path)
-        sys.path[:] = [p for p in saved if not _isThisFolder(p)]
-        try:
-            module = importlib.import_module("slicer")
-        except ImportError:
-            return None
-        finally:
-            sys.path[:] = saved
-    path = getattr(module, "__path__", None)
-    if isinstance(path, list):
-        path[:] = [p for p in path if Path(p).resolve() != HERE]
-    return module
-
-
-def pytest_plugin_registered(plugin, manager):
-    """Once pytest has imported and registered a ``conftest`` module, give the name back to Testing/conftest.py.
-
-    (Doing it while this file is being imported would trip pytest's own module-path check.)
-    """
-    current = sys.modules.get("conftest")
-    if current is None or Path(getattr(current, "__file__", "") or ".").resolve() == ROOT_CONFTEST:
-        return
-    for candidate in manager.get_plugins():
-        if isinstance(candidate, types.ModuleType) and Path(getattr(candidate, "__file__", "") or ".").resolve() == ROOT_CONFTEST:
-            sys.modules["conftest"] = candidate
-            return
+    """slicer-core's ``slicer`` package, or None if it is not installed."""
+    try:
+        return importlib.import_module("slicer")
+    except ImportError:
+        return None
 
 
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))  # RepUXSegmentLib and RepUXSegment.py, as inside Slicer
-
-if __name__ == "conftest":  # imported by pytest (not by slicer-core's scan as slicer.conftest)
-    importSlicerCore()
 
 
 @pytest.fixture

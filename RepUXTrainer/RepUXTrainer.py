@@ -1,0 +1,894 @@
+"""RepUXTrainer: annotate -> fine-tune -> re-segment, with RepUX-Net in 3D Slicer.
+
+This file is thin on purpose: the module description, the widget (GUI only), a logic
+wrapper and the self-test.  Everything else lives in the Qt-free ``RepUXTrainerLib``
+package (training set, label mapping, fine-tuning job, live plot, uncertainty ranking),
+in ``RepUXSegmentLib`` (process runner, MRML helpers, model listing) and in the ``repux``
+engine, which trains in a background ``PythonSlicer -m repux finetune`` process.
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import qt
+import slicer
+import vtk
+from RepUXSegmentLib.dependencies import ensureDependencies, torchStatus
+from RepUXSegmentLib.models import deviceInfoArguments, parseDeviceInfo
+from RepUXSegmentLib.process import ProcessRunner, childEnvironment, repuxCommand
+from RepUXTrainerLib.logic import TrainerLogic
+from RepUXTrainerLib.mapping import segmentsOf
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+logger = logging.getLogger(__name__)
+
+#: QSettings keys (remembered across sessions)
+SETTINGS_TRAINING_SET = "RepUXTrainer/TrainingSetFolder"
+SETTINGS_CANDIDATE_FOLDER = "RepUXTrainer/CandidateFolder"
+
+#: mapping-table choices besides the classes
+IGNORE_ITEM = "__ignore__"
+NEW_CLASS_ITEM = "__new-class__"
+
+#
+# RepUXTrainer
+#
+
+
+class RepUXTrainer(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("RepUX Trainer")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["RepUXSegment"]
+        self.parent.contributors = ["RepUX developers"]
+        self.parent.helpText = _(
+            "Improve a RepUX-Net model with your own corrected segmentations. Add cases (a CT volume and its corrected "
+            "segmentation) to a training set folder, fine-tune a model on them in a background process (Stop writes a "
+            "checkpoint, Resume continues), watch the loss and validation Dice live, then re-segment with the new model, "
+            "which also appears in RepUX Segment. Next case ranks unannotated volumes by the model's uncertainty so you "
+            "correct the most informative one first. For research use only, not for diagnosis. "
+            'See <a href="https://github.com/RepUX/SlicerRepUX">the documentation</a>.'
+        )
+        self.parent.acknowledgementText = _(
+            "RepUX-Net: Lee H.H. et al., Scaling Up 3D Kernels with Bayesian Frequency Re-parameterization for "
+            "Medical Image Segmentation, MICCAI 2023 (arXiv:2303.05785). Training uses MONAI and PyTorch."
+        )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class RepUXTrainerParameterNode:
+    """GUI state saved with the scene (the training-set folder is remembered in the application settings).
+
+    inputVolume, inputSegmentation - the case to add (and the volume to re-segment).
+    addUnknownAsNewClasses - add segments that match no class as new classes.
+    baseModel, newModelId - model to fine-tune and id of the result ("" = automatic).
+    maxIterations, timeBudgetMinutes (0 = none), device, learningRate, freezeEncoderIterations,
+    validationFraction, validationInterval - fine-tuning settings.
+    resultModel - id of the latest fine-tuned model.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    inputSegmentation: vtkMRMLSegmentationNode
+    addUnknownAsNewClasses: bool = False
+    baseModel: str = ""
+    newModelId: str = ""
+    maxIterations: int = 300
+    timeBudgetMinutes: float = 0.0
+    device: str = "auto"
+    learningRate: float = 0.0002
+    freezeEncoderIterations: int = 0
+    validationFraction: float = 0.2
+    validationInterval: int = 50
+    resultModel: str = ""
+
+
+#
+# RepUXTrainerWidget
+#
+
+
+class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel; all work is delegated to RepUXTrainerLogic / RepUXTrainerLib."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._pollTimer = None
+        self._deviceRunner = None
+        self._devicesDetected = False
+        self._models = []
+        self._mapping = None
+        self._mappedSegmentation = None
+        self._caseRows = []
+        self._candidates = []
+        self._resumableRuns = []
+        self._syncingGui = False
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/RepUXTrainer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = RepUXTrainerLogic()
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(200)
+        self._pollTimer.connect("timeout()", self._onPollTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.openTrainingSetButton.connect("clicked(bool)", self.onOpenTrainingSet)
+        self.ui.casesTable.connect("itemSelectionChanged()", self._updateButtons)
+        self.ui.reviewCaseButton.connect("clicked(bool)", self.onReviewCase)
+        self.ui.renameCaseButton.connect("clicked(bool)", self.onRenameCase)
+        self.ui.removeCaseButton.connect("clicked(bool)", self.onRemoveCase)
+        self.ui.addUnknownCheckBox.connect("toggled(bool)", self._onAddUnknownToggled)
+        self.ui.addCaseButton.connect("clicked(bool)", self.onAddCase)
+        self.ui.baseModelComboBox.connect("currentIndexChanged(int)", self.onBaseModelChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.stopButton.connect("clicked(bool)", self.onStop)
+        self.ui.resumeButton.connect("clicked(bool)", self.onResume)
+        self.ui.showChartButton.connect("clicked(bool)", self.onShowChart)
+        self.ui.resegmentButton.connect("clicked(bool)", self.onResegment)
+        self.ui.candidateSourceComboBox.connect("currentIndexChanged(int)", self._updateButtons)
+        self.ui.rankButton.connect("clicked(bool)", self.onRank)
+        self.ui.candidatesTable.connect("itemSelectionChanged()", self._updateButtons)
+        self.ui.showUncertaintyButton.connect("clicked(bool)", self.onShowUncertainty)
+
+        for table in (self.ui.casesTable, self.ui.mappingTable, self.ui.candidatesTable):
+            table.horizontalHeader().setStretchLastSection(True)
+        self.ui.trainingSetPathLineEdit.settingKey = "RepUXTrainer/TrainingSetFolderHistory"
+        self.ui.candidateFolderPathLineEdit.settingKey = "RepUXTrainer/CandidateFolderHistory"
+        settings = qt.QSettings()
+        self.ui.trainingSetPathLineEdit.currentPath = settings.value(SETTINGS_TRAINING_SET, "")
+        self.ui.candidateFolderPathLineEdit.currentPath = settings.value(SETTINGS_CANDIDATE_FOLDER, "")
+        self._setDeviceChoices([])
+        self.refreshModels()
+        self.initializeParameterNode()
+        self._openRememberedTrainingSet()
+        self._detectDevices()
+        self._refreshResumableRuns()
+
+    def cleanup(self):
+        if self.logic is not None:
+            self.logic.shutdown()  # a running fine-tuning is stopped with a checkpoint: Resume continues it next time
+        if self._deviceRunner is not None:
+            self._deviceRunner.cancel(block=True)
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+        self.refreshModels()
+        self._refreshResumableRuns()
+
+    def _refreshResumableRuns(self):
+        """Runs stopped in this or an earlier session that Resume can continue (scanned now, not on every GUI update)."""
+        self._resumableRuns = self.logic.resumableRuns()
+        self._updateButtons()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.logic.job is not None and self.logic.job.running:
+            self.logic.reattachPlot()  # the training goes on; its plot nodes went with the scene
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ---------------------------------------------------------- parameter node
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        p = self._parameterNode
+        if not p.inputVolume:
+            candidates = self.logic.sceneCandidates()
+            if candidates:
+                p.inputVolume = candidates[0].volumeNode
+        if not p.baseModel and self._models:
+            p.baseModel = self._models[0].id
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        p = self._parameterNode
+        if p is not None:
+            self._syncingGui = True
+            try:
+                self._selectComboData(self.ui.baseModelComboBox, p.baseModel)
+                self._selectComboData(self.ui.deviceComboBox, p.device)
+            finally:
+                self._syncingGui = False
+            if p.inputSegmentation is not self._mappedSegmentation:
+                self._refreshMapping()
+            self.ui.resultModelLabel.text = (
+                _("New model: {model} (listed in RepUX Segment).").format(model=p.resultModel) if p.resultModel else _("No fine-tuned model yet.")
+            )
+        self._updateButtons()
+
+    @staticmethod
+    def _selectComboData(combo, value):
+        if not value:
+            combo.currentIndex = -1
+            return
+        index = combo.findData(value)
+        if index < 0:
+            combo.insertItem(0, value, value)
+            index = 0
+        combo.currentIndex = index
+
+    def onBaseModelChanged(self, index):
+        if not self._syncingGui and self._parameterNode is not None and index >= 0:
+            self._parameterNode.baseModel = self.ui.baseModelComboBox.itemData(index) or ""
+
+    def onDeviceChanged(self, index):
+        if not self._syncingGui and self._parameterNode is not None and index >= 0:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    # ------------------------------------------------------------------ state
+    def _selectedRow(self, table):
+        rows = {index.row() for index in table.selectedIndexes()}
+        return rows.pop() if len(rows) == 1 else None
+
+    def _selectedCase(self):
+        row = self._selectedRow(self.ui.casesTable)
+        return self._caseRows[row] if row is not None and row < len(self._caseRows) else None
+
+    def _selectedCandidate(self):
+        row = self._selectedRow(self.ui.candidatesTable)
+        return self._candidates[row] if row is not None and row < len(self._candidates) else None
+
+    def _updateButtons(self, *args):
+        if self.logic is None:
+            return
+        p = self._parameterNode
+        job = self.logic.job
+        training = job is not None and job.running
+        ranking = self.logic.ranking is not None and self.logic.ranking.running
+        hasSet = self.logic.trainingSet is not None
+        hasCase = self._selectedCase() is not None
+        self.ui.reviewCaseButton.enabled = hasCase
+        self.ui.renameCaseButton.enabled = hasCase
+        self.ui.removeCaseButton.enabled = hasCase and not training
+        canAdd = hasSet and p is not None and p.inputVolume is not None and p.inputSegmentation is not None and self._mapping is not None
+        self.ui.addCaseButton.enabled = canAdd
+        self.ui.addCaseButton.toolTip = (
+            _("Write the volume and its segmentation as a new case.") if canAdd else _("Open a training set and choose a volume and its segmentation.")
+        )
+        enough = hasSet and len(self.logic.trainingSet) >= 2
+        self.ui.startButton.enabled = enough and not training and p is not None and bool(p.baseModel)
+        self.ui.startButton.toolTip = _("Start fine-tuning in the background.") if enough else _("The training set needs at least 2 cases.")
+        self.ui.stopButton.enabled = training and job.state == "running"
+        self.ui.resumeButton.enabled = not training and ((job is not None and job.canResume) or (job is None and bool(self._resumableRuns)))
+        self.ui.showChartButton.enabled = self.logic.plot is not None
+        self.ui.resegmentButton.enabled = p is not None and bool(p.resultModel) and p.inputVolume is not None and not self.logic.segmentationJobs
+        self.ui.candidateFolderPathLineEdit.enabled = self.ui.candidateSourceComboBox.currentIndex == 1
+        self.ui.rankButton.text = _("Cancel ranking") if ranking else _("Rank by uncertainty")
+        self.ui.showUncertaintyButton.enabled = not ranking and self._selectedCandidate() is not None
+
+    def _appendLog(self, text):
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def _onLog(self, level, text):
+        self._appendLog(text if level == "INFO" else f"{level}: {text}")
+
+    def _startPolling(self):
+        if not self._pollTimer.isActive():
+            self._pollTimer.start()
+        self._updateButtons()
+
+    def _onPollTimer(self):
+        if self._deviceRunner is not None:
+            self._deviceRunner.processEvents()
+        busy = self.logic.processEvents()
+        if not busy and self._deviceRunner is None:
+            self._pollTimer.stop()
+        self._updateButtons()
+
+    # ------------------------------------------------------------ models/devices
+    def refreshModels(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
+            self._models = self.logic.models()
+            self._syncingGui = True
+            try:
+                self.ui.baseModelComboBox.clear()
+                for m in self._models:
+                    self.ui.baseModelComboBox.addItem(f"{m.displayName} {m.version}", m.id)
+            finally:
+                self._syncingGui = False
+            self._onParameterNodeModified()
+
+    def _refreshOtherModules(self):
+        """The RepUX Segment panel lists the new model at once (if it was opened already)."""
+        segmentWidget = getattr(slicer.modules, "RepUXSegmentWidget", None)
+        if segmentWidget is not None and hasattr(segmentWidget, "refreshModels"):
+            segmentWidget.refreshModels()
+
+    def _setDeviceChoices(self, devices):
+        gpus = [d for d in devices if d.isGpu]
+        autoText = _("Auto ({name})").format(name=gpus[0].name or gpus[0].device) if gpus else _("Auto (GPU when available)")
+        items = [(autoText, "auto"), (_("CPU"), "cpu")] + [(d.name or d.device, d.device) for d in gpus]
+        self._syncingGui = True
+        try:
+            self.ui.deviceComboBox.clear()
+            for text, data in items:
+                self.ui.deviceComboBox.addItem(text, data)
+            if self._parameterNode is not None:
+                self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+        finally:
+            self._syncingGui = False
+
+    def _detectDevices(self):
+        if self._deviceRunner is not None or self._devicesDetected or torchStatus() != "ok":
+            return
+        self._deviceRunner = self.logic.startRepuxCommand(deviceInfoArguments(), onFinished=self._onDevicesDetected)
+        self._startPolling()
+
+    def _onDevicesDetected(self, runner):
+        self._deviceRunner = None
+        if not runner.succeeded:
+            logger.info("GPU detection failed: %s", runner.errorMessage)
+            return
+        try:
+            devices = parseDeviceInfo(runner.stdoutLines)
+        except ValueError as err:
+            logger.warning("%s", err)
+            return
+        self._devicesDetected = True
+        self._setDeviceChoices(devices)
+
+    # ------------------------------------------------------------ training set
+    def _openRememberedTrainingSet(self):
+        folder = self.ui.trainingSetPathLineEdit.currentPath
+        if folder and os.path.isfile(os.path.join(folder, "repux-dataset.json")):
+            with slicer.util.tryWithErrorDisplay(_("Failed to open the training set."), waitCursor=True):
+                self.logic.openTrainingSet(folder)
+        self._refreshCases()
+
+    def onOpenTrainingSet(self):
+        folder = self.ui.trainingSetPathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the training set."), waitCursor=True):
+            self.logic.openTrainingSet(folder, model=self._parameterNode.baseModel or None)
+            self.ui.trainingSetPathLineEdit.addCurrentPathToHistory()
+            qt.QSettings().setValue(SETTINGS_TRAINING_SET, folder)
+            self._appendLog(_("Training set {folder}: {count} cases.").format(folder=folder, count=len(self.logic.trainingSet)))
+        self._refreshCases()
+        self._refreshMapping()
+
+    def _refreshCases(self):
+        trainingSet = self.logic.trainingSet
+        self._caseRows = self.logic.cases()
+        table = self.ui.casesTable
+        table.setRowCount(len(self._caseRows))
+        for row, case in enumerate(self._caseRows):
+            values = [case.name, ", ".join(case.organs), case.addedDate, case.sourceModel or _("(unknown)")]
+            for column, value in enumerate(values):
+                item = qt.QTableWidgetItem(value)
+                item.setToolTip(_("Resampled onto the volume grid: {how}").format(how=case.resampled) if case.resampled else case.id)
+                table.setItem(row, column, item)
+        table.resizeColumnsToContents()
+        if trainingSet is None:
+            self.ui.trainingSetInfoLabel.text = _("Choose a folder: an empty one for a new training set.")
+        else:
+            text = _("{count} cases; classes: {classes}").format(count=len(trainingSet), classes=", ".join(trainingSet.labels.names))
+            warnings = trainingSet.warnings()
+            if warnings:
+                text += "\n" + "\n".join(_("Note: {warning}").format(warning=w) for w in warnings)
+            self.ui.trainingSetInfoLabel.text = text
+        self._updateButtons()
+
+    def _refreshMapping(self, addUnknown=None):
+        p = self._parameterNode
+        segmentation = p.inputSegmentation if p is not None else None
+        self._mappedSegmentation = segmentation
+        table = self.ui.mappingTable
+        table.setRowCount(0)
+        self._mapping = None
+        if segmentation is None or self.logic.trainingSet is None:
+            self._updateButtons()
+            return
+        self._mapping = self.logic.mapSegments(segmentation)
+        if p.addUnknownAsNewClasses if addUnknown is None else addUnknown:
+            self._mapping.addUnknownAsNewClasses(True)
+        classes = self.logic.trainingSet.labels.names
+        table.setRowCount(len(self._mapping))
+        for row, entry in enumerate(self._mapping):
+            table.setItem(row, 0, qt.QTableWidgetItem(entry.segment.name))
+            combo = qt.QComboBox()
+            combo.addItem(_("(ignore)"), IGNORE_ITEM)
+            for name in classes:
+                combo.addItem(name, name)
+            if not entry.known:
+                combo.addItem(_("(new class)"), NEW_CLASS_ITEM)
+            current = entry.label if entry.label else (NEW_CLASS_ITEM if entry.addAsNew else IGNORE_ITEM)
+            combo.currentIndex = max(combo.findData(current), 0)
+            combo.connect("currentIndexChanged(int)", lambda index, row=row, combo=combo: self._onMappingChanged(row, combo.itemData(index)))
+            table.setCellWidget(row, 1, combo)
+            how = entry.matchedBy if entry.known else _("unknown segment")
+            item = qt.QTableWidgetItem(how)
+            if not entry.known:
+                item.setForeground(qt.QBrush(qt.QColor("darkorange")))
+            table.setItem(row, 2, item)
+        table.resizeColumnsToContents()
+        self._updateButtons()
+
+    def _onMappingChanged(self, row, data):
+        if self._mapping is None or row >= len(self._mapping):
+            return
+        entry = self._mapping.entries[row]
+        if data == NEW_CLASS_ITEM:
+            entry.label, entry.addAsNew, entry.matchedBy = None, True, ""
+        elif data == IGNORE_ITEM:
+            self._mapping.setTarget(entry.segment.id, None)
+        else:
+            self._mapping.setTarget(entry.segment.id, data)
+
+    def _onAddUnknownToggled(self, checked):
+        self._refreshMapping(addUnknown=checked)  # the parameter node may not have the new value yet
+
+    def onAddCase(self):
+        p = self._parameterNode
+        if self._mapping is not None and not self._mapping.matches(segmentsOf(p.inputSegmentation)):
+            self._refreshMapping()
+            slicer.util.infoDisplay(
+                _("The segments changed since the mapping was shown. Check the mapping, then press Add again."), windowTitle=_("RepUX Trainer")
+            )
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to add the case."), waitCursor=True):
+            export = self.logic.addCase(p.inputVolume, p.inputSegmentation, mapping=self._mapping)
+            for line in export.messages():
+                self._appendLog(line)
+            self.ui.statusLabel.text = _("Added case '{case}'.").format(case=export.caseId)
+            if export.resampled:
+                slicer.util.infoDisplay(
+                    _("The segmentation was on another grid than the volume and was resampled onto the volume's voxels:\n{how}").format(how=export.resampled),
+                    windowTitle=_("RepUX Trainer"),
+                )
+        self._refreshCases()
+        self._refreshMapping()
+
+    def onReviewCase(self):
+        case = self._selectedCase()
+        if case is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the case."), waitCursor=True):
+            volume, segmentation = self.logic.loadCase(case.id)
+            slicer.util.setSliceViewerLayers(background=volume, fit=True)
+            self._parameterNode.inputVolume = volume
+            self._parameterNode.inputSegmentation = segmentation
+
+    def onRenameCase(self):
+        case = self._selectedCase()
+        if case is None:
+            return
+        name = qt.QInputDialog.getText(slicer.util.mainWindow(), _("Rename case"), _("New name:"), qt.QLineEdit.Normal, case.name)
+        if not name or not name.strip():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to rename the case.")):
+            self.logic.renameCase(case.id, name)
+        self._refreshCases()
+
+    def onRemoveCase(self):
+        case = self._selectedCase()
+        if case is None:
+            return
+        if not slicer.util.confirmOkCancelDisplay(_("Remove case '{case}' and delete its two files?").format(case=case.name)):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to remove the case.")):
+            self.logic.removeCase(case.id)
+        self._refreshCases()
+
+    # ----------------------------------------------------------------- fine-tune
+    def onStart(self):
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
+            self.logic.setupPythonRequirements(askConfirmation=True)
+            self.ui.logTextEdit.clear()
+            self.logic.startFinetune(
+                p.baseModel,
+                p.newModelId.strip() or None,
+                onProgress=self._onFinetuneProgress,
+                onLog=self._onLog,
+                onFinished=self._onFinetuneFinished,
+                maxIterations=int(p.maxIterations),
+                timeBudgetMinutes=float(p.timeBudgetMinutes) or None,
+                device=p.device,
+                learningRate=float(p.learningRate),
+                freezeEncoderIterations=int(p.freezeEncoderIterations),
+                valFraction=float(p.validationFraction),
+                valInterval=int(p.validationInterval),
+            )
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Preparing the data...")
+            self.onShowChart()
+            self._startPolling()
+
+    def onStop(self):
+        self.logic.stopFinetune()
+        self.ui.statusLabel.text = _("Stopping after the current iteration (a checkpoint is written)...")
+        self._updateButtons()
+
+    def onResume(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to resume fine-tuning."), waitCursor=True):
+            runDirectory = None
+            if self.logic.job is None:
+                runs = self._resumableRuns
+                if not runs:
+                    return
+                names = [f"{o.modelId} ({o.dataset})" for o in runs]
+                choice = names[0]
+                if len(runs) > 1:
+                    choice = qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume fine-tuning"), _("Stopped run:"), names, 0, False)
+                    if not choice:
+                        return
+                runDirectory = str(runs[names.index(choice)].resolvedRunDirectory())
+            self.logic.resumeFinetune(runDirectory=runDirectory, onProgress=self._onFinetuneProgress, onLog=self._onLog, onFinished=self._onFinetuneFinished)
+            self.ui.statusLabel.text = _("Resuming...")
+            self.onShowChart()
+            self._startPolling()
+
+    @staticmethod
+    def _duration(seconds):
+        seconds = round(seconds or 0)
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+    def _onFinetuneProgress(self, update):
+        progress = self.logic.progress
+        self.ui.progressBar.value = round(100 * update.fraction)
+        if progress.iteration:
+            text = _("Iteration {iteration}/{total}").format(iteration=progress.iteration, total=progress.maxIterations)
+            if progress.lastLoss is not None:
+                text += _(", loss {loss:.4f}").format(loss=progress.lastLoss)
+            if progress.bestMeanDice is not None:
+                text += _(", best validation Dice {dice:.3f}").format(dice=progress.bestMeanDice)
+            if update.etaSeconds:
+                text += _(" - about {eta} left").format(eta=self._duration(update.etaSeconds))
+        else:
+            text = update.message
+        self.ui.statusLabel.text = text
+
+    def _onFinetuneFinished(self, outcome):
+        if outcome.succeeded:
+            self._parameterNode.resultModel = outcome.modelId
+            self.ui.progressBar.value = 100
+            dice = _(" Best validation Dice {dice:.3f}.").format(dice=outcome.bestMeanDice) if outcome.bestMeanDice is not None else ""
+            self.ui.statusLabel.text = _("Model '{model}' is ready.").format(model=outcome.modelId) + dice
+            self.refreshModels()
+            self._refreshOtherModules()
+            self.ui.resultCollapsibleButton.collapsed = False
+        elif outcome.status == "stopped":
+            self.ui.statusLabel.text = _("Stopped at iteration {iteration}. Resume continues from the checkpoint.").format(iteration=outcome.iterations)
+        elif outcome.status == "cancelled":
+            self.ui.statusLabel.text = _("Stopped before the first checkpoint.")
+        else:
+            self.ui.statusLabel.text = _("Fine-tuning failed: {message}").format(message=outcome.errorMessage)
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(
+                _("Fine-tuning failed:\n{message}").format(message=outcome.errorMessage), detailedText=self.ui.logTextEdit.toPlainText()[-5000:]
+            )
+        self._refreshResumableRuns()
+
+    def onShowChart(self):
+        plot = self.logic.plot
+        if plot is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the training plot.")):
+            slicer.modules.plots.logic().ShowChartInLayout(plot.chartNode)
+
+    # ---------------------------------------------------------------- new model
+    def onResegment(self):
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            volume = p.inputVolume
+            self.logic.startResegmentation(
+                volume,
+                p.resultModel,
+                device=p.device,
+                onProgress=lambda fraction, stage, message, eta: setattr(self.ui.progressBar, "value", round(100 * fraction)),
+                onLog=self._onLog,
+                onFinished=self._onResegmentFinished,
+            )
+            self.ui.statusLabel.text = _("Segmenting {volume} with {model}...").format(volume=volume.GetName(), model=p.resultModel)
+            self._startPolling()
+
+    def _onResegmentFinished(self, outcome):
+        if outcome.succeeded:
+            volumes = ", ".join(f"{name} {ml:.0f} mL" for name, ml in outcome.volumesMl.items())
+            self.ui.statusLabel.text = _("New segmentation '{name}': {volumes}").format(name=outcome.segmentationNode.GetName(), volumes=volumes)
+        elif outcome.status != "cancelled":
+            slicer.util.errorDisplay(_("Segmentation failed:\n{message}").format(message=outcome.errorMessage))
+        self._updateButtons()
+
+    # ---------------------------------------------------------------- next case
+    def onRank(self):
+        ranking = self.logic.ranking
+        if ranking is not None and ranking.running:
+            ranking.cancel()
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to rank the volumes."), waitCursor=True):
+            if self.ui.candidateSourceComboBox.currentIndex == 1:
+                folder = self.ui.candidateFolderPathLineEdit.currentPath
+                candidates = self.logic.folderCandidates(folder)
+                qt.QSettings().setValue(SETTINGS_CANDIDATE_FOLDER, folder)
+            else:
+                candidates = self.logic.sceneCandidates()
+            self._candidates = []
+            self.ui.candidatesTable.setRowCount(0)
+            self.logic.startRanking(
+                candidates,
+                model=p.resultModel or p.baseModel,
+                device=p.device,
+                onProgress=lambda done, total, candidate: setattr(self.ui.statusLabel, "text", _("Uncertainty: {done}/{total}").format(done=done, total=total)),
+                onLog=self._onLog,
+                onFinished=self._onRankingFinished,
+            )
+            self._startPolling()
+
+    def _onRankingFinished(self, ranking):
+        self._candidates = ranking.ranked()
+        table = self.ui.candidatesTable
+        table.setRowCount(len(self._candidates))
+        for row, candidate in enumerate(self._candidates):
+            table.setItem(row, 0, qt.QTableWidgetItem(candidate.name))
+            value = f"{candidate.meanEntropy:.4f}" if candidate.meanEntropy is not None else _("failed: {message}").format(message=candidate.errorMessage)
+            table.setItem(row, 1, qt.QTableWidgetItem(value))
+        table.resizeColumnsToContents()
+        if self._candidates and self._candidates[0].meanEntropy is not None:
+            table.selectRow(0)
+            self.ui.statusLabel.text = _("Most uncertain: {name}. Correct it next.").format(name=self._candidates[0].name)
+        self._updateButtons()
+
+    def onShowUncertainty(self):
+        candidate = self._selectedCandidate()
+        if candidate is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the uncertainty map."), waitCursor=True):
+            volume, overlay = self.logic.showUncertainty(candidate)
+            slicer.util.setSliceViewerLayers(background=volume, foreground=overlay, foregroundOpacity=0.5, fit=True)
+            self._parameterNode.inputVolume = volume
+
+
+#
+# RepUXTrainerLogic
+#
+
+
+class RepUXTrainerLogic(ScriptedLoadableModuleLogic, TrainerLogic):
+    """Scripting entry points; the work is done by RepUXTrainerLib.logic.TrainerLogic.
+
+    Example (Python console)::
+
+        import RepUXTrainer
+        logic = RepUXTrainer.RepUXTrainerLogic()
+        logic.setupPythonRequirements()
+        logic.openTrainingSet("/data/liver-corrections", model="repux-amos")   # created with the model's organs
+        logic.addCase(getNode("CT1"), getNode("CT1 segmentation"))
+        logic.addCase(getNode("CT2"), getNode("CT2 segmentation"), addNewClasses=True)
+        outcome = logic.finetune(maxIterations=200, device="auto")          # blocking
+        job = logic.startFinetune(maxIterations=200)                         # or in the background:
+        logic.processEvents(); logic.progress.rows[-1].loss                  # pump, read progress
+        logic.stopFinetune(wait=True); logic.resumeFinetune()                # checkpoint, continue
+        logic.resegment(getNode("CT3"), outcome.modelId)
+        ranked = logic.rankCandidates()                                      # next case: most uncertain first
+        logic.showUncertainty(ranked[0])
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        TrainerLogic.__init__(self)
+
+    def getParameterNode(self):
+        return RepUXTrainerParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def requirementsPath():
+        """RepUXSegment's requirements file (the engine's Python packages), next to RepUXSegmentLib."""
+        import RepUXSegmentLib
+
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(RepUXSegmentLib.__file__))), "Resources", "requirements.txt")
+
+    def setupPythonRequirements(self, askConfirmation=True):
+        """Install PyTorch (PyTorch extension) and MONAI & co. (pip) when missing, as RepUX Segment does."""
+        ensureDependencies(self.requirementsPath(), askConfirmation=askConfirmation, requester="RepUX")
+
+    def startRepuxCommand(self, arguments, onProgress=None, onLog=None, onFinished=None):
+        """Start ``<python> -m repux <arguments>`` in the background; pump it with its ``processEvents()``."""
+        runner = ProcessRunner(
+            repuxCommand(arguments, self.pythonExecutable), env=childEnvironment(), onProgress=onProgress, onLog=onLog, onFinished=onFinished
+        )
+        runner.start()
+        return runner
+
+    def _startSegmentationJob(self, volumeNode, model, device, quality, onProgress, onLog, onFinished):
+        """Re-segmentation goes through RepUX Segment's logic (same job, same result as its Apply button)."""
+        from RepUXSegment import RepUXSegmentLogic
+
+        segmentLogic = RepUXSegmentLogic()
+        segmentLogic.pythonExecutable = self.pythonExecutable
+        return segmentLogic.startSegmentation(
+            volumeNode, model=model, device=device, quality=quality, onProgress=onProgress, onLog=onLog, onFinished=onFinished
+        )
+
+
+#
+# RepUXTrainerTest
+#
+
+
+class RepUXTrainerTest(ScriptedLoadableModuleTest):
+    """Runs the whole loop inside Slicer on the CPU: synthetic cases, a tiny untrained base model, a
+    4-iteration fine-tuning that is stopped and resumed, re-segmentation, uncertainty ranking (about a minute).
+
+    The model store is redirected to a temporary folder for the test, so the user's store is untouched.
+    """
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_CurateCases()
+        self.setUp()
+        self.test_AnnotateFinetuneResegmentLoop()
+
+    @contextlib.contextmanager
+    def _workspace(self):
+        """A logic, a temporary folder (also the model store), a tiny base model; all removed afterwards."""
+        from RepUXSegmentLib.testing import createTinyModel
+
+        folder = tempfile.mkdtemp(prefix="RepUXTrainerTest-", dir=slicer.app.temporaryPath)
+        previousHome = os.environ.get("REPUX_HOME")
+        os.environ["REPUX_HOME"] = os.path.join(folder, "store")
+        logic = RepUXTrainerLogic()
+        try:
+            logic.setupPythonRequirements(askConfirmation=False)
+            yield logic, folder, createTinyModel(os.path.join(folder, "base"))
+        finally:
+            logic.shutdown()
+            if previousHome is None:
+                os.environ.pop("REPUX_HOME", None)
+            else:
+                os.environ["REPUX_HOME"] = previousHome
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _addCase(self, name, seed, coarseSegmentation=False, angleDegrees=0.0):
+        from RepUXSegmentLib.mrml import MRMLContext
+        from RepUXSegmentLib.testing import syntheticIJKToRAS
+        from RepUXTrainerLib.testing import addSegmentationFromLabels, coarseGrid, flareLikeSegments, labelsOnGrid, syntheticCase
+
+        ct, labels = syntheticCase((24, 32, 36), seed=seed)
+        ijkToRAS = syntheticIJKToRAS(spacing=(3.0, 2.8, 3.4), angleDegrees=angleDegrees)
+        volume = slicer.util.addVolumeFromArray(ct, ijkToRAS=ijkToRAS, name=name)
+        segmentationGrid, segmentationLabels = ijkToRAS, labels
+        if coarseSegmentation:
+            segmentationGrid = coarseGrid(ijkToRAS)
+            segmentationLabels = labelsOnGrid(labels, ijkToRAS, (12, 16, 18), segmentationGrid)
+        segmentation = addSegmentationFromLabels(MRMLContext.fromSlicer(), segmentationLabels, segmentationGrid, flareLikeSegments(), f"{name} segmentation")
+        return volume, segmentation
+
+    def _pump(self, logic, condition, timeout):
+        deadline = time.monotonic() + timeout
+        while logic.processEvents() and not condition():
+            slicer.app.processEvents()
+            self.assertLess(time.monotonic(), deadline, "timed out")
+            time.sleep(0.05)
+
+    def test_CurateCases(self):
+        import numpy as np
+
+        self.delayDisplay("Adding cases to a training set")
+        with self._workspace() as (logic, folder, modelDir):
+            trainingSet = logic.openTrainingSet(os.path.join(folder, "set"), model=str(modelDir))
+            volume, segmentation = self._addCase("Case A", 1, angleDegrees=20.0)
+            mapping = logic.mapSegments(segmentation)
+            self.assertEqual([e.label for e in mapping], ["liver", "kidney", "spleen", None])  # Lesion: unknown
+            export = logic.addCase(volume, segmentation, mapping=mapping)
+            self.assertEqual(export.ignoredSegments, ["Lesion"])
+            self.assertEqual(export.resampled, "")
+            coarseVolume, coarseSegmentation = self._addCase("Case B", 2, coarseSegmentation=True, angleDegrees=-15.0)
+            export = logic.addCase(coarseVolume, coarseSegmentation, addNewClasses=True)
+            self.assertIn("spacing", export.resampled)
+            self.assertEqual(trainingSet.labels.names[-1], "Lesion")
+            self.assertEqual([r.name for r in logic.cases()], ["Case A", "Case B"])
+            # the written label map is the segmentation on the volume's voxels
+            _reviewVolume, reviewSegmentation = logic.loadCase(export.caseId)
+            labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+            slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(reviewSegmentation, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            self.assertEqual(slicer.util.arrayFromVolume(labelmap).shape, slicer.util.arrayFromVolume(coarseVolume).shape)
+            self.assertEqual(int(np.max(slicer.util.arrayFromVolume(labelmap))), trainingSet.labels.find("Lesion").value)
+        self.delayDisplay("Test passed")
+
+    def test_AnnotateFinetuneResegmentLoop(self):
+        from RepUXSegmentLib.models import findModel, listModels
+
+        self.delayDisplay("Fine-tuning a tiny model on two synthetic cases (CPU)")
+        with self._workspace() as (logic, folder, modelDir):
+            logic.openTrainingSet(os.path.join(folder, "set"), model=str(modelDir))
+            for name, seed in (("Case A", 1), ("Case B", 2)):
+                volume, segmentation = self._addCase(name, seed)
+                logic.addCase(volume, segmentation, addNewClasses=True)
+            unannotated, _segmentation = self._addCase("Case C", 3)
+
+            updates = []
+            job = logic.startFinetune(
+                str(modelDir),
+                "repux-selftest-finetuned",
+                onProgress=updates.append,
+                maxIterations=4,
+                valInterval=4,
+                checkpointInterval=10,
+                device="cpu",
+                roiSize=32,
+                extraArguments=("--augmentation", "none", "--warmup", "1"),
+            )
+            self._pump(logic, lambda: any("loss" in u.data for u in updates), timeout=600)
+            outcome = logic.stopFinetune(wait=True, timeout=600)
+            self.assertEqual(outcome.status, "stopped", outcome.errorMessage)
+            self.assertTrue(job.checkpointPath.is_file())
+
+            self.delayDisplay("Resuming")
+            job = logic.resumeFinetune(onProgress=updates.append)
+            outcome = job.wait(timeout=900)
+            self.assertTrue(outcome.succeeded, outcome.errorMessage)
+            lossLines = [u.data for u in updates if "loss" in u.data]
+            self.assertEqual(lossLines[-1]["iteration"], 4)
+            self.assertEqual(logic.plot.numberOfRows, len(lossLines))
+            self.assertEqual(logic.plot.column("loss"), [line["loss"] for line in lossLines])
+            self.assertIn("dice_Lesion", logic.plot.columnNames)
+            info = findModel("repux-selftest-finetuned", listModels())
+            self.assertIsNotNone(info)
+            self.assertIn("Lesion", info.labels)
+
+            self.delayDisplay("Re-segmenting with the new model")
+            segmentation = logic.resegment(unannotated, device="cpu", quality="fast")
+            segments = segmentation.GetSegmentation()
+            self.assertEqual([segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())], list(info.labels))
+            self.assertEqual(segmentation.GetAttribute("RepUX.Model"), "repux-selftest-finetuned")
+
+            self.delayDisplay("Ranking the next case by uncertainty")
+            ranked = logic.rankCandidates(device="cpu")
+            self.assertEqual([c.name for c in ranked], ["Case C"])  # the two cases are annotated already
+            self.assertTrue(0.0 <= ranked[0].meanEntropy <= 1.0)
+            volume, overlay = logic.showUncertainty(ranked[0])
+            self.assertIs(volume, unannotated)
+            self.assertEqual(overlay.GetAttribute("RepUXTrainer.Uncertainty"), "1")
+        self.delayDisplay("Test passed")
