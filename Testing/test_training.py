@@ -171,6 +171,15 @@ def test_adapt_output_head_keeps_shared_channels():
     assert net(torch.zeros(1, 1, 32, 32, 32)).shape[1] == 4
 
 
+def test_head_lr_scale_is_validated():
+    from repux.errors import ConfigError
+
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="head_lr_scale"):
+            TrainConfig(head_lr_scale=bad)
+    assert TrainConfig(head_lr_scale=10).head_lr_scale == 10
+
+
 def test_finetune_cli_adds_an_organ_and_never_overwrites_base(tmp_path):
     from helpers import make_blob_dataset
 

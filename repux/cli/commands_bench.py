@@ -26,6 +26,7 @@ def register(sub: Any) -> None:
     p.add_argument("--train-roi", type=int, default=64, help="crop size of the training step (default: 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration, after one warm-up (default: 3)")
     p.add_argument("--train-repeats", type=int, default=2, help="timed training steps (default: 2)")
+    p.add_argument("--reference-batch", type=int, default=4, help="windows per call in the reference recipe (its sw_batch_size; default: 4)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
@@ -57,6 +58,7 @@ def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
         input_path=args.input,
         model=args.model or DEFAULT_MODEL,
         threads=args.threads,
+        reference_batch=args.reference_batch,
         progress=ctx.progress,
     )
     report["command"] = "repux benchmark " + " ".join(__import__("shlex").quote(a) for a in __import__("sys").argv[2:])

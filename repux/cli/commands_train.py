@@ -43,6 +43,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     g.add_argument("--crop-sampling", choices=("posneg", "classes"), default="classes" if finetune else "posneg", help="posneg: half the crops on any organ (official); classes: every class equally often (helps small organs)")
     if finetune:
         g.add_argument("--freeze-encoder", type=int, default=0, metavar="K", help="freeze the large-kernel encoder for the first K iterations")
+        g.add_argument("--head-lr-scale", type=float, default=10.0, help="learning-rate factor of the output head, where new organs start from scratch (default: 10)")
     else:
         g.add_argument("--preset", default="tiny", help="network preset: base (the paper), small, tiny (default: tiny)")
         g.add_argument("--spacing", help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)")
@@ -140,6 +141,7 @@ def _config_from_args(args: argparse.Namespace, finetune: bool, base_roi=None):
         kw["roi_size"] = base_roi
     if finetune:
         kw["freeze_encoder_iterations"] = args.freeze_encoder
+        kw["head_lr_scale"] = args.head_lr_scale
     else:
         kw["preset"] = args.preset
         kw["kernel_mode"] = args.kernel_mode

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ def dice_hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, fl
     dice = float(compute_dice(p2, r2, include_background=False)[0, 0])
     if not pred.any() or not ref.any():
         return dice, None
-    hd = compute_hausdorff_distance(p2, r2, include_background=False, percentile=95, spacing=[spacing[2], spacing[1], spacing[0]])
+    with warnings.catch_warnings():  # MONAI 1.5+ deprecation chatter inside its own metric code
+        warnings.simplefilter("ignore", FutureWarning)
+        hd = compute_hausdorff_distance(p2, r2, include_background=False, percentile=95, spacing=[spacing[2], spacing[1], spacing[0]])
     hd_v = float(hd[0, 0])
     return dice, (hd_v if math.isfinite(hd_v) else None)
 
