@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import REPO, SHARED_DATA, make_blob_dataset, shared_file  # noqa: F401 (re-exported for older imports)
 
 

@@ -19,7 +19,6 @@ def shared_file(*parts: str) -> Path:
     return p
 
 
-
 def make_blob_dataset(root: Path, n: int = 4, size=(40, 36, 28), spacing=(4.0, 4.0, 5.0), seed: int = 0, organs=("liver", "spleen")) -> Path:
     """A tiny dataset of ellipsoid 'organs' in a body (fast; the phantom generator is the realistic one).
 
@@ -56,6 +55,8 @@ def make_blob_dataset(root: Path, n: int = 4, size=(40, 36, 28), spacing=(4.0, 4
             o.SetOrigin((-80.0, -70.0, 100.0))
         sitk.WriteImage(im, str(root / "imagesTr" / f"blob_{i:02d}.nii.gz"))
         sitk.WriteImage(lb, str(root / "labelsTr" / f"blob_{i:02d}.nii.gz"))
-        cases.append(Case(f"blob_{i:02d}", root / "imagesTr" / f"blob_{i:02d}.nii.gz", root / "labelsTr" / f"blob_{i:02d}.nii.gz", "val" if i == n - 1 else "train"))
+        cases.append(
+            Case(f"blob_{i:02d}", root / "imagesTr" / f"blob_{i:02d}.nii.gz", root / "labelsTr" / f"blob_{i:02d}.nii.gz", "val" if i == n - 1 else "train")
+        )
     write_manifest(root, LabelSet.from_names(list(organs)), cases, name="blobs")
     return root

@@ -11,7 +11,27 @@ from repux.cli.main import main
 
 def test_benchmark_smoke_fast_path_matches_reference(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["benchmark", "--presets", "tiny", "--sections", "window,train", "--roi", "32", "--train-roi", "32", "--repeats", "1", "--train-repeats", "1", "--json", str(out), "--progress", "none"])
+    rc = main(
+        [
+            "benchmark",
+            "--presets",
+            "tiny",
+            "--sections",
+            "window,train",
+            "--roi",
+            "32",
+            "--train-roi",
+            "32",
+            "--repeats",
+            "1",
+            "--train-repeats",
+            "1",
+            "--json",
+            str(out),
+            "--progress",
+            "none",
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     windows = {r["path"]: r for r in report["window"]}

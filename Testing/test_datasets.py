@@ -37,7 +37,13 @@ def test_msd_layout(tmp_path):
     _write_pair(root, "spleen_1", [1])
     _write_pair(root, "spleen_2", [1])
     (root / "dataset.json").write_text(
-        json.dumps({"name": "Spleen", "labels": {"0": "background", "1": "spleen"}, "training": [{"image": f"./imagesTr/spleen_{i}.nii.gz", "label": f"./labelsTr/spleen_{i}.nii.gz"} for i in (1, 2)]})
+        json.dumps(
+            {
+                "name": "Spleen",
+                "labels": {"0": "background", "1": "spleen"},
+                "training": [{"image": f"./imagesTr/spleen_{i}.nii.gz", "label": f"./labelsTr/spleen_{i}.nii.gz"} for i in (1, 2)],
+            }
+        )
     )
     ds = load_dataset(root)
     assert ds.layout == "msd" and ds.labels.names == ["spleen"] and [c.id for c in ds.cases] == ["spleen_1", "spleen_2"]
@@ -48,7 +54,9 @@ def test_msd_layout(tmp_path):
 def test_nnunet_layout_with_non_contiguous_values(tmp_path):
     root = tmp_path / "Dataset042_Abdomen"
     _write_pair(root, "case_000", [1, 3], image_suffix="_0000")
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "spleen": 3}, "numTraining": 1, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "spleen": 3}, "numTraining": 1, "file_ending": ".nii.gz"})
+    )
     ds = load_dataset(root)
     assert ds.layout == "nnunet" and ds.labels.names == ["liver", "spleen"]
     assert ds.label_values == {"liver": 1, "spleen": 3}  # file values kept; training values are 1..N

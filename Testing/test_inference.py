@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from helpers import shared_file
+
 from repux.config import InferenceSettings, Preprocessing
 from repux.imageio import read_image, read_segmentation_nrrd_labels, same_grid
 from repux.inference import Segmenter, count_windows, keep_largest_components
@@ -41,7 +41,15 @@ def oblique_left_handed(image: sitk.Image, angle_deg: float = 20.0, interpolator
     new_size = np.ceil(ext * 1.3 / new_sp).astype(int)
     origin = centre - direction @ ((new_size - 1) / 2 * new_sp)
     return sitk.Resample(
-        image, new_size.tolist(), sitk.Transform(), interpolator, origin.tolist(), new_sp.tolist(), direction.flatten().tolist(), -1024 if image.GetPixelID() != sitk.sitkUInt8 else 0, image.GetPixelID()
+        image,
+        new_size.tolist(),
+        sitk.Transform(),
+        interpolator,
+        origin.tolist(),
+        new_sp.tolist(),
+        direction.flatten().tolist(),
+        -1024 if image.GetPixelID() != sitk.sitkUInt8 else 0,
+        image.GetPixelID(),
     )
 
 
@@ -83,7 +91,13 @@ def test_oracle_lands_on_anatomy_through_oblique_left_handed_grid(crop):
     # model grid = the re-oriented input grid, so the identity model is exact there
     spacing = sitk.DICOMOrient(ct, "RAS").GetSpacing()
     prep = Preprocessing(spacing=spacing, foreground_threshold=-500, crop_foreground=crop)
-    seg = Segmenter(predictor=Oracle(FLARE.num_classes, prep), labels=FLARE, preprocessing=prep, settings=InferenceSettings(roi_size=(96, 96, 96), overlap=0.25), device="cpu")
+    seg = Segmenter(
+        predictor=Oracle(FLARE.num_classes, prep),
+        labels=FLARE,
+        preprocessing=prep,
+        settings=InferenceSettings(roi_size=(96, 96, 96), overlap=0.25),
+        device="cpu",
+    )
     result = seg.segment(ct)
     assert same_grid(result.labels, ct) and result.labels.GetDirection() == ct.GetDirection()
     assert np.linalg.det(np.array(result.labels.GetDirection()).reshape(3, 3)) < 0
@@ -105,7 +119,13 @@ def test_oracle_through_resampling_to_a_coarser_model_grid():
         # one organ at a time (200 HU in a 0 HU body) so that interpolated intensities cannot mimic another organ
         organ = sitk.Cast(moved == lab.value, sitk.sitkInt16) * 200
         ct = sitk.Mask(organ, sitk.Cast(sitk.BinaryDilate(moved > 0, [12] * 3), sitk.sitkUInt8), outsideValue=-1000)
-        seg = Segmenter(predictor=Oracle(2, prep, step=200.0), labels=LabelSet([lab.with_value(1)]), preprocessing=prep, settings=InferenceSettings(roi_size=(64, 64, 64)), device="cpu")
+        seg = Segmenter(
+            predictor=Oracle(2, prep, step=200.0),
+            labels=LabelSet([lab.with_value(1)]),
+            preprocessing=prep,
+            settings=InferenceSettings(roi_size=(64, 64, 64)),
+            device="cpu",
+        )
         back = sitk.Resample(seg.segment(ct).labels, truth, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         a = sitk.GetArrayFromImage(back)
         assert _dice(a, (b == lab.value).astype(np.uint8), 1) >= 0.9, lab.name
@@ -215,12 +235,23 @@ def test_sigterm_stops_promptly_without_output(tmp_path):
     from repux.modelfile import save_model
     from repux.nn import create_model
 
-    save_model(create_model("small", out_channels=5), tmp_path / "slow", labels=FLARE, preprocessing=Preprocessing(spacing=(1.0, 1.0, 1.0)), inference=InferenceSettings(roi_size=(96, 96, 96), overlap=0.75))
+    save_model(
+        create_model("small", out_channels=5),
+        tmp_path / "slow",
+        labels=FLARE,
+        preprocessing=Preprocessing(spacing=(1.0, 1.0, 1.0)),
+        inference=InferenceSettings(roi_size=(96, 96, 96), overlap=0.75),
+    )
     img = sitk.GetImageFromArray(np.random.default_rng(2).normal(40, 30, (60, 120, 120)).astype(np.int16))
     img.SetSpacing((2.0, 2.0, 2.0))
     sitk.WriteImage(img, str(tmp_path / "ct.nii.gz"))
     out = tmp_path / "never.seg.nrrd"
-    proc = subprocess.Popen([sys.executable, "-m", "repux", "segment", "-i", str(tmp_path / "ct.nii.gz"), "-m", str(tmp_path / "slow"), "-o", str(out), "--progress", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repux", "segment", "-i", str(tmp_path / "ct.nii.gz"), "-m", str(tmp_path / "slow"), "-o", str(out), "--progress", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = proc.stdout.readline()
     assert json.loads(first)["stage"] == "load"
     t0 = time.monotonic()

@@ -105,7 +105,7 @@ def test_official_state_dict_loads_strictly_in_all_wrappings(tmp_path):
     assert torch.equal(model.state_dict()["repuxnet_3d.stages.2.1.dwconv.weight"], sd["repuxnet_3d.stages.2.1.dwconv.weight"])
     for wrapped in ({"state_dict": sd}, {"model": {f"module.{k}": v for k, v in sd.items()}}, {f"_orig_mod.{k}": v for k, v in sd.items()}):
         assert set(unwrap_state_dict(wrapped)) == set(sd)
-    assert unwrap_state_dict(unwrap_state_dict(sd)) .keys() == sd.keys()  # idempotent
+    assert unwrap_state_dict(unwrap_state_dict(sd)).keys() == sd.keys()  # idempotent
 
 
 def test_official_errors_name_keys_and_label_counts(tmp_path):

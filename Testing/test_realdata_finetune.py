@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import shared_file
+
 from repux.cli.main import main
 from repux.data.datasets import Case, load_dataset, write_manifest
 from repux.labels import FLARE

@@ -73,7 +73,21 @@ def _zip_model(model_dir: Path, zpath: Path, prefix: str = "tiny-test/") -> byte
 def _catalog(tmp_path, url, data, model_id="tiny-test", sha=None):
     cat = tmp_path / "catalog.json"
     cat.write_text(
-        json.dumps({"models": [{"id": model_id, "version": "1.0.0", "name": "Tiny", "url": url, "size_bytes": len(data), "sha256": sha or hashlib.sha256(data).hexdigest(), "labels": ["liver"]}]})
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "id": model_id,
+                        "version": "1.0.0",
+                        "name": "Tiny",
+                        "url": url,
+                        "size_bytes": len(data),
+                        "sha256": sha or hashlib.sha256(data).hexdigest(),
+                        "labels": ["liver"],
+                    }
+                ]
+            }
+        )
     )
     return cat
 
@@ -140,7 +154,7 @@ def test_zip_slip_and_links_are_refused(tmp_path, tiny_model_dir):
     link = tmp_path / "link.zip"
     with zipfile.ZipFile(link, "w") as z:
         info = zipfile.ZipInfo("model/evil")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         z.writestr(info, "/etc/passwd")
     with pytest.raises(ModelFileError, match="symbolic link"):
         safe_extract_zip(link, tmp_path / "y")

@@ -96,7 +96,22 @@ def test_truncated_checkpoint_is_detected(blob_dataset, tmp_path):
         train(ds, None, _config(max_iterations=4), run_dir=tmp_path / "run", device="cpu", resume=True)
     from repux.cli.main import main
 
-    rc = main(["train", "--dataset", str(blob_dataset), "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"), "--resume", "--roi-size", "32", "--spacing", "4,4,5"])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            str(blob_dataset),
+            "--out",
+            str(tmp_path / "m"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--resume",
+            "--roi-size",
+            "32",
+            "--spacing",
+            "4,4,5",
+        ]
+    )
     assert rc == 1
 
 
@@ -188,10 +203,49 @@ def test_finetune_cli_adds_an_organ_and_never_overwrites_base(tmp_path):
 
     base_ds = make_blob_dataset(tmp_path / "base_ds", organs=("liver", "spleen"))
     new_ds = make_blob_dataset(tmp_path / "new_ds", organs=("liver", "spleen", "gallbladder"), seed=5)
-    assert main(["train", "--dataset", str(base_ds), "--out", "blob-base", "--roi-size", "32", "--spacing", "4,4,5", "--max-iterations", "2", "--val-interval", "2", "--progress", "none"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(base_ds),
+                "--out",
+                "blob-base",
+                "--roi-size",
+                "32",
+                "--spacing",
+                "4,4,5",
+                "--max-iterations",
+                "2",
+                "--val-interval",
+                "2",
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     store = ModelStore()
     base_sha = json.loads((store.path("blob-base") / "model.json").read_text())["sha256"]
-    rc = main(["finetune", "--base", "blob-base", "--dataset", str(new_ds), "--out", "blob-ft", "--max-iterations", "2", "--val-interval", "2", "--freeze-encoder", "1", "--progress", "none"])
+    rc = main(
+        [
+            "finetune",
+            "--base",
+            "blob-base",
+            "--dataset",
+            str(new_ds),
+            "--out",
+            "blob-ft",
+            "--max-iterations",
+            "2",
+            "--val-interval",
+            "2",
+            "--freeze-encoder",
+            "1",
+            "--progress",
+            "none",
+        ]
+    )
     assert rc == 0
     card = json.loads((store.path("blob-ft") / "model.json").read_text())
     assert [lab["name"] for lab in card["labels"]] == ["liver", "spleen", "gallbladder"]

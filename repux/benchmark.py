@@ -181,7 +181,17 @@ def _volume_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     device = resolve_device(spec["device"])
     if spec["path"] == "reference":
-        seg = Segmenter(spec["model"], device=spec["device"], overlap=0.7, sw_batch_size=4, precision="fp32", algorithm="native", crop_foreground=False, fold_batchnorm=False, threads=spec.get("threads"))
+        seg = Segmenter(
+            spec["model"],
+            device=spec["device"],
+            overlap=0.7,
+            sw_batch_size=4,
+            precision="fp32",
+            algorithm="native",
+            crop_foreground=False,
+            fold_batchnorm=False,
+            threads=spec.get("threads"),
+        )
     else:
         extra = {"overlap": 0.7} if spec["path"] == "fast@0.7" else {}
         seg = Segmenter(spec["model"], device=spec["device"], threads=spec.get("threads"), precision=spec.get("precision", "auto"), **extra)
@@ -194,7 +204,14 @@ def _volume_job(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t
     sitk.WriteImage(result.labels, spec["output"])
-    return {"seconds": seconds, "peak_mb": _peak_memory_mb(device), "windows": result.summary["windows"], "processed_size": result.summary["processed_size"], "settings": result.summary["settings"], "precision": result.summary["precision"]}
+    return {
+        "seconds": seconds,
+        "peak_mb": _peak_memory_mb(device),
+        "windows": result.summary["windows"],
+        "processed_size": result.summary["processed_size"],
+        "settings": result.summary["settings"],
+        "precision": result.summary["precision"],
+    }
 
 
 def worker_main(spec_json: str) -> int:
@@ -302,14 +319,44 @@ def run_benchmark(
             for path in window_paths:
                 # the reference recipe runs windows 4 at a time (sw_batch_size 4); times are per window
                 batch = reference_batch if path == "reference" else 1
-                jobs.append(("window", {"kind": "window", "preset": p, "path": path, "roi": roi, "repeats": repeats, "device": device, "threads": threads, "batch": batch, "output": str(tmp / f"w_{p}_{path}.npy")}))
+                jobs.append(
+                    (
+                        "window",
+                        {
+                            "kind": "window",
+                            "preset": p,
+                            "path": path,
+                            "roi": roi,
+                            "repeats": repeats,
+                            "device": device,
+                            "threads": threads,
+                            "batch": batch,
+                            "output": str(tmp / f"w_{p}_{path}.npy"),
+                        },
+                    )
+                )
     if "train" in sections:
         for p in presets:
             for path in train_paths:
-                jobs.append(("train", {"kind": "train", "preset": p, "path": path, "roi": train_roi, "repeats": train_repeats, "device": device, "threads": threads}))
+                jobs.append(
+                    ("train", {"kind": "train", "preset": p, "path": path, "roi": train_roi, "repeats": train_repeats, "device": device, "threads": threads})
+                )
     if "volume" in sections and input_path:
         for path in VOLUME_PATHS:
-            jobs.append(("volume", {"kind": "volume", "path": path, "input": input_path, "model": model, "device": device, "threads": threads, "output": str(tmp / f"v_{path}.nii.gz")}))
+            jobs.append(
+                (
+                    "volume",
+                    {
+                        "kind": "volume",
+                        "path": path,
+                        "input": input_path,
+                        "model": model,
+                        "device": device,
+                        "threads": threads,
+                        "output": str(tmp / f"v_{path}.nii.gz"),
+                    },
+                )
+            )
     results: dict[str, list[dict[str, Any]]] = {"window": [], "train": [], "volume": []}
     for i, (kind, spec) in enumerate(jobs):
         label = f"{kind} {spec.get('preset', '')} {spec['path']}".replace("  ", " ")
@@ -355,7 +402,9 @@ def format_report(report: dict[str, Any]) -> str:
         c = m["cpu"]
         lines.append(f"CPU capability {c['capability']}, AMX {c['amx']}, AVX-512-BF16 {c['avx512_bf16']}")
     if report.get("window"):
-        lines.append(f"\nInference, seconds per {report['roi']}^3 window (median of {report['repeats']}; the reference runs {report.get('reference_batch', 1)} windows per call, as sw_batch_size {report.get('reference_batch', 1)}):")
+        lines.append(
+            f"\nInference, seconds per {report['roi']}^3 window (median of {report['repeats']}; the reference runs {report.get('reference_batch', 1)} windows per call, as sw_batch_size {report.get('reference_batch', 1)}):"
+        )
         lines.append(f"  {'preset':<6} {'path':<10} {'seconds':>8} {'speed-up':>9} {'peak MB':>8}  {'rel.err':>8} {'argmax=':>8} {'min Dice':>8}")
         for r in report["window"]:
             lines.append(_row(r, with_err=True))
@@ -377,7 +426,9 @@ def format_report(report: dict[str, Any]) -> str:
             )
             d = r.get("dice_vs_reference")
             if d:
-                lines.append(f"  {'':<10} Dice with the reference output: mean {d['mean']} (per label {d['per_label']}), voxel agreement {d['voxel_agreement']}")
+                lines.append(
+                    f"  {'':<10} Dice with the reference output: mean {d['mean']} (per label {d['per_label']}), voxel agreement {d['voxel_agreement']}"
+                )
     return "\n".join(lines)
 
 

@@ -135,7 +135,14 @@ def run_demo(
     title = f"RepUX demo: phantom seed {seed}, model {name}" + ("" if trained else " (UNTRAINED weights)")
     png = overlay_png(phantom.image, result.labels, result.label_set, out / "phantom_overlay.png", title=title, reference=truth)
     summary = dict(result.summary)
-    summary.update({"phantom_seed": seed, "dice_vs_truth": dice, "model_trained": trained, "outputs": {"ct": str(out / "phantom_ct.nii.gz"), "segmentation": str(seg_path), "overlay": str(png)}})
+    summary.update(
+        {
+            "phantom_seed": seed,
+            "dice_vs_truth": dice,
+            "model_trained": trained,
+            "outputs": {"ct": str(out / "phantom_ct.nii.gz"), "segmentation": str(seg_path), "overlay": str(png)},
+        }
+    )
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if progress:
@@ -151,5 +158,7 @@ def run_demo(
         )
     lines.append("Dice against the phantom's ground truth: " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in dice.items()))
     lines.append(f"time {sum(summary['timings_s'].values()):.1f} s on {summary['device']} ({summary['device_name']})")
-    lines.append(f"outputs in {out}: phantom_ct.nii.gz, phantom_segmentation.seg.nrrd (open in 3D Slicer), phantom_labels.nii.gz, phantom_overlay.png, summary.json")
+    lines.append(
+        f"outputs in {out}: phantom_ct.nii.gz, phantom_segmentation.seg.nrrd (open in 3D Slicer), phantom_labels.nii.gz, phantom_overlay.png, summary.json"
+    )
     return {"text": "\n".join(lines), "summary": summary}

@@ -100,12 +100,19 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     if series_uid:
         match = [s for s in series if s["uid"] == series_uid]
         if not match:
-            raise InputImageError(f"--series-uid {series_uid} is not in {str(folder)!r}; available: " + ", ".join(f"{s['uid']} ({s['num_files']} files)" for s in series))
+            raise InputImageError(
+                f"--series-uid {series_uid} is not in {str(folder)!r}; available: " + ", ".join(f"{s['uid']} ({s['num_files']} files)" for s in series)
+            )
         chosen = match[0]
     else:
         chosen = series[0]
         if len(series) > 1:
-            logger.info("folder holds %d DICOM series; using the largest (%s, %d files); choose another with --series-uid", len(series), chosen["uid"], chosen["num_files"])
+            logger.info(
+                "folder holds %d DICOM series; using the largest (%s, %d files); choose another with --series-uid",
+                len(series),
+                chosen["uid"],
+                chosen["num_files"],
+            )
     files = _check_slice_spacing(chosen["files"], chosen["uid"])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -142,7 +149,9 @@ def _check_slice_spacing(files: list[str], uid: str) -> list[str]:
     order = np.argsort(positions)
     steps = np.diff(np.asarray(positions)[order])
     if (steps <= 1e-4).any():
-        raise InputImageError(f"DICOM series {uid} has {int((steps <= 1e-4).sum()) + 1} slices at the same position (duplicates or several acquisitions); select the intended series with --series-uid or clean the folder.")
+        raise InputImageError(
+            f"DICOM series {uid} has {int((steps <= 1e-4).sum()) + 1} slices at the same position (duplicates or several acquisitions); select the intended series with --series-uid or clean the folder."
+        )
     median = float(np.median(steps))
     if steps.max() - steps.min() > max(0.01 * median, 1e-3):
         i = int(np.argmax(np.abs(steps - median)))
@@ -208,7 +217,9 @@ def check_image(image: sitk.Image, *, max_voxels: int | None = None, ct: bool = 
     if dim != 3:
         raise InputImageError(f"{name} has {dim} dimensions (size {size}); RepUX needs a 3-D volume.")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputImageError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image); RepUX needs a scalar CT volume.")
+        raise InputImageError(
+            f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image); RepUX needs a scalar CT volume."
+        )
     if min(size) < 2:
         raise InputImageError(f"{name} has size {size}: it is a single slice; RepUX needs a 3-D volume with several slices.")
     n = math.prod(size)

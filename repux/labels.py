@@ -133,7 +133,9 @@ def _sct(value: str, meaning: str) -> Code:
     return Code(value, "SCT", meaning)
 
 
-def _o(name: str, color: tuple[int, int, int], code: Code, modifier: Code | None = None, aliases: Iterable[str] = (), category: Code = ANATOMICAL_STRUCTURE) -> Label:
+def _o(
+    name: str, color: tuple[int, int, int], code: Code, modifier: Code | None = None, aliases: Iterable[str] = (), category: Code = ANATOMICAL_STRUCTURE
+) -> Label:
     return Label(0, name, color, category, code, modifier, tuple(aliases))
 
 

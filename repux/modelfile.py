@@ -159,9 +159,7 @@ class ModelCard:
         except KeyError as err:
             raise ModelFileError(f"model card{where} lacks the required field {err.args[0]!r}.") from err
         if card.num_classes != labels.num_classes:
-            raise ModelFileError(
-                f"model card{where}: out_channels={card.num_classes} but {len(labels)} labels + background = {labels.num_classes} classes."
-            )
+            raise ModelFileError(f"model card{where}: out_channels={card.num_classes} but {len(labels)} labels + background = {labels.num_classes} classes.")
         return card
 
 
@@ -226,7 +224,9 @@ def save_model(
         raise ModelFileError("a model whose BatchNorm was folded for inference cannot be saved; save it before reparameterize(fold_batchnorm=True).")
     args = model.config()
     if args["out_channels"] != labels.num_classes:
-        raise ModelFileError(f"the model has out_channels={args['out_channels']} but the label set has {len(labels)} labels (+ background = {labels.num_classes}).")
+        raise ModelFileError(
+            f"the model has out_channels={args['out_channels']} but the label set has {len(labels)} labels (+ background = {labels.num_classes})."
+        )
     import torch
 
     prov = {

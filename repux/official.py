@@ -94,9 +94,7 @@ def architecture_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, An
 
     def get(key: str) -> torch.Tensor:
         if key not in sd:
-            raise CheckpointError(
-                f"this is not an official RepUX-Net state dict: key {key!r} is missing (found e.g. {', '.join(list(sd)[:4])})."
-            )
+            raise CheckpointError(f"this is not an official RepUX-Net state dict: key {key!r} is missing (found e.g. {', '.join(list(sd)[:4])}).")
         return sd[key]
 
     stem = get("repuxnet_3d.downsample_layers.0.0.weight")

@@ -153,7 +153,9 @@ class BarProgressPrinter:
     def __init__(self, desc: str = "repux") -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=1000, desc=desc, unit="‰", leave=True, file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+        self.bar = tqdm(
+            total=1000, desc=desc, unit="‰", leave=True, file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"
+        )
         self.last = 0
 
     def __call__(self, event: ProgressEvent) -> None:

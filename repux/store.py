@@ -154,7 +154,9 @@ def _find_model_dir(root: Path) -> Path:
     return cards[0].parent
 
 
-def download(url: str, dest: Path, *, expected_sha256: str | None = None, progress: Callable[[int, int], None] | None = None, cancel=None, chunk: int = 1 << 16) -> Path:
+def download(
+    url: str, dest: Path, *, expected_sha256: str | None = None, progress: Callable[[int, int], None] | None = None, cancel=None, chunk: int = 1 << 16
+) -> Path:
     """Download ``url`` to ``dest``, resuming ``dest.part``; verify sha256; atomic rename.
 
     Args:
@@ -181,7 +183,9 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None, progre
         else:
             raise ModelFileError(f"download of {url} failed: HTTP {err.code} {err.reason}.") from err
     except (urllib.error.URLError, OSError) as err:
-        raise ModelFileError(f"download of {url} failed: {getattr(err, 'reason', err)}. Check the network or proxy, or download the file by hand and use 'repux models import'.") from err
+        raise ModelFileError(
+            f"download of {url} failed: {getattr(err, 'reason', err)}. Check the network or proxy, or download the file by hand and use 'repux models import'."
+        ) from err
     if resp is not None:
         with resp:
             status = getattr(resp, "status", 200)
@@ -213,7 +217,9 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None, progre
         digest = sha256_file(part)
         if digest != expected_sha256.lower():
             part.unlink()
-            raise ModelFileError(f"download of {url} is corrupted: sha256 {digest[:16]}... does not match the catalog's {expected_sha256[:16]}...; the partial file was removed, try again.")
+            raise ModelFileError(
+                f"download of {url} is corrupted: sha256 {digest[:16]}... does not match the catalog's {expected_sha256[:16]}...; the partial file was removed, try again."
+            )
     os.replace(part, dest)
     return dest
 
@@ -371,7 +377,16 @@ def list_models(store: ModelStore | None = None) -> list[dict[str, Any]]:
     for e in load_catalog():
         if e.id not in have:
             rows.append(
-                {"id": e.id, "version": e.version, "status": "downloadable", "size_mb": round(e.size_bytes / 1e6, 1), "labels": list(e.labels), "path": "", "name": e.name, "description": e.description}
+                {
+                    "id": e.id,
+                    "version": e.version,
+                    "status": "downloadable",
+                    "size_mb": round(e.size_bytes / 1e6, 1),
+                    "labels": list(e.labels),
+                    "path": "",
+                    "name": e.name,
+                    "description": e.description,
+                }
             )
     return rows
 

@@ -110,7 +110,10 @@ def main(argv=None) -> int:
             "minutes": round((time.time() - t) / 60, 1),
             "centre_only_kernels": centre_only_fraction(net),
         }
-        print(f"{variant:>9}: best mean Dice {res.best_mean_dice:.4f}  {res.best_dice}  centre-only kernels {results[variant]['centre_only_kernels']:.0%}", flush=True)
+        print(
+            f"{variant:>9}: best mean Dice {res.best_mean_dice:.4f}  {res.best_dice}  centre-only kernels {results[variant]['centre_only_kernels']:.0%}",
+            flush=True,
+        )
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
     print("\nvariant    mean Dice  " + "  ".join(f"{n:>9}" for n in ds.labels.names))
     for v, r in results.items():

@@ -61,7 +61,9 @@ def cmd_info(args: argparse.Namespace, ctx: Any) -> int:
             print(f"  path: {card.path}")
             print(f"  architecture: RepUXNet {card.model_args}")
             print(f"  labels: {', '.join(f'{lab.value}={lab.name}' for lab in card.labels)}")
-            print(f"  preprocessing: {card.preprocessing.orientation}, spacing {card.preprocessing.spacing} mm, HU {card.preprocessing.intensity.a_min:g}..{card.preprocessing.intensity.a_max:g}")
+            print(
+                f"  preprocessing: {card.preprocessing.orientation}, spacing {card.preprocessing.spacing} mm, HU {card.preprocessing.intensity.a_min:g}..{card.preprocessing.intensity.a_max:g}"
+            )
             print(f"  roi_size: {card.roi_size}, sha256: {card.sha256}")
             if card.provenance:
                 print(f"  provenance: {json.dumps(card.provenance)}")
@@ -157,7 +159,13 @@ def cmd_presets(args: argparse.Namespace, ctx: Any) -> int:
             t = time.perf_counter()
             y = net(x)
             dt = time.perf_counter() - t
-        result["forward"] = {"preset": args.forward, "input": list(x.shape), "output": list(y.shape), "seconds": round(dt, 3), "threads": torch.get_num_threads()}
+        result["forward"] = {
+            "preset": args.forward,
+            "input": list(x.shape),
+            "output": list(y.shape),
+            "seconds": round(dt, 3),
+            "threads": torch.get_num_threads(),
+        }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -170,7 +178,9 @@ def cmd_presets(args: argparse.Namespace, ctx: Any) -> int:
     print(f"(out_channels={args.out_channels}, window {roi[0]}x{roi[1]}x{roi[2]})")
     if "forward" in result:
         f = result["forward"]
-        print(f"forward pass of '{f['preset']}': input {tuple(f['input'])} -> logits {tuple(f['output'])} in {f['seconds']:.2f} s on {f['threads']} CPU threads")
+        print(
+            f"forward pass of '{f['preset']}': input {tuple(f['input'])} -> logits {tuple(f['output'])} in {f['seconds']:.2f} s on {f['threads']} CPU threads"
+        )
     return 0
 
 
@@ -196,4 +206,3 @@ def cmd_convert_official(args: argparse.Namespace, ctx: Any) -> int:
         installed = ModelStore().import_model(card.path)
         print(f"installed as '{installed.id}' in {installed.path}")
     return 0
-

@@ -15,7 +15,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("phantoms", help="write a ready training dataset of synthetic abdominal CT phantoms")
     p.add_argument("--n", type=int, default=40, help="number of phantoms (default: 40)")
     p.add_argument("--out", required=True, help="dataset folder to create")
-    p.add_argument("--organs", default="liver,kidney,spleen,pancreas", help="comma-separated organs to label (default: the FLARE set liver,kidney,spleen,pancreas)")
+    p.add_argument(
+        "--organs", default="liver,kidney,spleen,pancreas", help="comma-separated organs to label (default: the FLARE set liver,kidney,spleen,pancreas)"
+    )
     p.add_argument("--seed", type=int, default=0, help="phantom i uses seed + i (default: 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction (default: 0.2)")
     p.add_argument("--spacing", help="voxel spacing x,y,z in mm (default: random anisotropic per phantom)")
@@ -44,7 +46,15 @@ def cmd_phantoms(args: argparse.Namespace, ctx: Any) -> int:
     labels = LabelSet.from_names([o.strip() for o in args.organs.split(",") if o.strip()], name="phantoms")
     spacing = spacing_from([float(v) for v in args.spacing.split(",")]) if args.spacing else None
     manifest = write_phantom_dataset(
-        args.out, args.n, label_set=labels, seed=args.seed, val_fraction=args.val_fraction, spacing=spacing, orientation=args.orientation, progress=ctx.progress, cancel=ctx.cancel
+        args.out,
+        args.n,
+        label_set=labels,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        spacing=spacing,
+        orientation=args.orientation,
+        progress=ctx.progress,
+        cancel=ctx.cancel,
     )
     if ctx.progress_mode != "json":
         print(f"wrote {args.n} phantoms and {manifest}")
@@ -59,7 +69,11 @@ def cmd_dataset_check(args: argparse.Namespace, ctx: Any) -> int:
     reports = check_dataset(ds, fix=args.fix)
     n_err = sum(len(r.errors) for r in reports)
     if args.json:
-        print(json.dumps({"dataset": str(ds.root), "layout": ds.layout, "labels": ds.labels.names, "cases": [r.to_dict() for r in reports], "errors": n_err}, indent=2))
+        print(
+            json.dumps(
+                {"dataset": str(ds.root), "layout": ds.layout, "labels": ds.labels.names, "cases": [r.to_dict() for r in reports], "errors": n_err}, indent=2
+            )
+        )
     else:
         print(f"{ds.root} ({ds.layout} layout): {len(ds.cases)} cases, labels {', '.join(ds.labels.names)}")
         for r in reports:

@@ -19,7 +19,9 @@ DEFAULT_MAX_VOXELS = 600_000_000
 def add_inference_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inference")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto = GPU when present)")
-    g.add_argument("--quality", choices=("fast", "standard", "best"), help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)")
+    g.add_argument(
+        "--quality", choices=("fast", "standard", "best"), help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)"
+    )
     g.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the model's, usually 0.5)")
     g.add_argument("--roi-size", help="window size, e.g. 96 or 96,96,64 (default: the model's)")
     g.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: 1 on CPU, 4 on GPU; halved automatically on GPU out-of-memory)")
@@ -163,7 +165,9 @@ def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
     if ctx.progress:
         from ..progress import ProgressEvent
 
-        ctx.progress(ProgressEvent("done", 1.0, f"wrote {out}", 0.0, {"outputs": outputs, "volumes_ml": result.summary["volumes_ml"], "summary": result.summary}))
+        ctx.progress(
+            ProgressEvent("done", 1.0, f"wrote {out}", 0.0, {"outputs": outputs, "volumes_ml": result.summary["volumes_ml"], "summary": result.summary})
+        )
     if ctx.progress_mode != "json":
         vols = ", ".join(f"{k} {v:.0f} mL" for k, v in result.summary["volumes_ml"].items())
         t = sum(result.summary["timings_s"].values())

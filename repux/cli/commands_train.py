@@ -25,7 +25,9 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--description", default="", help="model description stored in model.json")
     p.add_argument("--run-dir", help="folder for the resumable checkpoint and logs (default: <store>/runs/<model id>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    p.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32", help="dtype of the exported weights (float16 halves the file; default: float32)")
+    p.add_argument(
+        "--weights-dtype", choices=("float32", "float16"), default="float32", help="dtype of the exported weights (float16 halves the file; default: float32)"
+    )
     g = p.add_argument_group("schedule")
     g.add_argument("--max-iterations", type=int, default=300 if finetune else 1000, help="iterations (default: %(default)s)")
     g.add_argument("--time-budget", help="stop after this long, e.g. 900, 15m, 1.5h (the best model so far is exported)")
@@ -40,14 +42,23 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     g.add_argument("--checkpoint-interval", type=int, default=25, help="write the resumable checkpoint every N iterations (default: 25)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--augmentation", choices=("none", "standard", "strong"), default="strong" if finetune else "standard")
-    g.add_argument("--crop-sampling", choices=("posneg", "classes"), default="classes" if finetune else "posneg", help="posneg: half the crops on any organ (official); classes: every class equally often (helps small organs)")
+    g.add_argument(
+        "--crop-sampling",
+        choices=("posneg", "classes"),
+        default="classes" if finetune else "posneg",
+        help="posneg: half the crops on any organ (official); classes: every class equally often (helps small organs)",
+    )
     if finetune:
         g.add_argument("--freeze-encoder", type=int, default=0, metavar="K", help="freeze the large-kernel encoder for the first K iterations")
-        g.add_argument("--head-lr-scale", type=float, default=10.0, help="learning-rate factor of the output head, where new organs start from scratch (default: 10)")
+        g.add_argument(
+            "--head-lr-scale", type=float, default=10.0, help="learning-rate factor of the output head, where new organs start from scratch (default: 10)"
+        )
     else:
         g.add_argument("--preset", default="tiny", help="network preset: base (the paper), small, tiny (default: tiny)")
         g.add_argument("--spacing", help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)")
-        g.add_argument("--kernel-mode", choices=("bfr", "plain"), default="bfr", help="bfr: Bayesian frequency re-parameterized kernels (default); plain: ablation")
+        g.add_argument(
+            "--kernel-mode", choices=("bfr", "plain"), default="bfr", help="bfr: Bayesian frequency re-parameterized kernels (default); plain: ablation"
+        )
     h = p.add_argument_group("hardware")
     h.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     h.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
@@ -215,7 +226,19 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
     )
     csv_path, json_path = write_reports(report, args.out)
     if ctx.progress_mode == "json":
-        print(json.dumps({"stage": "done", "fraction": 1.0, "message": "evaluation written", "eta_s": 0.0, "mean": report["mean"], "csv": str(csv_path), "json": str(json_path)}))
+        print(
+            json.dumps(
+                {
+                    "stage": "done",
+                    "fraction": 1.0,
+                    "message": "evaluation written",
+                    "eta_s": 0.0,
+                    "mean": report["mean"],
+                    "csv": str(csv_path),
+                    "json": str(json_path),
+                }
+            )
+        )
     else:
         print(format_table(report))
         print(f"wrote {csv_path} and {json_path}")

@@ -28,10 +28,7 @@ __all__ = ["main", "build_parser", "JobContext"]
 
 logger = logging.getLogger("repux")
 
-CITATION = (
-    "Lee H.H. et al., Scaling Up 3D Kernels with Bayesian Frequency Re-parameterization "
-    "for Medical Image Segmentation, MICCAI 2023, arXiv:2303.05785"
-)
+CITATION = "Lee H.H. et al., Scaling Up 3D Kernels with Bayesian Frequency Re-parameterization for Medical Image Segmentation, MICCAI 2023, arXiv:2303.05785"
 
 #: seconds a cancelled job may take to stop cooperatively before the process exits hard
 CANCEL_GRACE_S = 2.0

@@ -128,7 +128,9 @@ def load_dataset(path: str | Path) -> Dataset:
         return Dataset(root, labels, cases, str(data.get("name", root.name)), "repux", {lab.name: lab.value for lab in labels})
     dj = p if p.is_file() else root / "dataset.json"
     if not dj.is_file():
-        raise DatasetError(f"no {MANIFEST} or dataset.json in {str(root)!r}; create one with 'repux phantoms' or the RepUXTrainer module, or use an MSD/nnU-Net folder.")
+        raise DatasetError(
+            f"no {MANIFEST} or dataset.json in {str(root)!r}; create one with 'repux phantoms' or the RepUXTrainer module, or use an MSD/nnU-Net folder."
+        )
     data = _read_json(dj)
     if "channel_names" in data and "file_ending" in data:
         return _load_nnunet(root, data)
@@ -220,4 +222,3 @@ def dataset_fingerprint(cases: Sequence[Case], labels: LabelSet) -> str:
             size = p.stat().st_size if p.exists() else -1
             h.update(f"{c.id}|{p.name}|{size};".encode())
     return h.hexdigest()[:16]
-

@@ -231,9 +231,7 @@ def depthwise_conv3d(
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r} is not supported; choose one of {', '.join(ALGORITHMS)}.")
     if x.dim() != 5 or weight.dim() != 5 or weight.shape[1] != 1 or weight.shape[0] != x.shape[1]:
-        raise ValueError(
-            f"depthwise_conv3d expects x (B, C, D, H, W) and weight (C, 1, k, k, k); got x {tuple(x.shape)}, weight {tuple(weight.shape)}."
-        )
+        raise ValueError(f"depthwise_conv3d expects x (B, C, D, H, W) and weight (C, 1, k, k, k); got x {tuple(x.shape)}, weight {tuple(weight.shape)}.")
     if any(k % 2 == 0 for k in weight.shape[2:]):
         raise ValueError(f"kernel sizes must be odd for 'same' padding; got {tuple(weight.shape[2:])}.")
     if algorithm == "native":

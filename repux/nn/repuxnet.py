@@ -111,8 +111,7 @@ class RepUXEncoder(nn.Module):
                 nn.Sequential(LayerNorm3d(feature_sizes[i - 1]), nn.Conv3d(feature_sizes[i - 1], feature_sizes[i], kernel_size=2, stride=2))
             )
         self.stages = nn.ModuleList(
-            nn.Sequential(*[RepUXBlock(dim, kernel_size, bfm_alpha, deploy, algorithm) for _ in range(depth)])
-            for dim, depth in zip(feature_sizes, depths)
+            nn.Sequential(*[RepUXBlock(dim, kernel_size, bfm_alpha, deploy, algorithm) for _ in range(depth)]) for dim, depth in zip(feature_sizes, depths)
         )
         for i, dim in enumerate(feature_sizes):
             self.add_module(f"norm{i}", LayerNorm3d(dim))

@@ -135,8 +135,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         return f"{ds + ' / ' + hs:>16}"
 
     for r in report["cases"]:
-        lines.append(f"{r['case'][:20]:<20}" + "".join(cell(r[f'{o}/dice'], r[f'{o}/hd95_mm']) for o in organs))
+        lines.append(f"{r['case'][:20]:<20}" + "".join(cell(r[f"{o}/dice"], r[f"{o}/hd95_mm"]) for o in organs))
     m = report["mean"]
-    lines.append(f"{'mean':<20}" + "".join(cell(m[f'{o}/dice'], m[f'{o}/hd95_mm']) for o in organs))
+    lines.append(f"{'mean':<20}" + "".join(cell(m[f"{o}/dice"], m[f"{o}/hd95_mm"]) for o in organs))
     lines.append(f"mean Dice over organs: {m['mean/dice']}")
     return "\n".join(lines)

@@ -292,7 +292,9 @@ def _make_datasets(train_cases, val_cases, cfg: TrainConfig, labels: LabelSet, v
     return tr, va, train_t
 
 
-def _validate(model: nn.Module, val_ds, labels: LabelSet, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None, cancel: CancelToken | None) -> dict[str, float | None]:
+def _validate(
+    model: nn.Module, val_ds, labels: LabelSet, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None, cancel: CancelToken | None
+) -> dict[str, float | None]:
     from monai.inferers import sliding_window_inference
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
@@ -456,7 +458,9 @@ def train(
         net.train()
         adapt_output_head(net, channel_map, labels.num_classes, seed=cfg.seed)
     else:
-        net = create_model(cfg.preset, in_channels=1, out_channels=labels.num_classes, deploy=cfg.kernel_mode == "plain", algorithm=cfg.algorithm, **cfg.model_args)
+        net = create_model(
+            cfg.preset, in_channels=1, out_channels=labels.num_classes, deploy=cfg.kernel_mode == "plain", algorithm=cfg.algorithm, **cfg.model_args
+        )
     if net.out_channels != labels.num_classes:
         raise ConfigError(f"the network has {net.out_channels} outputs but the label set needs {labels.num_classes}.")
     net.set_gradient_checkpointing(cfg.gradient_checkpointing)
@@ -626,7 +630,13 @@ def train(
             export.load_state_dict(best["state"])
         prov: dict[str, Any] = {
             "source": "repux finetune" if base_card else "repux train",
-            "dataset": {"name": dataset.name, "fingerprint": fingerprint, "train_cases": len(train_cases), "val_cases": len(val_cases), "layout": dataset.layout},
+            "dataset": {
+                "name": dataset.name,
+                "fingerprint": fingerprint,
+                "train_cases": len(train_cases),
+                "val_cases": len(val_cases),
+                "layout": dataset.layout,
+            },
             "iterations": it,
             "best_iteration": best["iteration"],
             "validation_dice": best["dice"],
@@ -658,7 +668,9 @@ def train(
             overwrite=overwrite,
             weights_dtype=weights_dtype,
         )
-        tracker.done(f"saved {card.id}", iteration=it, max_iterations=cfg.max_iterations, model=str(card.path), best_mean_dice=best["mean"], val_dice=best["dice"])
+        tracker.done(
+            f"saved {card.id}", iteration=it, max_iterations=cfg.max_iterations, model=str(card.path), best_mean_dice=best["mean"], val_dice=best["dice"]
+        )
     dist.close()
     return TrainResult(card, it, best["dice"], best["mean"], history, stopped_by)
 
@@ -673,4 +685,3 @@ def _message(stage: str, it: int, total: int, extra: Mapping[str, Any]) -> str:
     if stage == "validate":
         return f"iteration {it}/{total}: validation mean Dice {extra.get('val_mean_dice')}"
     return f"iteration {it}/{total}: loss {extra.get('loss', float('nan')):.4f}"
-

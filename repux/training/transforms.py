@@ -86,7 +86,9 @@ class LoadModelGridd(MapTransform):
         out = lut[lab]
         if (out < 0).any():
             bad = sorted(int(v) for v in np.unique(lab[out < 0]))
-            raise DatasetError(f"label file {name} contains values {bad} that are not in the dataset's label set; run 'repux dataset check' to find and fix them.")
+            raise DatasetError(
+                f"label file {name} contains values {bad} that are not in the dataset's label set; run 'repux dataset check' to find and fix them."
+            )
         return out.astype(np.uint8)
 
 
@@ -118,7 +120,9 @@ def has_sided_labels(labels: LabelSet) -> bool:
 CROP_SAMPLING = ("posneg", "classes")
 
 
-def random_transforms(roi_size: tuple[int, int, int], num_samples: int, labels: LabelSet, augmentation: str = "standard", crop_sampling: str = "posneg") -> list[Any]:
+def random_transforms(
+    roi_size: tuple[int, int, int], num_samples: int, labels: LabelSet, augmentation: str = "standard", crop_sampling: str = "posneg"
+) -> list[Any]:
     """Crops and augmentations (official recipe; ``strong`` for few-case fine-tuning).
 
     ``crop_sampling="posneg"`` centres half the crops on any organ (official);
@@ -131,10 +135,19 @@ def random_transforms(roi_size: tuple[int, int, int], num_samples: int, labels: 
         raise DatasetError(f"crop_sampling must be one of {', '.join(CROP_SAMPLING)}; got {crop_sampling!r}.")
     if crop_sampling == "classes":
         crop: Any = RandCropByLabelClassesd(
-            keys=["image", "label"], label_key="label", spatial_size=roi_size, num_classes=labels.num_classes, num_samples=num_samples, image_key="image", image_threshold=0, warn=False
+            keys=["image", "label"],
+            label_key="label",
+            spatial_size=roi_size,
+            num_classes=labels.num_classes,
+            num_samples=num_samples,
+            image_key="image",
+            image_threshold=0,
+            warn=False,
         )
     else:
-        crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=roi_size, pos=1, neg=1, num_samples=num_samples, image_key="image", image_threshold=0)
+        crop = RandCropByPosNegLabeld(
+            keys=["image", "label"], label_key="label", spatial_size=roi_size, pos=1, neg=1, num_samples=num_samples, image_key="image", image_threshold=0
+        )
     chain: list[Any] = [SpatialPadd(keys=["image", "label"], spatial_size=roi_size), crop]
     if augmentation == "none":
         return chain
