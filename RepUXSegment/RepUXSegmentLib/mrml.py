@@ -27,6 +27,7 @@ import vtk
 
 __all__ = [
     "MRMLContext",
+    "checkScalarVolume",
     "SegmentSpec",
     "formatRoiRas",
     "importLabelmap",
@@ -101,15 +102,8 @@ def segmentSpecsFromModel(model: str | os.PathLike[str]) -> tuple[Any, list[Segm
     return card, specs
 
 
-def writeVolumeNrrd(volumeNode: Any, path: str | os.PathLike[str]) -> Path:
-    """Write a scalar volume with Slicer's NRRD storage node (uncompressed, geometry as in the scene).
-
-    The storage node is not added to the scene, so the scene is not modified.
-
-    Raises:
-        ValueError: not a scalar volume, no voxels, or more than one component.
-        OSError: the file could not be written.
-    """
+def checkScalarVolume(volumeNode: Any) -> None:
+    """Raise ValueError unless ``volumeNode`` is a scalar (not label map) volume with voxels and one component."""
     if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
         raise ValueError(f"the input must be a scalar volume node; got {volumeNode.GetClassName() if volumeNode is not None else None}.")
     if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -119,6 +113,18 @@ def writeVolumeNrrd(volumeNode: Any, path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"volume '{volumeNode.GetName()}' has no voxels.")
     if image.GetNumberOfScalarComponents() != 1:
         raise ValueError(f"volume '{volumeNode.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel; RepUX needs a scalar CT volume.")
+
+
+def writeVolumeNrrd(volumeNode: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a scalar volume with Slicer's NRRD storage node (uncompressed, geometry as in the scene).
+
+    The storage node is not added to the scene, so the scene is not modified.
+
+    Raises:
+        ValueError: not a scalar volume, no voxels, or more than one component.
+        OSError: the file could not be written.
+    """
+    checkScalarVolume(volumeNode)
     out = Path(path)
     storage = slicer.vtkMRMLNRRDStorageNode()
     storage.SetFileName(str(out))

@@ -59,6 +59,7 @@ __all__ = [
     "parseProgressLine",
     "repuxCommand",
     "repuxPackageParent",
+    "waitForJob",
 ]
 
 logger = logging.getLogger(__name__)
@@ -428,6 +429,22 @@ class ProcessRunner:
             time.sleep(pollInterval)
         assert self.returncode is not None
         return self.returncode
+
+
+def waitForJob(processEvents: Callable[[], bool], stop: Callable[[], Any], timeout: float | None, pollInterval: float, timeoutMessage: str) -> None:
+    """The blocking form of a polled job: call ``processEvents`` until it returns False.
+
+    After ``timeout`` seconds, ``stop()`` is called, the job is drained until it has ended, and
+    ``TimeoutError(timeoutMessage)`` is raised.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while processEvents():
+        if deadline is not None and time.monotonic() > deadline:
+            stop()
+            while processEvents():
+                time.sleep(pollInterval)
+            raise TimeoutError(timeoutMessage)
+        time.sleep(pollInterval)
 
 
 # ---------------------------------------------------------------------- environment

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
+from .process import LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand, waitForJob
 
 __all__ = [
     "QUALITIES",
@@ -342,14 +342,7 @@ class SegmentationJob:
         """
         if self.state == IDLE:
             self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.processEvents():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                while self.processEvents():
-                    time.sleep(pollInterval)
-                raise TimeoutError(f"the segmentation did not finish within {timeout} s and was cancelled.")
-            time.sleep(pollInterval)
+        waitForJob(self.processEvents, self.cancel, timeout, pollInterval, f"the segmentation did not finish within {timeout} s and was cancelled.")
         assert self.outcome is not None
         return self.outcome
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import slicer
 import vtk
+from RepUXSegmentLib.mrml import checkScalarVolume
 from RepUXSegmentLib.segmentation import MODEL_ATTRIBUTE  # the segmentation attribute naming its source model
 
 from .mapping import LabelMapping, labelForNewSegment, segmentsOf
@@ -101,18 +102,6 @@ def _ijkToRAS(volumeNode: Any) -> list[list[float]]:
     return _matrixArray(m)
 
 
-def _checkVolume(volumeNode: Any) -> None:
-    if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
-        raise ValueError(f"choose a scalar (CT) volume; got {volumeNode.GetClassName() if volumeNode is not None else 'nothing'}.")
-    if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise ValueError(f"'{volumeNode.GetName()}' is a label map; choose the CT volume.")
-    image = volumeNode.GetImageData()
-    if image is None or image.GetNumberOfPoints() == 0:
-        raise ValueError(f"volume '{volumeNode.GetName()}' has no voxels.")
-    if image.GetNumberOfScalarComponents() != 1:
-        raise ValueError(f"volume '{volumeNode.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel; RepUX needs a scalar CT volume.")
-
-
 def _writeNode(node: Any, path: Path, compress: bool) -> Path:
     """Write with the NRRD storage node to a temporary name, then rename (no half-written files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +126,7 @@ def writeScalarVolume(volumeNode: Any, path: str | os.PathLike[str], compress: b
         ValueError: not a scalar volume with voxels.
         OSError: the file could not be written.
     """
-    _checkVolume(volumeNode)
+    checkScalarVolume(volumeNode)
     return _writeNode(volumeNode, Path(path), compress)
 
 
@@ -230,7 +219,7 @@ def exportLabelmap(
     import numpy as np
     from vtkmodules.util import numpy_support
 
-    _checkVolume(volumeNode)
+    checkScalarVolume(volumeNode)
     ordered: list[str] = []
     lookup = [0]
     for value, ids in sorted(segmentIdsByValue.items()):
@@ -329,7 +318,7 @@ def addCase(
         ValueError: unusable volume or segmentation, or no segment maps to a class.
         RuntimeError, OSError: export or writing failed (nothing is left behind).
     """
-    _checkVolume(volumeNode)
+    checkScalarVolume(volumeNode)
     if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
         raise ValueError("choose the (corrected) segmentation of the volume.")
     if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:

@@ -453,14 +453,11 @@ class FinetuneJob:
         """
         if self.state == IDLE:
             self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.processEvents():
-            if deadline is not None and time.monotonic() > deadline:
-                self.stop()
-                while self.processEvents():
-                    time.sleep(pollInterval)
-                raise TimeoutError(f"the fine-tuning did not finish within {timeout} s; it was stopped and can be resumed.")
-            time.sleep(pollInterval)
+        from RepUXSegmentLib.process import waitForJob
+
+        waitForJob(
+            self.processEvents, self.stop, timeout, pollInterval, f"the fine-tuning did not finish within {timeout} s; it was stopped and can be resumed."
+        )
         assert self.outcome is not None
         return self.outcome
 

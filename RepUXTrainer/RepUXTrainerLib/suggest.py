@@ -328,14 +328,9 @@ class UncertaintyRanking:
         """
         if self.folder is None:
             self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.processEvents():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                while self.processEvents():
-                    time.sleep(pollInterval)
-                raise TimeoutError(f"ranking did not finish within {timeout} s and was cancelled.")
-            time.sleep(pollInterval)
+        from RepUXSegmentLib.process import waitForJob
+
+        waitForJob(self.processEvents, self.cancel, timeout, pollInterval, f"ranking did not finish within {timeout} s and was cancelled.")
         return self.ranked()
 
     def ranked(self) -> list[Candidate]:
