@@ -112,11 +112,13 @@ def test_split_and_errors(tmp_path):
 
 
 def test_phantoms_cli_writes_a_ready_dataset(tmp_path):
-    assert main(["phantoms", "--n", "3", "--out", str(tmp_path / "ph"), "--organs", "liver,kidney,spleen,pancreas,vertebral column", "--progress", "none"]) == 0
+    assert main(["phantoms", "--n", "3", "--output", str(tmp_path / "ph"), "--organs", "liver,kidney,spleen,pancreas,vertebral column", "--progress", "none"]) == 0
     ds = load_dataset(tmp_path / "ph")
     assert ds.labels.names == ["liver", "kidney", "spleen", "pancreas", "vertebral column"] and len(ds.cases) == 3
     assert {c.split for c in ds.cases} == {"train", "val"}
     reports = check_dataset(ds)
     assert not any(r.errors for r in reports)
     assert all(set(r.voxels) == set(ds.labels.names) for r in reports)
-    assert main(["phantoms", "--n", "0", "--out", str(tmp_path / "x")]) == 1
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one-line usage error, exit code 2
+        main(["phantoms", "--n", "0", "--output", str(tmp_path / "x")])
+    assert exit_info.value.code == 2

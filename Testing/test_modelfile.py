@@ -130,7 +130,7 @@ def test_convert_official_cli_safe_load(tmp_path):
     sd = _official_state_dict(out_channels=16)
     ckpt = tmp_path / "best_metric_model.pth"
     torch.save({"state_dict": sd}, ckpt)
-    rc = main(["convert-official", str(ckpt), "--labels", "amos", "--out", str(tmp_path / "amos-model")])
+    rc = main(["convert-official", str(ckpt), "--labels", "amos", "--output", str(tmp_path / "amos-model")])
     assert rc == 0
     model, card = load_model(tmp_path / "amos-model")
     assert len(card.labels) == 15 and card.labels.by_value(6).name == "liver"
@@ -142,10 +142,10 @@ def test_convert_official_cli_safe_load(tmp_path):
     torch.save({"state_dict": sd, "note": _Evil()}, evil)
     with pytest.raises(CheckpointError, match="refuses to unpickle"):
         read_official_checkpoint(evil)
-    assert main(["convert-official", str(evil), "--labels", "amos", "--out", str(tmp_path / "x")]) == 1
+    assert main(["convert-official", str(evil), "--labels", "amos", "--output", str(tmp_path / "x")]) == 1
     assert not (tmp_path / "x").exists()
     # wrong label count: exit 1, no folder
-    assert main(["convert-official", str(ckpt), "--labels", "flare", "--out", str(tmp_path / "y")]) == 1
+    assert main(["convert-official", str(ckpt), "--labels", "flare", "--output", str(tmp_path / "y")]) == 1
     assert not (tmp_path / "y").exists()
 
 

@@ -23,7 +23,7 @@ def test_short_finetune_on_real_ct_raises_dice(tmp_path, capsys):
     ds = load_dataset(tmp_path / "ds")
     before = evaluate("repux-tiny-phantom", ds, device="cpu")["mean"]
     rc = main(
-        ["finetune", "--base", "repux-tiny-phantom", "--dataset", str(tmp_path / "ds"), "--out", "ct-finetuned", "--max-iterations", "30",
+        ["finetune", "--base", "repux-tiny-phantom", "--dataset", str(tmp_path / "ds"), "--output", "ct-finetuned", "--max-iterations", "30",
          "--lr", "1e-3", "--warmup", "5", "--seed", "0", "--device", "cpu", "--channels-last", "--progress", "none"]
     )  # fmt: skip
     assert rc == 0

@@ -101,7 +101,7 @@ def test_truncated_checkpoint_is_detected(blob_dataset, tmp_path):
             "train",
             "--dataset",
             str(blob_dataset),
-            "--out",
+            "--output",
             str(tmp_path / "m"),
             "--run-dir",
             str(tmp_path / "run"),
@@ -117,7 +117,7 @@ def test_truncated_checkpoint_is_detected(blob_dataset, tmp_path):
 
 def _cli_train(blob_dataset, tmp_path, extra=()):
     cmd = [
-        sys.executable, "-m", "repux", "train", "--dataset", str(blob_dataset), "--out", str(tmp_path / "cli_model"),
+        sys.executable, "-m", "repux", "train", "--dataset", str(blob_dataset), "--output", str(tmp_path / "cli_model"),
         "--run-dir", str(tmp_path / "cli_run"), "--roi-size", "32", "--spacing", "4,4,5", "--max-iterations", "8",
         "--val-interval", "4", "--checkpoint-interval", "1", "--progress", "json", "--threads", "1", "--device", "cpu", *extra,
     ]  # fmt: skip
@@ -209,7 +209,7 @@ def test_finetune_cli_adds_an_organ_and_never_overwrites_base(tmp_path):
                 "train",
                 "--dataset",
                 str(base_ds),
-                "--out",
+                "--output",
                 "blob-base",
                 "--roi-size",
                 "32",
@@ -234,7 +234,7 @@ def test_finetune_cli_adds_an_organ_and_never_overwrites_base(tmp_path):
             "blob-base",
             "--dataset",
             str(new_ds),
-            "--out",
+            "--output",
             "blob-ft",
             "--max-iterations",
             "2",
@@ -252,15 +252,15 @@ def test_finetune_cli_adds_an_organ_and_never_overwrites_base(tmp_path):
     assert card["provenance"]["base_model"]["id"] == "blob-base" and card["provenance"]["base_model"]["sha256"] == base_sha
     assert card["preprocessing"]["spacing"] == [4.0, 4.0, 5.0]
     assert json.loads((store.path("blob-base") / "model.json").read_text())["sha256"] == base_sha
-    assert main(["finetune", "--base", "blob-base", "--dataset", str(new_ds), "--out", str(store.path("blob-base")), "--max-iterations", "1"]) == 1
-    assert main(["finetune", "--base", "blob-base", "--dataset", str(new_ds), "--out", "blob-ft", "--max-iterations", "1"]) == 1  # exists
+    assert main(["finetune", "--base", "blob-base", "--dataset", str(new_ds), "--output", str(store.path("blob-base")), "--max-iterations", "1"]) == 1
+    assert main(["finetune", "--base", "blob-base", "--dataset", str(new_ds), "--output", "blob-ft", "--max-iterations", "1"]) == 1  # exists
 
 
 def test_ddp_two_cpu_processes_agree(blob_dataset, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "repux", "train",
-        "--dataset", str(blob_dataset), "--out", str(tmp_path / "ddp_model"), "--run-dir", str(tmp_path / "ddp_run"), "--roi-size", "32",
+        "--dataset", str(blob_dataset), "--output", str(tmp_path / "ddp_model"), "--run-dir", str(tmp_path / "ddp_run"), "--roi-size", "32",
         "--spacing", "4,4,5", "--max-iterations", "3", "--val-interval", "3", "--device", "cpu", "--threads", "1", "--progress", "none",
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

@@ -29,7 +29,7 @@ if [ -f "$CT" ]; then VOLUME=(--input "$CT"); fi
 SECTIONS=window,train
 [ -f "$CT" ] && SECTIONS=window,train,volume
 "$PY" -m repux benchmark --device cuda --presets base,small,tiny --sections "$SECTIONS" "${VOLUME[@]}" \
-  --repeats 10 --train-repeats 5 --json "$OUT/gpu-benchmark.json" --progress none | tee "$OUT/gpu-benchmark.txt"
+  --repeats 10 --train-repeats 5 -o "$OUT/gpu-benchmark.json" --progress none | tee "$OUT/gpu-benchmark.txt"
 # large-kernel algorithm choice per stage shape (direct cuDNN vs FFT), forward and backward
 "$PY" - <<'PYEOF' | tee -a "$OUT/gpu-benchmark.txt"
 import torch, statistics

@@ -217,7 +217,7 @@ def save_model(
 
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise ModelFileError(f"model folder {str(out)!r} already exists; choose another --out or pass overwrite.")
+        raise ModelFileError(f"model folder {str(out)!r} already exists; choose another --output or pass overwrite.")
     if weights_dtype not in ("float32", "float16"):
         raise ModelFileError(f"weights_dtype must be float32 or float16; got {weights_dtype!r}.")
     if getattr(model, "batchnorm_folded", False):

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/demo-model}
 mkdir -p "$WORK"
-python -m repux phantoms --n 40 --out "$WORK/phantoms" --seed 0
+python -m repux phantoms --n 40 --output "$WORK/phantoms" --seed 0
 rm -rf repux/resources/models/repux-tiny-phantom
 python -m repux train --dataset "$WORK/phantoms" --out repux/resources/models/repux-tiny-phantom --run-dir "$WORK/run" \
   --name "RepUX tiny, synthetic abdominal phantoms (4 mm)" \

@@ -5,12 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/finetune-extra}
 mkdir -p "$W"
-python -m repux phantoms --n 20 --seed 2000 --out "$W/train" --organs "liver,kidney,spleen,pancreas,vertebral column" --progress none
-python -m repux phantoms --n 10 --seed 3000 --out "$W/test" --organs "liver,kidney,spleen,pancreas,vertebral column" --val-fraction 0 --progress none
-python -m repux evaluate -m repux-tiny-phantom --dataset "$W/test" --out "$W/eval-base" --progress none
-python -m repux finetune --base repux-tiny-phantom --dataset "$W/train" --out "$W/model" --run-dir "$W/run" \
+python -m repux phantoms --n 20 --seed 2000 --output "$W/train" --organs "liver,kidney,spleen,pancreas,vertebral column" --progress none
+python -m repux phantoms --n 10 --seed 3000 --output "$W/test" --organs "liver,kidney,spleen,pancreas,vertebral column" --val-fraction 0 --progress none
+python -m repux evaluate -m repux-tiny-phantom --dataset "$W/test" --output "$W/eval-base" --progress none
+python -m repux finetune --base repux-tiny-phantom --dataset "$W/train" --output "$W/model" --run-dir "$W/run" \
   --max-iterations 200 --val-interval 100 --lr 1e-3 --freeze-encoder 20 --channels-last --seed 0 --device cpu --progress none
-python -m repux evaluate -m "$W/model" --dataset "$W/test" --out "$W/eval-finetuned" --progress none
+python -m repux evaluate -m "$W/model" --dataset "$W/test" --output "$W/eval-finetuned" --progress none
 python - "$W" <<'PY'
 import json, sys
 w = sys.argv[1]

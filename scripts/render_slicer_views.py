@@ -8,7 +8,7 @@ the closed surfaces made by Slicer's segmentation converter, drawn offscreen wit
 
 Usage (the committed Resources/Screenshots/RepUXSegment.png was made by exactly this)::
 
-    repux demo --out runs/demo
+    repux demo --output runs/demo
     python scripts/render_slicer_views.py --volume runs/demo/phantom_ct.nii.gz \\
         --segmentation runs/demo/phantom_segmentation.seg.nrrd --out Resources/Screenshots/RepUXSegment.png
 """

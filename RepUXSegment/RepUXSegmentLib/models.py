@@ -139,7 +139,7 @@ def installArguments(modelId: str, replace: bool = False) -> list[str]:
     """``repux models install ID --progress json`` (download, sha256 check, install)."""
     args = ["models", "install", str(modelId), "--progress", "json"]
     if replace:
-        args.append("--replace")
+        args.append("--overwrite")
     return args
 
 
@@ -155,12 +155,12 @@ def importArguments(source: str | os.PathLike[str], modelId: str | None = None, 
     if modelId:
         args += ["--id", modelId]
     if replace:
-        args.append("--replace")
+        args.append("--overwrite")
     return args
 
 
 def convertOfficialArguments(checkpoint: str | os.PathLike[str], labels: str, outFolder: str | os.PathLike[str], modelId: str) -> list[str]:
-    """``repux convert-official CKPT --labels L --out OUT --id ID --install``.
+    """``repux convert-official CKPT --labels L --output OUT --id ID --install``.
 
     Raises:
         ValueError: empty model id or label set.
@@ -169,7 +169,7 @@ def convertOfficialArguments(checkpoint: str | os.PathLike[str], labels: str, ou
         raise ValueError("a model id is needed to install the converted checkpoint.")
     if not str(labels).strip():
         raise ValueError("choose the label set of the checkpoint: flare, amos or a label JSON file.")
-    return ["convert-official", str(checkpoint), "--labels", str(labels), "--out", str(outFolder), "--id", str(modelId), "--install"]
+    return ["convert-official", str(checkpoint), "--labels", str(labels), "--output", str(outFolder), "--id", str(modelId), "--install"]
 
 
 def deviceInfoArguments() -> list[str]:

@@ -1,6 +1,6 @@
 """Fine-tuning in a background ``repux finetune`` process: start, stop with a checkpoint, resume (no Qt).
 
-:class:`FinetuneJob` runs ``<python> -m repux finetune --base ... --dataset ... --out ... --progress json``
+:class:`FinetuneJob` runs ``<python> -m repux finetune --base ... --dataset ... --output ... --progress json``
 through :class:`RepUXSegmentLib.process.ProcessRunner` (the same runner RepUXSegment uses:
 reader threads, callbacks in the owner's thread, process-tree termination).
 
@@ -180,7 +180,7 @@ class FinetuneOptions:
             str(self.baseModel),
             "--dataset",
             str(self.dataset),
-            "--out",
+            "--output",
             str(self.outModel).strip(),
             "--run-dir",
             str(self.resolvedRunDirectory()),

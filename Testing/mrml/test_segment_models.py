@@ -107,9 +107,9 @@ def test_import_refuses_a_folder_that_is_not_a_model(tmp_path):
 def test_command_builders():
     assert installArguments("repux-amos") == ["models", "install", "repux-amos", "--progress", "json"]
     assert importArguments("/m/x/model.json") == ["models", "import", str(Path("/m/x"))]
-    assert importArguments("/m/x.zip", modelId="y", replace=True) == ["models", "import", str(Path("/m/x.zip")), "--id", "y", "--replace"]
+    assert importArguments("/m/x.zip", modelId="y", replace=True) == ["models", "import", str(Path("/m/x.zip")), "--id", "y", "--overwrite"]
     args = convertOfficialArguments("/c/best_metric_model.pth", "flare", "/tmp/out/id", "repuxnet-flare")
-    assert args == ["convert-official", "/c/best_metric_model.pth", "--labels", "flare", "--out", "/tmp/out/id", "--id", "repuxnet-flare", "--install"]
+    assert args == ["convert-official", "/c/best_metric_model.pth", "--labels", "flare", "--output", "/tmp/out/id", "--id", "repuxnet-flare", "--install"]
     with pytest.raises(ValueError, match="model id"):
         convertOfficialArguments("/c/x.pth", "flare", "/tmp/out", " ")
     assert suggestModelId("/c/best_metric_model.pth", "flare") == "repuxnet-flare-best-metric-model"

@@ -51,7 +51,7 @@ def test_options_validate_and_build_the_engine_command(tmp_path, _isolated_store
         "repux-amos",
         "--dataset",
         str(tmp_path / "set"),
-        "--out",
+        "--output",
         "liver-ft",
         "--run-dir",
         str(_isolated_store / "runs" / "liver-ft"),

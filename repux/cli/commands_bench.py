@@ -7,11 +7,10 @@ import json
 from typing import Any
 
 from ..errors import ConfigError
+from .options import add_common, add_device_options, add_output_option, positive_int, roi_size
 
 
 def register(sub: Any) -> None:
-    from .main import add_common
-
     p = sub.add_parser(
         "benchmark",
         help="time and peak memory: fast paths vs the paper's reference recipe (per window, per training step, whole volume)",
@@ -20,18 +19,31 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--presets", default="base,small,tiny", help="comma-separated presets for the window and training sections (default: base,small,tiny)")
     p.add_argument("--sections", default="window,train,volume", help="any of window,train,volume (default: all)")
-    p.add_argument("--input", help="CT for the whole-volume section (default: none, section skipped)")
+    p.add_argument("-i", "--input", help="CT for the whole-volume section (default: none, section skipped)")
     p.add_argument("-m", "--model", help="model for the whole-volume section (default: the built-in model)")
-    p.add_argument("--roi", type=int, default=96, help="window size for inference (default: 96)")
-    p.add_argument("--train-roi", type=int, default=64, help="crop size of the training step (default: 64)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration, after one warm-up (default: 3)")
-    p.add_argument("--train-repeats", type=int, default=2, help="timed training steps (default: 2)")
-    p.add_argument("--reference-batch", type=int, default=4, help="windows per call in the reference recipe (its sw_batch_size; default: 4)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
+    p.add_argument("--roi-size", "--roi", dest="roi_size", type=roi_size, default="96", help="inference window size (default: 96)")
+    p.add_argument("--train-roi-size", "--train-roi", dest="train_roi_size", type=roi_size, default="64", help="crop size of the training step (default: 64)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per configuration, after one warm-up (default: 3)")
+    p.add_argument("--train-repeats", type=positive_int, default=2, help="timed training steps (default: 2)")
+    p.add_argument(
+        "--sw-batch-size",
+        "--reference-batch",
+        dest="sw_batch_size",
+        type=positive_int,
+        default=4,
+        help="windows per call in the reference recipe (its sw_batch_size; default: 4)",
+    )
+    add_device_options(p, default_device="cpu", precision=False, algorithm=False)
+    add_output_option(p, help="also write the report as JSON to this file", required=False, metavar="REPORT.json")
+    p.add_argument("--json", dest="output", help=argparse.SUPPRESS)  # the report path of earlier releases
     add_common(p)
     p.set_defaults(func=cmd_benchmark, cancel_grace=5.0)
+
+
+def _cube(roi: tuple[int, int, int], option: str) -> int:
+    if len(set(roi)) != 1:
+        raise ConfigError(f"{option} {','.join(map(str, roi))}: the benchmark uses cubic windows; give one size such as 96.")
+    return roi[0]
 
 
 def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
@@ -51,19 +63,19 @@ def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
         presets=presets,
         device=args.device,
         sections=sections,
-        roi=args.roi,
-        train_roi=args.train_roi,
+        roi=_cube(args.roi_size, "--roi-size"),
+        train_roi=_cube(args.train_roi_size, "--train-roi-size"),
         repeats=args.repeats,
         train_repeats=args.train_repeats,
         input_path=args.input,
         model=args.model or DEFAULT_MODEL,
         threads=args.threads,
-        reference_batch=args.reference_batch,
+        reference_batch=args.sw_batch_size,
         progress=ctx.progress,
     )
     report["command"] = "repux benchmark " + " ".join(__import__("shlex").quote(a) for a in __import__("sys").argv[2:])
-    if args.json_out:
-        with atomic_path(args.json_out) as tmp:
+    if args.output:
+        with atomic_path(args.output) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
     if ctx.progress_mode != "json":
         print(format_report(report))

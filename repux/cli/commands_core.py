@@ -8,12 +8,12 @@ import logging
 import platform
 from typing import Any
 
+from .options import add_common, add_output_option, add_overwrite_option, csv_floats, positive_int, roi_size
+
 logger = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
-    from .main import add_common
-
     p = sub.add_parser("info", help="versions, devices and CPU features; or describe a model folder")
     p.add_argument("model", nargs="?", help="a model folder or installed model id to describe")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -21,8 +21,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("presets", help="list the network presets with parameters and MACs per window")
-    p.add_argument("--out-channels", type=int, default=5, help="output classes incl. background (default: 5)")
-    p.add_argument("--roi-size", default="96", help="window size for the MAC count (default: 96)")
+    p.add_argument("--out-channels", type=positive_int, default=5, help="output classes incl. background (default: 5)")
+    p.add_argument("--roi-size", type=roi_size, default="96", help="window size for the MAC count (default: 96)")
     p.add_argument("--forward", metavar="PRESET", help="also run one forward pass of PRESET on a synthetic volume and time it")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_common(p, progress=False)
@@ -36,11 +36,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("checkpoint", help="official .pth file (e.g. best_metric_model.pth)")
     p.add_argument("--labels", required=True, help="'flare' (4 organs), 'amos' (15 organs) or a label JSON file")
-    p.add_argument("--out", required=True, help="model folder to write")
+    add_output_option(p, help="model folder to write", metavar="FOLDER")
     p.add_argument("--id", dest="model_id", help="model id (default: the folder name)")
-    p.add_argument("--spacing", help="target spacing x,y,z in mm (default: the official recipe of the label set)")
+    p.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)"), help="target spacing x,y,z in mm (default: the official recipe of the label set)")
     p.add_argument("--install", action="store_true", help="also install the result into the model store")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_overwrite_option(p, help="replace an existing output folder")
     add_common(p, progress=False)
     p.set_defaults(func=cmd_convert_official)
 
@@ -131,10 +131,9 @@ def cmd_presets(args: argparse.Namespace, ctx: Any) -> int:
 
     import torch
 
-    from ..config import parse_roi_size
     from ..nn import PRESETS, create_model
 
-    roi = parse_roi_size(args.roi_size)
+    roi = args.roi_size
     rows = []
     for name, cfg in PRESETS.items():
         m = create_model(name, out_channels=args.out_channels)
@@ -172,7 +171,7 @@ def cmd_presets(args: argparse.Namespace, ctx: Any) -> int:
     print(f"{'preset':<7} {'features':<20} {'depths':<12} {'k':>3} {'hidden':>6} {'parameters':>12} {'GMAC/window':>12}")
     for r in rows:
         print(
-            f"{r['preset']:<7} {str(tuple(r['feature_sizes'])):<20} {str(tuple(r['depths'])):<12} {r['kernel_size']:>3} {r['hidden_size']:>6} "
+            f"{r['preset']:<7} {tuple(r['feature_sizes'])!s:<20} {tuple(r['depths'])!s:<12} {r['kernel_size']:>3} {r['hidden_size']:>6} "
             f"{r['parameters']:>12,} {r['gmac_per_window']:>12.1f}"
         )
     print(f"(out_channels={args.out_channels}, window {roi[0]}x{roi[1]}x{roi[2]})")
@@ -194,8 +193,8 @@ def cmd_convert_official(args: argparse.Namespace, ctx: Any) -> int:
     if args.spacing:
         from dataclasses import replace
 
-        prep = replace(prep, spacing=spacing_from([float(v) for v in args.spacing.split(",")]))
-    card = convert_official(args.checkpoint, labels, args.out, preprocessing=prep, model_id=args.model_id, overwrite=args.overwrite)
+        prep = replace(prep, spacing=spacing_from(list(args.spacing)))
+    card = convert_official(args.checkpoint, labels, args.output, preprocessing=prep, model_id=args.model_id, overwrite=args.overwrite)
     print(f"wrote {card.path} ({card.id}: {len(card.labels)} organs, sha256 {card.sha256[:16]}...)")
     check = card.provenance.get("kernel_check", {})
     if check:

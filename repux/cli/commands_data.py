@@ -6,22 +6,28 @@ import argparse
 import json
 from typing import Any
 
-from ..errors import ConfigError
+from .options import add_common, add_output_option, csv_floats, fraction, non_negative_int, positive_int
+
+#: the grids of repux.data.phantom.ORIENTATIONS (listed here so that --help needs no heavy import)
+ORIENTATION_CHOICES = ("random", "axial", "coronal", "sagittal", "left-handed", "oblique", "left-handed-oblique")
 
 
 def register(sub: Any) -> None:
-    from .main import add_common
-
     p = sub.add_parser("phantoms", help="write a ready training dataset of synthetic abdominal CT phantoms")
-    p.add_argument("--n", type=int, default=40, help="number of phantoms (default: 40)")
-    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--n", type=positive_int, default=40, help="number of phantoms (default: 40)")
+    add_output_option(p, help="dataset folder to create", metavar="FOLDER")
     p.add_argument(
         "--organs", default="liver,kidney,spleen,pancreas", help="comma-separated organs to label (default: the FLARE set liver,kidney,spleen,pancreas)"
     )
-    p.add_argument("--seed", type=int, default=0, help="phantom i uses seed + i (default: 0)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction (default: 0.2)")
-    p.add_argument("--spacing", help="voxel spacing x,y,z in mm (default: random anisotropic per phantom)")
-    p.add_argument("--orientation", default="random", help="random (default), axial, oblique or left-handed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="phantom i uses seed + i (default: 0)")
+    p.add_argument("--val-fraction", type=fraction, default=0.2, help="held-out fraction (default: 0.2)")
+    p.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)"), help="voxel spacing x,y,z in mm (default: random anisotropic per phantom)")
+    p.add_argument(
+        "--orientation",
+        default="random",
+        choices=ORIENTATION_CHOICES,
+        help="voxel axes: random (default), axial, coronal, sagittal, oblique, left-handed or left-handed-oblique",
+    )
     add_common(p)
     p.set_defaults(func=cmd_phantoms)
 
@@ -41,12 +47,10 @@ def cmd_phantoms(args: argparse.Namespace, ctx: Any) -> int:
     from ..data.phantom import write_phantom_dataset
     from ..labels import LabelSet
 
-    if args.n < 1:
-        raise ConfigError(f"--n must be >= 1; got {args.n}.")
     labels = LabelSet.from_names([o.strip() for o in args.organs.split(",") if o.strip()], name="phantoms")
-    spacing = spacing_from([float(v) for v in args.spacing.split(",")]) if args.spacing else None
+    spacing = spacing_from(list(args.spacing)) if args.spacing else None
     manifest = write_phantom_dataset(
-        args.out,
+        args.output,
         args.n,
         label_set=labels,
         seed=args.seed,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .options import add_common, add_device_options, add_output_option, add_overwrite_option, add_window_options, csv_floats, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -17,24 +18,12 @@ DEFAULT_MAX_VOXELS = 600_000_000
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("inference")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto = GPU when present)")
-    g.add_argument(
-        "--quality", choices=("fast", "standard", "best"), help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)"
-    )
-    g.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the model's, usually 0.5)")
-    g.add_argument("--roi-size", help="window size, e.g. 96 or 96,96,64 (default: the model's)")
-    g.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: 1 on CPU, 4 on GPU; halved automatically on GPU out-of-memory)")
-    g.add_argument("--tta", action="store_true", default=None, help="average over axis flips")
-    g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
-    g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    g.add_argument("--algorithm", default="auto", choices=("auto", "direct", "fft", "native"), help="large-kernel convolution algorithm (default: auto)")
-    g.add_argument("--no-crop", action="store_true", help="do not crop to the body before the sliding window")
+    """The sliding window (MONAI's names) and the hardware options of every inference command."""
+    g = add_window_options(p)
+    add_device_options(g)
 
 
 def register(sub: Any) -> None:
-    from .main import add_common
-
     p = sub.add_parser(
         "segment",
         help="segment a CT volume (file or DICOM folder) into organs",
@@ -42,14 +31,19 @@ def register(sub: Any) -> None:
         "colours and terminology), .nii.gz, .nrrd or .mha.",
     )
     p.add_argument("-i", "--input", required=True, help="CT image (.nii.gz, .nrrd, .mha, ...) or DICOM series folder")
-    p.add_argument("-o", "--output", required=True, help="output label map: .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
+    add_output_option(p, help="output label map: .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
     p.add_argument("-m", "--model", default=None, help="installed model id or model folder (default: the built-in demo model)")
     p.add_argument("--series-uid", help="DICOM Series Instance UID when the folder holds several series (default: the largest)")
     p.add_argument("--largest-component", action="store_true", help="keep each organ's largest connected component")
     p.add_argument("--uncertainty", metavar="PATH", help="also write the voxel-wise normalised entropy (0..1) to PATH")
     p.add_argument("--summary", metavar="PATH", help="write a JSON summary (organ volumes, timings, device, model)")
-    p.add_argument("--roi-ras", metavar="R0,A0,S0,R1,A1,S1", help="only process this box (RAS mm); write --roi-ras=... when R0 is negative")
-    p.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS, help=f"refuse larger inputs (default: {DEFAULT_MAX_VOXELS:,})")
+    p.add_argument(
+        "--roi-ras",
+        type=csv_floats(6, "r0,a0,s0,r1,a1,s1 (RAS mm)"),
+        metavar="R0,A0,S0,R1,A1,S1",
+        help="only process this box (RAS mm); write --roi-ras=... when R0 is negative",
+    )
+    p.add_argument("--max-voxels", type=positive_int, default=DEFAULT_MAX_VOXELS, help=f"refuse larger inputs (default: {DEFAULT_MAX_VOXELS:,})")
     add_inference_options(p)
     add_common(p)
     p.set_defaults(func=cmd_segment)
@@ -63,13 +57,13 @@ def register(sub: Any) -> None:
     q.set_defaults(func=cmd_models_list)
     q = msub.add_parser("install", help="download a catalog model (resumable, sha256-verified)")
     q.add_argument("model_id")
-    q.add_argument("--replace", action="store_true", help="replace an installed model with the same id")
+    add_overwrite_option(q, help="replace an installed model with the same id")
     add_common(q)
     q.set_defaults(func=cmd_models_install)
     q = msub.add_parser("import", help="install a model folder or .zip")
     q.add_argument("source", help="model folder or zip")
     q.add_argument("--id", dest="model_id", help="install under this id")
-    q.add_argument("--replace", action="store_true")
+    add_overwrite_option(q, help="replace an installed model with the same id")
     add_common(q, progress=False)
     q.set_defaults(func=cmd_models_import)
     q = msub.add_parser("remove", help="delete an installed model")
@@ -85,16 +79,12 @@ def register(sub: Any) -> None:
         "demo",
         help="segment a synthetic abdominal CT phantom with the built-in model (no download) and write a PNG overlay",
     )
-    p.add_argument("--out", default="repux-demo", help="output folder (default: ./repux-demo)")
+    add_output_option(p, help="output folder (default: ./repux-demo)", required=False, default="repux-demo", metavar="FOLDER")
     p.add_argument("--seed", type=int, default=7, help="phantom seed (default: 7)")
     p.add_argument("-m", "--model", default=None, help="model to use (default: the built-in demo model)")
     add_inference_options(p)
     add_common(p)
     p.set_defaults(func=cmd_demo)
-
-    from .commands_bench import register as register_bench
-
-    register_bench(sub)
 
 
 def _check_output(path: str) -> Path:
@@ -107,7 +97,6 @@ def _check_output(path: str) -> Path:
 
 
 def segmenter_from_args(args: argparse.Namespace, model: str | None, uncertainty: bool = False, largest_component: bool = False, max_voxels: int | None = None):
-    from ..config import parse_roi_size
     from ..inference import Segmenter
     from ..store import DEFAULT_MODEL
 
@@ -116,7 +105,7 @@ def segmenter_from_args(args: argparse.Namespace, model: str | None, uncertainty
         device=args.device,
         quality=args.quality,
         overlap=args.overlap,
-        roi_size=parse_roi_size(args.roi_size) if args.roi_size else None,
+        roi_size=args.roi_size,
         sw_batch_size=args.sw_batch_size,
         tta=args.tta,
         precision=args.precision,
@@ -136,12 +125,7 @@ def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
     unc_path = Path(args.uncertainty) if args.uncertainty else None
     if unc_path is not None and not unc_path.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
         raise ConfigError(f"--uncertainty {args.uncertainty!r}: use a .nii.gz, .nii, .nrrd or .mha file name.")
-    roi = None
-    if args.roi_ras:
-        try:
-            roi = [float(v) for v in args.roi_ras.split(",")]
-        except ValueError as err:
-            raise ConfigError(f"--roi-ras must be 6 comma-separated numbers r0,a0,s0,r1,a1,s1; got {args.roi_ras!r}.") from err
+    roi = list(args.roi_ras) if args.roi_ras else None
     seg = segmenter_from_args(args, args.model, uncertainty=unc_path is not None, largest_component=args.largest_component, max_voxels=args.max_voxels)
     result = seg.segment(args.input, series_uid=args.series_uid, roi_ras=roi, progress=ctx.progress, cancel=ctx.cancel)
     ctx.cancel.check()
@@ -205,7 +189,7 @@ def _download_progress(ctx: Any, model_id: str):
 def cmd_models_install(args: argparse.Namespace, ctx: Any) -> int:
     from ..store import ModelStore
 
-    card = ModelStore().install(args.model_id, progress=_download_progress(ctx, args.model_id), cancel=ctx.cancel, replace=args.replace)
+    card = ModelStore().install(args.model_id, progress=_download_progress(ctx, args.model_id), cancel=ctx.cancel, replace=args.overwrite)
     print(f"installed {card.id} {card.version} in {card.path}")
     return 0
 
@@ -213,7 +197,7 @@ def cmd_models_install(args: argparse.Namespace, ctx: Any) -> int:
 def cmd_models_import(args: argparse.Namespace, ctx: Any) -> int:
     from ..store import ModelStore
 
-    card = ModelStore().import_model(args.source, model_id=args.model_id, replace=args.replace)
+    card = ModelStore().import_model(args.source, model_id=args.model_id, replace=args.overwrite)
     print(f"installed {card.id} {card.version} in {card.path}")
     return 0
 
@@ -238,7 +222,7 @@ def cmd_demo(args: argparse.Namespace, ctx: Any) -> int:
     from ..demo import run_demo
 
     report = run_demo(
-        Path(args.out),
+        Path(args.output),
         seed=args.seed,
         segmenter_factory=lambda model: segmenter_from_args(args, model),
         model=args.model,

@@ -11,6 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .options import (
+    add_common,
+    add_device_options,
+    add_output_option,
+    csv_floats,
+    non_negative_float,
+    non_negative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+    roi_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +32,7 @@ TRAIN_CANCEL_GRACE_S = 600.0
 
 def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder: repux-dataset.json, MSD dataset.json or nnU-Net v2 raw")
-    p.add_argument("--out", required=True, help="new model: a folder path, or an id (no slashes) to create it in the model store")
+    add_output_option(p, help="new model: a folder path, or an id (no slashes) to create it in the model store", metavar="MODEL")
     p.add_argument("--name", default="", help="human-readable model name stored in model.json")
     p.add_argument("--description", default="", help="model description stored in model.json")
     p.add_argument("--run-dir", help="folder for the resumable checkpoint and logs (default: <store>/runs/<model id>)")
@@ -29,18 +41,20 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         "--weights-dtype", choices=("float32", "float16"), default="float32", help="dtype of the exported weights (float16 halves the file; default: float32)"
     )
     g = p.add_argument_group("schedule")
-    g.add_argument("--max-iterations", type=int, default=300 if finetune else 1000, help="iterations (default: %(default)s)")
+    g.add_argument("--max-iterations", type=positive_int, default=300 if finetune else 1000, help="iterations (default: %(default)s)")
     g.add_argument("--time-budget", help="stop after this long, e.g. 900, 15m, 1.5h (the best model so far is exported)")
-    g.add_argument("--lr", type=float, default=2e-4 if finetune else 1e-3, help="peak AdamW learning rate (default: %(default)g)")
-    g.add_argument("--weight-decay", type=float, default=1e-5)
-    g.add_argument("--warmup", type=int, default=20 if finetune else 50, help="linear warm-up iterations before the cosine decay (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=2, help="random crops per iteration from one case (default: 2, the official recipe)")
-    g.add_argument("--grad-accumulation", type=int, default=1, help="iterations whose gradients are summed before a step (default: 1)")
-    g.add_argument("--roi-size", help="crop/window size, multiple of 16 (default: 96, or the base model's)")
-    g.add_argument("--val-interval", type=int, default=50 if finetune else 100, help="validate every N iterations (default: %(default)s)")
-    g.add_argument("--val-fraction", type=float, default=0.2, help="fraction of cases held out when the dataset has no split (default: 0.2)")
-    g.add_argument("--checkpoint-interval", type=int, default=25, help="write the resumable checkpoint every N iterations (default: 25)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--lr", type=positive_float, default=2e-4 if finetune else 1e-3, help="peak AdamW learning rate (default: %(default)g)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=1e-5, help="AdamW weight decay (default: %(default)g)")
+    g.add_argument(
+        "--warmup", type=non_negative_int, default=20 if finetune else 50, help="linear warm-up iterations before the cosine decay (default: %(default)s)"
+    )
+    g.add_argument("--batch-size", type=positive_int, default=2, help="random crops per iteration from one case (default: 2, the official recipe)")
+    g.add_argument("--grad-accumulation", type=positive_int, default=1, help="iterations whose gradients are summed before a step (default: 1)")
+    g.add_argument("--roi-size", type=roi_size, help="crop/window size, multiple of 16 (default: 96, or the base model's)")
+    g.add_argument("--val-interval", type=positive_int, default=50 if finetune else 100, help="validate every N iterations (default: %(default)s)")
+    g.add_argument("--val-fraction", type=open_fraction, default=0.2, help="fraction of cases held out when the dataset has no split (default: 0.2)")
+    g.add_argument("--checkpoint-interval", type=positive_int, default=25, help="write the resumable checkpoint every N iterations (default: 25)")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     g.add_argument("--augmentation", choices=("none", "standard", "strong"), default="strong" if finetune else "standard")
     g.add_argument(
         "--crop-sampling",
@@ -49,20 +63,20 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         help="posneg: half the crops on any organ (official); classes: every class equally often (helps small organs)",
     )
     if finetune:
-        g.add_argument("--freeze-encoder", type=int, default=0, metavar="K", help="freeze the large-kernel encoder for the first K iterations")
+        g.add_argument("--freeze-encoder", type=non_negative_int, default=0, metavar="K", help="freeze the large-kernel encoder for the first K iterations")
         g.add_argument(
-            "--head-lr-scale", type=float, default=10.0, help="learning-rate factor of the output head, where new organs start from scratch (default: 10)"
+            "--head-lr-scale",
+            type=positive_float,
+            default=10.0,
+            help="learning-rate factor of the output head, where new organs start from scratch (default: 10)",
         )
     else:
         g.add_argument("--preset", default="tiny", help="network preset: base (the paper), small, tiny (default: tiny)")
-        g.add_argument("--spacing", help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)")
+        g.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)"), help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)")
         g.add_argument(
             "--kernel-mode", choices=("bfr", "plain"), default="bfr", help="bfr: Bayesian frequency re-parameterized kernels (default); plain: ablation"
         )
-    h = p.add_argument_group("hardware")
-    h.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
-    h.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    h.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="auto: AMP on GPU, fp32 on CPU")
+    h = add_device_options(p, algorithm=False)
     h.add_argument("--cache", choices=("memory", "disk", "none"), default="memory", help="cache preprocessed cases (default: memory)")
     h.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory, ~30%% slower)")
     h.add_argument("--channels-last", action="store_true", help="channels-last-3d memory format (faster convolution backward on many CPUs)")
@@ -70,8 +84,6 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
 
 
 def register(sub: Any) -> None:
-    from .main import add_common
-
     p = sub.add_parser(
         "train",
         help="train a RepUX-Net from scratch on a dataset",
@@ -98,9 +110,11 @@ def register(sub: Any) -> None:
     p.add_argument("-m", "--model", required=True, help="installed model id or model folder")
     p.add_argument("--dataset", required=True, help="dataset folder")
     p.add_argument("--split", help="only cases of this split (train, val, test)")
-    p.add_argument("--out", default="evaluation", help="report prefix: writes PREFIX.csv and PREFIX.json (default: ./evaluation)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's)")
+    add_output_option(
+        p, help="report prefix: writes PREFIX.csv and PREFIX.json (default: ./evaluation)", required=False, default="evaluation", metavar="PREFIX"
+    )
+    p.add_argument("--overlap", type=open_fraction, help="sliding-window overlap in [0, 1) (default: the model's)")
+    add_device_options(p, precision=False, algorithm=False)
     add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -157,7 +171,7 @@ def _config_from_args(args: argparse.Namespace, finetune: bool, base_roi=None):
         kw["preset"] = args.preset
         kw["kernel_mode"] = args.kernel_mode
         if args.spacing:
-            kw["preprocessing"] = Preprocessing(spacing=spacing_from([float(v) for v in args.spacing.split(",")]))
+            kw["preprocessing"] = Preprocessing(spacing=spacing_from(list(args.spacing)))
     return TrainConfig(**kw)
 
 
@@ -166,14 +180,14 @@ def _run_training(args: argparse.Namespace, ctx: Any, finetune: bool) -> int:
     from ..training.trainer import train
 
     dataset = load_dataset(args.dataset)
-    out_dir, model_id, in_store = _resolve_out(args.out)
+    out_dir, model_id, in_store = _resolve_out(args.output)
     base_roi = None
     if finetune:
         from ..store import resolve_model
 
         base_card = resolve_model(args.base)
         if base_card.path is not None and out_dir.resolve() == base_card.path.resolve():
-            raise ConfigError(f"--out {args.out!r} is the base model itself; fine-tuning always writes a new model.")
+            raise ConfigError(f"--output {args.output!r} is the base model itself; fine-tuning always writes a new model.")
         base_roi = base_card.roi_size
     if in_store:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -220,11 +234,11 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
         load_dataset(args.dataset),
         split=args.split,
         device=args.device,
-        segmenter_kwargs={"overlap": args.overlap} if args.overlap is not None else None,
+        segmenter_kwargs={k: v for k, v in (("overlap", args.overlap), ("threads", args.threads)) if v is not None} or None,
         progress=ctx.progress,
         cancel=ctx.cancel,
     )
-    csv_path, json_path = write_reports(report, args.out)
+    csv_path, json_path = write_reports(report, args.output)
     if ctx.progress_mode == "json":
         print(
             json.dumps(

@@ -23,8 +23,9 @@ from typing import Any
 from .._version import __version__
 from ..errors import Cancelled, RepuxError
 from ..progress import BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback
+from .options import RepuxArgumentParser, add_common, warn_deprecated_spellings
 
-__all__ = ["main", "build_parser", "JobContext"]
+__all__ = ["JobContext", "add_common", "build_parser", "main"]
 
 logger = logging.getLogger("repux")
 
@@ -67,13 +68,13 @@ class JobContext:
 
 
 def _commands() -> list[Callable[[Any], None]]:
-    from . import commands_core, commands_data, commands_infer, commands_train
+    from . import commands_bench, commands_core, commands_data, commands_infer, commands_train
 
-    return [commands_core.register, commands_infer.register, commands_train.register, commands_data.register]
+    return [commands_core.register, commands_infer.register, commands_train.register, commands_data.register, commands_bench.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = RepuxArgumentParser(
         prog="repux",
         description="RepUX-Net CT organ segmentation: inference, training, fine-tuning and model management.",
         epilog=f"Cite: {CITATION}",
@@ -84,21 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     for register in _commands():
         register(sub)
     return parser
-
-
-def add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
-    """Options every command has."""
-    g = p.add_argument_group("output and logging")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    if progress:
-        g.add_argument(
-            "--progress",
-            choices=("auto", "bar", "json", "none"),
-            default="auto",
-            help="progress display: 'json' prints one JSON object per line on stdout (for programs); "
-            "'auto' shows a bar on a terminal and nothing otherwise (default: auto)",
-        )
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -193,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
+    warn_deprecated_spellings(sys.argv[1:] if argv is None else argv)
     callback, mode, close = _progress_callback(args)
     ctx = JobContext(progress=callback, cancel=CancelToken(), progress_mode=mode)
     try:

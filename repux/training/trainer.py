@@ -415,7 +415,7 @@ def train(
         progress = None
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.exists() and not overwrite and dist.main:
-        raise ConfigError(f"output model folder {str(out_path)!r} already exists; choose another --out (models are never overwritten).")
+        raise ConfigError(f"output model folder {str(out_path)!r} already exists; choose another --output (models are never overwritten).")
 
     # ---- labels and data
     base_card = None

@@ -1,0 +1,258 @@
+"""Options shared by the ``repux`` sub-commands: one name and one meaning per concept.
+
+Every command registers its options through these helpers, so ``--device`` or
+``--roi-size`` accept and validate the same values everywhere, and the
+conventions hold across commands:
+
+* ``-i/--input`` what is read, ``-o/--output`` what is written (a file, a folder
+  or a report prefix, as each command's help says), ``--overwrite`` to replace
+  what exists, ``--json`` prints JSON on stdout (a flag, never a path);
+* MONAI's names for the sliding window: ``--roi-size``, ``--sw-batch-size``,
+  ``--overlap``;
+* values are checked by argparse ``type=`` functions, so a bad value is one
+  ``repux: error: argument --x: ...`` line and exit code 2, never a traceback.
+
+Spellings of earlier releases (``--out``, ``--replace``, ``--roi``, ...) stay
+accepted for one release as hidden aliases; using one logs a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+__all__ = [
+    "DEPRECATED_ALIASES",
+    "RepuxArgumentParser",
+    "add_common",
+    "add_device_options",
+    "add_output_option",
+    "add_overwrite_option",
+    "add_window_options",
+    "csv_floats",
+    "device_name",
+    "fraction",
+    "non_negative_float",
+    "non_negative_int",
+    "open_fraction",
+    "positive_float",
+    "positive_int",
+    "roi_size",
+    "warn_deprecated_spellings",
+]
+
+logger = logging.getLogger("repux")
+
+#: hidden spellings of earlier releases -> the current option (kept for one release)
+DEPRECATED_ALIASES: dict[str, str] = {
+    "--out": "--output",
+    "--replace": "--overwrite",
+    "--roi": "--roi-size",
+    "--train-roi": "--train-roi-size",
+    "--reference-batch": "--sw-batch-size",
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Leaves the deprecated aliases out of ``--help``."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = [s for s in action.option_strings if s not in DEPRECATED_ALIASES]
+        if shown and len(shown) != len(action.option_strings):
+            action = argparse.Action(shown, action.dest, nargs=action.nargs, metavar=action.metavar, help=action.help)
+            action.option_strings = shown
+        return super()._format_action_invocation(action)
+
+
+class RepuxArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``repux: error: <what> (see 'repux X --help')``, exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"repux: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# value types: each raises ArgumentTypeError with the value and what is allowed
+
+
+def _number(text: str, kind: Callable[[str], Any], what: str) -> Any:
+    try:
+        value = kind(str(text).strip())
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} (finite)")
+    return value
+
+
+def _int(text: str) -> int:
+    return _number(text, int, "an integer")
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: use an integer >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: use an integer >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _number(text, float, "a number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use a number > 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text, float, "a number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use a number >= 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1]."""
+    value = _number(text, float, "a number")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use a number in [0, 1]")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """A number in [0, 1) (a sliding-window overlap)."""
+    value = _number(text, float, "a number")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not allowed: use a number in [0, 1)")
+    return value
+
+
+def roi_size(text: str) -> tuple[int, int, int]:
+    """``96`` or ``96,96,64``: each a multiple of 16, at least 32."""
+    from ..config import parse_roi_size
+    from ..errors import ConfigError
+
+    try:
+        return parse_roi_size(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    except (TypeError, ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a window size: use one integer (96) or three (96,96,64), multiples of 16, at least 32") from None
+
+
+def csv_floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
+    """A type for ``count`` comma-separated finite numbers (``what`` names them in the message)."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        parts = [p.strip() for p in str(text).split(",")]
+        try:
+            values = tuple(float(p) for p in parts)
+        except ValueError:
+            values = ()
+        if len(values) != count or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {count} comma-separated numbers {what}")
+        return values
+
+    parse.__name__ = what
+    return parse
+
+
+def device_name(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (availability is checked later, when the job starts)."""
+    value = str(text).strip().lower()
+    if value in ("auto", "cpu", "cuda", "mps"):
+        return value
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return value
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+
+
+# ----------------------------------------------------------------------------------------------
+# option groups
+
+
+def add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
+    """Options every command has: verbosity and (for long commands) the progress display."""
+    g = p.add_argument_group("output and logging")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    if progress:
+        g.add_argument(
+            "--progress",
+            choices=("auto", "bar", "json", "none"),
+            default="auto",
+            help="progress display: 'json' prints one JSON object per line on stdout (for programs); "
+            "'auto' shows a bar on a terminal and nothing otherwise (default: auto)",
+        )
+
+
+def add_device_options(
+    p: argparse.ArgumentParser | Any, default_device: str = "auto", precision: bool = True, algorithm: bool = True, title: str = "hardware"
+) -> Any:
+    """``--device``, ``--threads`` and (optionally) ``--precision``, ``--algorithm``; returns the group."""
+    g = p.add_argument_group(title) if isinstance(p, argparse.ArgumentParser) else p
+    g.add_argument(
+        "--device", type=device_name, default=default_device, help=f"auto, cpu, cuda, cuda:N or mps (default: {default_device}; auto = GPU when present)"
+    )
+    g.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    if precision:
+        g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
+    if algorithm:
+        g.add_argument("--algorithm", default="auto", choices=("auto", "direct", "fft", "native"), help="large-kernel convolution algorithm (default: auto)")
+    return g
+
+
+def add_window_options(p: argparse.ArgumentParser, quality: bool = True) -> Any:
+    """The sliding-window options of inference (MONAI's names); returns the group."""
+    g = p.add_argument_group("inference")
+    if quality:
+        g.add_argument(
+            "--quality", choices=("fast", "standard", "best"), help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)"
+        )
+    g.add_argument("--overlap", type=open_fraction, help="sliding-window overlap in [0, 1) (default: the model's, usually 0.5)")
+    g.add_argument("--roi-size", type=roi_size, help="window size, e.g. 96 or 96,96,64 (default: the model's)")
+    g.add_argument(
+        "--sw-batch-size", type=positive_int, help="windows per forward pass (default: 1 on CPU, 4 on GPU; halved automatically on GPU out-of-memory)"
+    )
+    g.add_argument("--tta", action="store_true", default=None, help="average over axis flips")
+    g.add_argument("--no-crop", action="store_true", help="do not crop to the body before the sliding window")
+    return g
+
+
+def add_output_option(p: Any, help: str, required: bool = True, default: str | None = None, metavar: str = "PATH") -> None:
+    """``-o/--output`` (and the hidden ``--out`` of earlier releases)."""
+    p.add_argument("-o", "--output", "--out", dest="output", required=required, default=default, metavar=metavar, help=help)
+
+
+def add_overwrite_option(p: Any, help: str = "replace what already exists") -> None:
+    """``--overwrite`` (and the hidden ``--replace`` of earlier releases)."""
+    p.add_argument("--overwrite", "--replace", dest="overwrite", action="store_true", help=help)
+
+
+def warn_deprecated_spellings(argv: Sequence[str]) -> None:
+    """Log one warning per deprecated option spelling found in ``argv``."""
+    seen = set()
+    for a in argv:
+        name = a.split("=", 1)[0]
+        if name in DEPRECATED_ALIASES and name not in seen:
+            seen.add(name)
+            logger.warning("%s is deprecated and will be removed in the next release; use %s", name, DEPRECATED_ALIASES[name])
