@@ -201,6 +201,9 @@ class RepuxWebApp(TrameApp):
     def show_volume(self, volume_node: Any) -> None:
         """Background of the slice views (no volume rendering: the 3D view shows the organ surfaces)."""
         self.editor.deactivate_effect()
+        if self.editor.active_volume_node is not None and self.editor.active_volume_node is not volume_node:
+            self.editor.clear()  # the editor must not keep editing another volume's segmentation
+        self._show_only_segmentation(None)
         display = self.slicer_app.display_manager
         display.show_volume_in_slice_background(volume_node)
         display.show_volume_in_slice_foreground(None)
@@ -209,10 +212,19 @@ class RepuxWebApp(TrameApp):
         self.layout_typed.data.is_drawer_visible = True
         self.layout_typed.data.active_tool = SegmentEditorUI.__name__
 
+    def _show_only_segmentation(self, segmentation_node: Any) -> None:
+        scene = self.slicer_app.scene
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+            node = scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+            node.SetDisplayVisibility(node is segmentation_node)
+
     def show_segmentation(self, segmentation_node: Any, volume_node: Any) -> None:
         self.editor.deactivate_effect()
+        self._show_only_segmentation(segmentation_node)
         self.editor.set_active_segmentation(segmentation_node, volume_node)
         self.editor.set_surface_representation_enabled(True)
+        for view in self.slicer_app.view_manager.get_threed_views():
+            view.reset_view()
         attach_effect_pipelines_to_views(self.editor, self.slicer_app.view_manager)
 
     def show_overlay(self, volume_node: Any, overlay_node: Any) -> None:

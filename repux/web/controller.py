@@ -399,7 +399,7 @@ class WebController:
         from RepUXSegmentLib.models import listModels
 
         rows = [
-            {"id": m.id, "title": f"{m.displayName} ({m.status})", "organs": list(m.labels), "status": m.status}
+            {"id": m.id, "title": f"{m.id} ({m.status})", "name": m.displayName, "organs": list(m.labels), "status": m.status}
             for m in listModels()
             if m.installed
         ]
@@ -764,6 +764,8 @@ class WebController:
             results = self.results.get(volume.GetID(), [])
             self.state["segmentation_id"] = results[-1]["segmentation"] if results else ""
             self.viewer.show_overlay(volume, overlay)
+            if self.segmentation_node is not None:
+                self.viewer.show_segmentation(self.segmentation_node, volume)
             self.state["overlay"] = overlay.GetName()
             self._refresh_volumes()
             self.refresh_segments()
