@@ -101,6 +101,24 @@ def wait_until(predicate, what: str, timeout: float = STEP_S, interval: float = 
     pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def non_loopback_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def frame(pg) -> str:
+    """The current image of the axial view (a new frame has a new source)."""
+    return pg.locator("img.image-display-area").first.get_attribute("src") or ""
+
+
 def voxels(pg, organ: str) -> int:
     return int(pg.get_by_test_id(f"segment-voxels-{organ}").inner_text().strip())
 
@@ -118,6 +136,15 @@ def test_web_loop_in_browser(page):
 
     def notice() -> str:
         return pg.get_by_test_id("notice").inner_text()
+
+    # 0. bound to 127.0.0.1 only (the default): the machine's other address refuses the port
+    import socket
+
+    port = int(re.search(r":(\d+)/", pg.url).group(1))
+    address = non_loopback_address()
+    if address is not None:
+        with pytest.raises(OSError), socket.create_connection((address, port), timeout=5):
+            pass
 
     # 1. the page is up with the demo phantom ready
     pg.get_by_test_id("segment-start").wait_for()
@@ -198,8 +225,10 @@ def test_web_loop_in_browser(page):
     shot("resegmented")
 
     # 8. rank the remaining volume (the demo phantom) by uncertainty; its overlay is shown
+    before = frame(pg)
     pg.get_by_test_id("rank-start").click()
     wait_until(lambda: pg.get_by_test_id("rank-row-0").is_visible() and "next case" in notice(), "the ranking")
+    wait_until(lambda: frame(pg) != before, "the axial view to show the overlay")
     assert re.search(r"0\.\d{4}", pg.get_by_test_id("rank-row-0").inner_text()), pg.get_by_test_id("rank-row-0").inner_text()
     assert "demo phantom" in pg.get_by_test_id("rank-row-0").inner_text()
     shot("ranked")
