@@ -101,7 +101,7 @@ def test_edits_are_picked_up_by_poll(controller, mrmlContext):
 
 
 def test_loop_segment_curate_finetune_rank(controller, tmp_path):
-    """The whole loop on the demo phantom with the built-in tiny model (2 fine-tuning iterations, 32^3 crops)."""
+    """The whole loop on the demo phantom with the built-in tiny model (5 fine-tuning iterations with Stop/Resume, 32^3 crops)."""
     demo = controller.load_demo()
     assert demo is not None and demo.GetName() == "demo phantom"
     assert controller.start_segmentation() and controller.state["busy"] == "segment"
@@ -123,11 +123,24 @@ def test_loop_segment_curate_finetune_rank(controller, tmp_path):
     assert (tmp_path / "training-set" / "repux-dataset.json").is_file()
     assert controller.state["volumes"][0]["case"] is True
 
+    # fine-tune 5 iterations; Stop after the first one (checkpoint), then Resume to the end
+    controller.state["train_iterations"] = 5
     assert controller.start_finetune()
     model_id = controller.state["train"]["model_id"]
+    deadline = time.monotonic() + 300
+    while not controller.state["chart"]["loss"] and time.monotonic() < deadline:
+        controller.poll()
+        time.sleep(0.05)
+    controller.stop_finetune()
+    assert controller.state["train"]["status"] == "stopping"
+    controller.wait(timeout=300)
+    train = controller.state["train"]
+    assert train["status"] == "stopped" and train["can_resume"] and train["iteration"] < 5, (train, controller.state["log"])
+    assert "Resume continues" in controller.state["notice"]["text"]
+    assert controller.resume_finetune()
     controller.wait(timeout=300)
     assert controller.state["train"]["status"] == "succeeded", controller.state["log"]
-    assert [p[0] for p in controller.state["chart"]["loss"]] == [1, 2] and controller.state["chart"]["dice"]
+    assert set(range(1, 6)) <= {p[0] for p in controller.state["chart"]["loss"]} and controller.state["chart"]["dice"]
     assert model_id in [m["id"] for m in controller.state["models"]] and controller.state["model"] == model_id
 
     # (re-segmenting with the new model and the comparison table are walked by the browser test)
