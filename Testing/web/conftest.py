@@ -40,7 +40,11 @@ def mrmlContext(tmp_path):
     colorLogic.AddDefaultColorNodes()
     appLogic.SetModuleLogic("Colors", colorLogic)
     logics = {}
-    for name, cls in (("Volumes", slicer.vtkSlicerVolumesLogic), ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic), ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic)):
+    for name, cls in (
+        ("Volumes", slicer.vtkSlicerVolumesLogic),
+        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+        ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic),
+    ):
         logic = cls()
         logic.SetMRMLScene(scene)
         logic.SetMRMLApplicationLogic(appLogic)
@@ -76,8 +80,15 @@ def controller(mrmlContext, webRoot, tmp_path):
         work_dir=tmp_path / "work",
         training_set=tmp_path / "training-set",
         python=sys.executable,
-        finetune={"maxIterations": 2, "roiSize": 32, "valInterval": 1, "checkpointInterval": 10, "threads": 1, "learningRate": 1e-3,
-                  "extraArguments": ("--augmentation", "none", "--warmup", "1")},
+        finetune={
+            "maxIterations": 2,
+            "roiSize": 32,
+            "valInterval": 1,
+            "checkpointInterval": 10,
+            "threads": 1,
+            "learningRate": 1e-3,
+            "extraArguments": ("--augmentation", "none", "--warmup", "1"),
+        },
     )
     web = WebController(mrmlContext.context, RecordingViewer(), settings)
     yield web

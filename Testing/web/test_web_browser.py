@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from helpers import REPO, SHARED_DATA
@@ -220,7 +219,9 @@ def test_web_loop_in_browser(page):
 
     # 7. re-segment the CT with the new model (selected) and compare with the old result
     pg.get_by_test_id("segment-start").click()
-    wait_until(lambda: pg.get_by_test_id("compare-table").is_visible() and pg.get_by_test_id("compare-table").locator("tbody tr").count() == 2, "the comparison")
+    wait_until(
+        lambda: pg.get_by_test_id("compare-table").is_visible() and pg.get_by_test_id("compare-table").locator("tbody tr").count() == 2, "the comparison"
+    )
     assert new_model in pg.get_by_test_id("compare-table").inner_text()
     shot("resegmented")
 

@@ -138,11 +138,18 @@ def test_missing_web_extra_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(commands_web.importlib.util, "find_spec", lambda name, *a: None if name == "trame_slicer" else real(name, *a))
     assert main(["web", "--root", str(REPO)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ['repux: error: RepUX Web needs the web extra: pip install -e ".[web]" (trame-slicer 2.0.0 with slicer-core 5.11); the \'trame_slicer\' module is missing.']
+    assert err == [
+        'repux: error: RepUX Web needs the web extra: pip install -e ".[web]" (trame-slicer 2.0.0 with slicer-core 5.11); '
+        "the 'trame_slicer' module is missing."
+    ]
 
 
 def test_import_repux_does_not_import_web():
-    result = _run("import sys, repux, repux.cli.main, repux.web, repux.web.files\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('trame', 'trame_slicer', 'slicer', 'vtk', 'vtkmodules')), 'repux.web.app' in sys.modules)")
+    result = _run(
+        "import sys, repux, repux.cli.main, repux.web, repux.web.files\n"
+        "heavy = ('trame', 'trame_slicer', 'slicer', 'vtk', 'vtkmodules')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy), 'repux.web.app' in sys.modules)"
+    )
     assert result.stdout.strip() == "[] False", result.stdout + result.stderr
     result = _run("import sys, repux\nprint('repux.web' in sys.modules)")
     assert result.stdout.strip() == "False"

@@ -36,7 +36,9 @@ def register(sub: Any) -> None:
     p.add_argument("--root", default=".", help="folder the file browser shows; nothing outside it is readable (default: the current folder)")
     p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest CT the browser may upload, in MB (default: 1024)")
     p.add_argument("--training-set", help="training-set folder for curated cases (default: <store>/web/training-set)")
-    p.add_argument("--open", action=argparse.BooleanOptionalAction, default=None, help="open the page in the default browser (default: when a display is available)")
+    p.add_argument(
+        "--open", action=argparse.BooleanOptionalAction, default=None, help="open the page in the default browser (default: when a display is available)"
+    )
     p.add_argument("--no-demo", dest="demo", action="store_false", help="do not open the built-in demo phantom at start")
     add_common(p, progress=False)
     p.set_defaults(func=cmd_web, cancel_grace=WEB_CANCEL_GRACE_S)

@@ -367,14 +367,24 @@ class RepuxWebApp(TrameApp):
             # ---------------------------------------------------------- open
             self._section("1. Open a CT")
             with html.Div(classes="d-flex align-center"):
-                v3.VBtn("Up", size="x-small", variant="tonal", disabled=(f"{s}browser.parent === null",), click=(self._on_up, "[rx_browser.parent || '']"), raw_attrs=tid("browser-up"))
+                v3.VBtn(
+                    "Up",
+                    size="x-small",
+                    variant="tonal",
+                    disabled=(f"{s}browser.parent === null",),
+                    click=(self._on_up, "[rx_browser.parent || '']"),
+                    raw_attrs=tid("browser-up"),
+                )
                 html.Span("{{ '/' + rx_browser.path }}", classes="ml-2 text-caption", raw_attrs=tid("browser-path"))
             with v3.VList(density="compact", max_height=140, style="overflow-y: auto;", classes="py-0"):
                 v3.VListItem(
                     v_for="e in rx_browser.entries",
                     key="e.path",
                     title=("e.name + (e.kind.endsWith('folder') ? '/' : '')",),
-                    subtitle=("e.kind === 'image' ? (e.size / 1e6).toFixed(1) + ' MB - click to open' : (e.kind === 'dicom-folder' ? 'DICOM series - click to open' : '')",),
+                    subtitle=(
+                        "e.kind === 'image' ? (e.size / 1e6).toFixed(1) + ' MB - click to open'"
+                        " : (e.kind === 'dicom-folder' ? 'DICOM series - click to open' : '')",
+                    ),
                     click=(self._on_entry, "[e.path, e.kind]"),
                     raw_attrs=[':data-testid="`browser-entry-${e.name}`"'],
                 )
@@ -401,11 +411,30 @@ class RepuxWebApp(TrameApp):
             )
             # ------------------------------------------------------- segment
             self._section("2. Segment")
-            v3.VSelect(label="Model", v_model=(f"{s}model",), items=(f"{s}models",), item_title="title", item_value="id", density="compact", hide_details=True, raw_attrs=tid("model-select"))
+            v3.VSelect(
+                label="Model",
+                v_model=(f"{s}model",),
+                items=(f"{s}models",),
+                item_title="title",
+                item_value="id",
+                density="compact",
+                hide_details=True,
+                raw_attrs=tid("model-select"),
+            )
             html.Div("organs: {{ rx_model_organs.join(', ') }}", classes="text-caption", raw_attrs=tid("model-organs"))
             with html.Div(classes="d-flex"):
-                v3.VSelect(label="Device", v_model=(f"{s}device",), items=(f"{s}devices",), density="compact", hide_details=True, classes="mr-1", raw_attrs=tid("device-select"))
-                v3.VSelect(label="Quality", v_model=(f"{s}quality",), items=(f"{s}qualities",), density="compact", hide_details=True, raw_attrs=tid("quality-select"))
+                v3.VSelect(
+                    label="Device",
+                    v_model=(f"{s}device",),
+                    items=(f"{s}devices",),
+                    density="compact",
+                    hide_details=True,
+                    classes="mr-1",
+                    raw_attrs=tid("device-select"),
+                )
+                v3.VSelect(
+                    label="Quality", v_model=(f"{s}quality",), items=(f"{s}qualities",), density="compact", hide_details=True, raw_attrs=tid("quality-select")
+                )
             v3.VSelect(
                 label="Organs",
                 v_model=(f"{s}organs",),
@@ -419,8 +448,23 @@ class RepuxWebApp(TrameApp):
                 raw_attrs=tid("organ-select"),
             )
             with html.Div(classes="d-flex align-center mt-1"):
-                v3.VBtn("Segment", color="primary", size="small", disabled=(f"!!{s}busy || !{s}volume_id",), click=lambda: self._call(self.controller.start_segmentation), raw_attrs=tid("segment-start"))
-                v3.VBtn("Cancel", size="small", variant="tonal", classes="ml-2", disabled=(f"!{s}busy",), click=lambda: self._call(self.controller.cancel), raw_attrs=tid("segment-cancel"))
+                v3.VBtn(
+                    "Segment",
+                    color="primary",
+                    size="small",
+                    disabled=(f"!!{s}busy || !{s}volume_id",),
+                    click=lambda: self._call(self.controller.start_segmentation),
+                    raw_attrs=tid("segment-start"),
+                )
+                v3.VBtn(
+                    "Cancel",
+                    size="small",
+                    variant="tonal",
+                    classes="ml-2",
+                    disabled=(f"!{s}busy",),
+                    click=lambda: self._call(self.controller.cancel),
+                    raw_attrs=tid("segment-cancel"),
+                )
                 html.Span("{{ rx_progress.stage }}", classes="ml-2 text-caption", raw_attrs=tid("segment-stage"))
                 html.Span("{{ rx_progress.eta }}", classes="ml-2 text-caption", raw_attrs=tid("segment-eta"))
             v3.VProgressLinear(
@@ -435,7 +479,15 @@ class RepuxWebApp(TrameApp):
             self._section("3. Edit (Slicer segment editor)")
             with html.Div(classes="d-flex flex-wrap"):
                 for key, (label, _) in EFFECTS.items():
-                    v3.VBtn(label, size="x-small", variant="tonal", classes="mr-1 mb-1", disabled=(f"!{s}segmentation_id",), click=(self.set_effect, f"['{key}']"), raw_attrs=tid(f"effect-{key}"))
+                    v3.VBtn(
+                        label,
+                        size="x-small",
+                        variant="tonal",
+                        classes="mr-1 mb-1",
+                        disabled=(f"!{s}segmentation_id",),
+                        click=(self.set_effect, f"['{key}']"),
+                        raw_attrs=tid(f"effect-{key}"),
+                    )
                 v3.VBtn("Undo", size="x-small", variant="tonal", classes="mr-1 mb-1", click=self.undo, raw_attrs=tid("edit-undo"))
                 v3.VBtn("Redo", size="x-small", variant="tonal", classes="mr-1 mb-1", click=self.redo, raw_attrs=tid("edit-redo"))
             with v3.VTable(density="compact", raw_attrs=tid("segment-table")):
@@ -475,7 +527,14 @@ class RepuxWebApp(TrameApp):
                             raw_attrs=[':data-testid="`mapping-target-${m.segment}`"'],
                         )
             with html.Div(classes="d-flex align-center"):
-                v3.VBtn("Add case", color="primary", size="small", disabled=(f"!{s}segmentation_id",), click=lambda: self._call(self.controller.add_case), raw_attrs=tid("case-add"))
+                v3.VBtn(
+                    "Add case",
+                    color="primary",
+                    size="small",
+                    disabled=(f"!{s}segmentation_id",),
+                    click=lambda: self._call(self.controller.add_case),
+                    raw_attrs=tid("case-add"),
+                )
                 html.Span("{{ rx_training_set.cases.length }} cases", classes="ml-2", raw_attrs=tid("case-count"))
             with v3.VTable(density="compact", v_if=(f"{s}training_set.cases.length",), raw_attrs=tid("case-table")):
                 with html.Tbody(), html.Tr(v_for="c in rx_training_set.cases", key="c.id"):
@@ -484,23 +543,58 @@ class RepuxWebApp(TrameApp):
             # ----------------------------------------------------- fine-tune
             self._section("5. Fine-tune")
             with html.Div(classes="d-flex"):
-                v3.VTextField(label="Iterations", v_model=(f"{s}train_iterations",), type="number", density="compact", hide_details=True, classes="mr-1", raw_attrs=tid("train-iterations"))
+                v3.VTextField(
+                    label="Iterations",
+                    v_model=(f"{s}train_iterations",),
+                    type="number",
+                    density="compact",
+                    hide_details=True,
+                    classes="mr-1",
+                    raw_attrs=tid("train-iterations"),
+                )
                 v3.VSelect(
                     label="Crop (roi_size)",
                     v_model=(f"{s}train_roi",),
-                    items=("[{title: 'model default', value: 0}, {title: '32', value: 32}, {title: '48', value: 48}, {title: '64', value: 64}, {title: '96', value: 96}]",),
+                    items=(
+                        "[{title: 'model default', value: 0}, {title: '32', value: 32}, {title: '48', value: 48},"
+                        " {title: '64', value: 64}, {title: '96', value: 96}]",
+                    ),
                     density="compact",
                     hide_details=True,
                     raw_attrs=tid("train-roi"),
                 )
             with html.Div(classes="d-flex align-center mt-1"):
                 running = f"['running', 'stopping'].includes({s}train.status)"
-                v3.VBtn("Fine-tune", color="primary", size="small", disabled=(f"{running} || {s}training_set.cases.length < 2",), click=lambda: self._call(self.controller.start_finetune), raw_attrs=tid("train-start"))
-                v3.VBtn("Stop", size="small", variant="tonal", classes="ml-1", disabled=(f"{s}train.status !== 'running'",), click=lambda: self._call(self.controller.stop_finetune), raw_attrs=tid("train-stop"))
-                v3.VBtn("Resume", size="small", variant="tonal", classes="ml-1", disabled=(f"!{s}train.can_resume",), click=lambda: self._call(self.controller.resume_finetune), raw_attrs=tid("train-resume"))
+                v3.VBtn(
+                    "Fine-tune",
+                    color="primary",
+                    size="small",
+                    disabled=(f"{running} || {s}training_set.cases.length < 2",),
+                    click=lambda: self._call(self.controller.start_finetune),
+                    raw_attrs=tid("train-start"),
+                )
+                v3.VBtn(
+                    "Stop",
+                    size="small",
+                    variant="tonal",
+                    classes="ml-1",
+                    disabled=(f"{s}train.status !== 'running'",),
+                    click=lambda: self._call(self.controller.stop_finetune),
+                    raw_attrs=tid("train-stop"),
+                )
+                v3.VBtn(
+                    "Resume",
+                    size="small",
+                    variant="tonal",
+                    classes="ml-1",
+                    disabled=(f"!{s}train.can_resume",),
+                    click=lambda: self._call(self.controller.resume_finetune),
+                    raw_attrs=tid("train-resume"),
+                )
             html.Div(
                 "{{ rx_train.status }} {{ rx_train.model_id }} - iteration {{ rx_train.iteration }}/{{ rx_train.max_iterations }}"
-                "{{ rx_train.loss !== null ? ', loss ' + rx_train.loss.toFixed(3) : '' }}{{ rx_train.mean_dice !== null ? ', Dice ' + rx_train.mean_dice.toFixed(3) : '' }} {{ rx_train.eta }}",
+                "{{ rx_train.loss !== null ? ', loss ' + rx_train.loss.toFixed(3) : '' }}"
+                "{{ rx_train.mean_dice !== null ? ', Dice ' + rx_train.mean_dice.toFixed(3) : '' }} {{ rx_train.eta }}",
                 classes="text-caption",
                 raw_attrs=tid("train-status"),
             )
@@ -508,10 +602,23 @@ class RepuxWebApp(TrameApp):
             html.Div("{{ rx_chart_points || 0 }} points", classes="text-caption", raw_attrs=tid("train-chart-points"))
             # --------------------------------------------------------- rank
             self._section("6. Next case (uncertainty)")
-            v3.VBtn("Rank volumes", size="small", color="primary", disabled=(f"!!{s}busy",), click=lambda: self._call(self.controller.start_ranking), raw_attrs=tid("rank-start"))
+            v3.VBtn(
+                "Rank volumes",
+                size="small",
+                color="primary",
+                disabled=(f"!!{s}busy",),
+                click=lambda: self._call(self.controller.start_ranking),
+                raw_attrs=tid("rank-start"),
+            )
             with v3.VTable(density="compact", v_if=(f"{s}ranking.length",), raw_attrs=tid("rank-table")):
                 with html.Tbody():
-                    with html.Tr(v_for="r in rx_ranking", key="r.index", click=(self._on_rank_row, "[r.index]"), style="cursor: pointer;", raw_attrs=[':data-testid="`rank-row-${r.index}`"']):
+                    with html.Tr(
+                        v_for="r in rx_ranking",
+                        key="r.index",
+                        click=(self._on_rank_row, "[r.index]"),
+                        style="cursor: pointer;",
+                        raw_attrs=[':data-testid="`rank-row-${r.index}`"'],
+                    ):
                         html.Td("{{ r.index + 1 }}. {{ r.name }}")
                         html.Td("{{ r.mean_entropy === null ? r.status : r.mean_entropy.toFixed(4) }}", classes="text-right")
             html.Div("overlay: {{ rx_overlay }}", v_if=(f"{s}overlay",), classes="text-caption")

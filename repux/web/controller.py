@@ -54,7 +54,10 @@ def add_lib_paths() -> None:
     for folder in ("RepUXSegment", "RepUXTrainer"):
         lib = repo / folder / f"{folder}Lib"
         if not lib.is_dir():
-            raise RuntimeError(f"RepUX Web needs the Slicer modules' Libs next to the repux package ({lib} is missing); install from a source checkout: pip install -e \".[web]\".")
+            raise RuntimeError(
+                f"RepUX Web needs the Slicer modules' Libs next to the repux package ({lib} is missing); "
+                'install from a source checkout: pip install -e ".[web]".'
+            )
         if str(repo / folder) not in sys.path:
             sys.path.insert(0, str(repo / folder))
 
@@ -132,7 +135,12 @@ def _segmentation_signature(segmentation_node: Any) -> tuple:
         segment = segmentation.GetNthSegment(i)
         image = segment.GetRepresentation(binary)
         scalars = image.GetPointData().GetScalars() if image is not None else None
-        parts += [segmentation.GetNthSegmentID(i), segment.GetName(), image.GetMTime() if image is not None else 0, scalars.GetMTime() if scalars is not None else 0]
+        parts += [
+            segmentation.GetNthSegmentID(i),
+            segment.GetName(),
+            image.GetMTime() if image is not None else 0,
+            scalars.GetMTime() if scalars is not None else 0,
+        ]
     return tuple(parts)
 
 
@@ -497,7 +505,12 @@ class WebController:
         node.SetName(self.context.scene.GenerateUniqueName(f"{self._node(volume_id).GetName()} - {model_id}"))
         volumes = {k: round(float(v), 1) for k, v in outcome.volumesMl.items() if not chosen or k in chosen}
         self.results.setdefault(volume_id, []).append({"segmentation": node.GetID(), "model": model_id, "volumes_ml": volumes})
-        self.state["progress"] = {"fraction": 1.0, "stage": "done", "message": f"{node.GetName()}: {node.GetSegmentation().GetNumberOfSegments()} segments", "eta": ""}
+        self.state["progress"] = {
+            "fraction": 1.0,
+            "stage": "done",
+            "message": f"{node.GetName()}: {node.GetSegmentation().GetNumberOfSegments()} segments",
+            "eta": "",
+        }
         for w in outcome.warnings:
             self._log("WARNING", w)
         if volume_id == self.state["volume_id"]:
@@ -513,7 +526,14 @@ class WebController:
         rows = []
         for r in results:
             node = self._node(r["segmentation"])
-            rows.append({"id": r["segmentation"], "name": node.GetName() if node is not None else "(removed)", "model": r["model"], "volumes": [r["volumes_ml"].get(o) for o in organs]})
+            rows.append(
+                {
+                    "id": r["segmentation"],
+                    "name": node.GetName() if node is not None else "(removed)",
+                    "model": r["model"],
+                    "volumes": [r["volumes_ml"].get(o) for o in organs],
+                }
+            )
         self.state["comparison"] = {"organs": organs, "rows": rows}
 
     # ============================================================== curation
@@ -557,7 +577,9 @@ class WebController:
         rows = []
         for entry in self.mapping.entries:
             target = entry.label if entry.label else (NEW_CLASS if entry.addAsNew else IGNORE)
-            rows.append({"segment_id": entry.segment.id, "segment": entry.segment.name, "target": target, "status": entry.status, "matched_by": entry.matchedBy})
+            rows.append(
+                {"segment_id": entry.segment.id, "segment": entry.segment.name, "target": target, "status": entry.status, "matched_by": entry.matchedBy}
+            )
         self.state["mapping"], self.state["mapping_targets"] = rows, targets
 
     def _model_labels(self) -> Any:
@@ -629,7 +651,9 @@ class WebController:
             if self.trainer.trainingSet is None:
                 raise ValueError("add at least two cases to the training set first.")
             base = self.trainer.trainingSet.referenceModel or self.state["model"]
-            job = self.trainer.startFinetune(baseModel=base, onProgress=self._on_train_progress, onLog=self._on_train_log, onFinished=self._on_train_finished, **self.finetune_settings())
+            job = self.trainer.startFinetune(
+                baseModel=base, onProgress=self._on_train_progress, onLog=self._on_train_log, onFinished=self._on_train_finished, **self.finetune_settings()
+            )
             self.state["chart"] = {"loss": [], "dice": []}
             self._train_state(job)
             self._log("INFO", f"fine-tuning {base} -> {job.options.modelId} on {len(self.trainer.trainingSet)} cases")
@@ -742,7 +766,13 @@ class WebController:
         self.state["busy"] = ""
         self._ranked = ranking.ranked()
         self.state["ranking"] = [
-            {"index": i, "name": c.name, "mean_entropy": None if c.meanEntropy is None else round(c.meanEntropy, 4), "status": c.status, "error": c.errorMessage}
+            {
+                "index": i,
+                "name": c.name,
+                "mean_entropy": None if c.meanEntropy is None else round(c.meanEntropy, 4),
+                "status": c.status,
+                "error": c.errorMessage,
+            }
             for i, c in enumerate(self._ranked)
         ]
         self.state["progress"] = {"fraction": 1.0, "stage": "done", "message": "ranking finished", "eta": ""}
