@@ -43,6 +43,7 @@ def server(tmp_path):
     env = dict(os.environ, REPUX_HOME=str(tmp_path / "home"), PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), PYTHONUNBUFFERED="1")
     log = open(tmp_path / "server.log", "w+", encoding="utf-8")  # noqa: SIM115 - closed in the teardown
     command = [sys.executable, "-m", "repux", "web", "--port", "0", "--root", str(CT_FOLDER), "--no-open", "--training-set", str(tmp_path / "training-set")]
+    command += ["--max-upload-mb", "2"]  # the real CT (2.2 MB) is then too large to upload: the limit's message is checked
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO, start_new_session=True)
     url = None
     deadline = time.monotonic() + SERVER_START_S
@@ -122,7 +123,7 @@ def voxels(pg, organ: str) -> int:
     return int(pg.get_by_test_id(f"segment-voxels-{organ}").inner_text().strip())
 
 
-def test_web_loop_in_browser(page):
+def test_web_loop_in_browser(page, tmp_path):
     pg = page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -150,6 +151,16 @@ def test_web_loop_in_browser(page):
     wait_until(lambda: pg.locator("img.image-display-area").count() >= 3, "the slice views")
     wait_until(lambda: "demo phantom" in pg.get_by_test_id("volume-select").inner_text(), "the demo phantom")
     shot("start-demo")
+
+    # uploads are checked before loading: not an image, over the limit (--max-upload-mb 2)
+    fake = tmp_path / "report.nii.gz"
+    fake.write_bytes(b"%PDF-1.7 not an image" * 100)
+    upload = pg.get_by_test_id("upload-input").locator("input[type=file]")
+    upload.set_input_files(str(fake))
+    wait_until(lambda: "report.nii.gz does not look like a .nii.gz image" in notice(), "the refusal of a non-image upload")
+    upload.set_input_files(str(CT_FOLDER / CT_NAME))
+    wait_until(lambda: f"{CT_NAME} is 2.2 MB; the upload limit is 2 MB" in notice(), "the refusal of an oversized upload")
+    assert pg.get_by_test_id("volume-select").inner_text().count(".nii.gz") == 0, "a refused upload must not be loaded"
 
     # 2. open the real CT from the server-side file browser
     pg.get_by_test_id(f"browser-entry-{CT_NAME}").click()

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.slicer]
+pytestmark = [pytest.mark.slicer, pytest.mark.web]
 
 
 def nrrd_bytes(shape=(20, 24, 28), spacing=(3.0, 3.0, 3.0)) -> bytes:

@@ -12,6 +12,8 @@ from helpers import REPO
 
 from repux.web.files import FileAccessError, FileBrowser, UploadError, check_upload, safe_file_name
 
+pytestmark = [pytest.mark.web]
+
 NIFTI_GZ = b"\x1f\x8b\x08\x00" + bytes(1020)
 NRRD = b"NRRD0004\ntype: short\n" + bytes(1000)
 PDF = b"%PDF-1.7\n" + bytes(1000)

@@ -96,8 +96,6 @@ def _display_available() -> bool:
 def cmd_web(args: argparse.Namespace, ctx: Any) -> int:
     validate_args(args)
     check_web_extra()
-    # wslink reads its message size limit from the environment: let uploads up to the limit through
-    os.environ["WSLINK_MAX_MSG_SIZE"] = str(int(args.max_upload_mb * 1024 * 1024) + 1024 * 1024)
     try:
         from ..web.app import RepuxWebApp
         from ..web.controller import WebSettings, add_lib_paths
