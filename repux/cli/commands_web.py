@@ -16,7 +16,7 @@ from ..errors import ConfigError, RepuxError
 logger = logging.getLogger(__name__)
 
 #: seconds Ctrl-C leaves the server to stop a fine-tuning with a checkpoint before the process exits
-WEB_CANCEL_GRACE_S = 60.0
+WEB_CANCEL_GRACE_S = 150.0  # > RepUXTrainerLib.logic.SHUTDOWN_STOP_SECONDS (120)
 
 WEB_EXTRA_HINT = 'RepUX Web needs the web extra: pip install -e ".[web]" (trame-slicer 2.0.0 with slicer-core 5.11)'
 
@@ -31,11 +31,13 @@ def register(sub: Any) -> None:
         "in the background, re-segment, rank the next case by uncertainty) on Kitware's trame-slicer. It listens on "
         "127.0.0.1 only unless --host says otherwise, and opens with the built-in demo phantom.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default: 0)")
-    p.add_argument("--root", default=".", help="folder the file browser shows; nothing outside it is readable (default: the current folder)")
-    p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest CT the browser may upload, in MB (default: 1024)")
-    p.add_argument("--training-set", help="training-set folder for curated cases (default: <store>/web/training-set)")
+    p.add_argument(
+        "--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it to the network)"
+    )
+    p.add_argument("--port", type=int, default=0, metavar="N", help="port to listen on; 0 picks a free one (default: 0)")
+    p.add_argument("--root", default=".", metavar="FOLDER", help="folder the file browser shows; nothing outside it is readable (default: the current folder)")
+    p.add_argument("--max-upload-mb", type=float, default=1024.0, metavar="MB", help="largest CT the browser may upload, in MB (default: 1024)")
+    p.add_argument("--training-set", metavar="FOLDER", help="training-set folder for curated cases (default: <store>/web/training-set)")
     p.add_argument(
         "--open", action=argparse.BooleanOptionalAction, default=None, help="open the page in the default browser (default: when a display is available)"
     )
