@@ -29,6 +29,11 @@ class RecordingViewer:
 
 
 @pytest.fixture
+def recordingViewer():
+    return RecordingViewer()
+
+
+@pytest.fixture
 def mrmlContext(tmp_path):
     """Scene, application, colors, volumes, segmentations and subject-hierarchy logics (no Qt, no views)."""
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e '.[test]')")

@@ -151,3 +151,28 @@ def test_loop_segment_curate_finetune_rank(controller, tmp_path):
     assert 0.0 < controller.state["ranking"][0]["mean_entropy"] <= 1.0
     assert controller.state["overlay"] == f"{other.GetName()} uncertainty" and controller.viewer.calls[-1][0] == "overlay"
     assert controller.state["volume_id"] == other.GetID()
+
+
+@pytest.mark.realdata
+def test_open_dicom_series_with_trame_slicer_loader(tmp_path, recordingViewer):
+    """A DICOM folder of the root opens through trame-slicer's IOManager (the app's loader), on its own scene."""
+    pytest.importorskip("trame_slicer", reason='trame-slicer is not installed (pip install -e ".[web]")')
+    from helpers import shared_file
+    from trame_slicer.core import SlicerApp
+
+    from repux.web.controller import WebController, WebSettings, add_lib_paths
+
+    series = shared_file("dicom-ct-3slice", "series")
+    add_lib_paths()
+    from RepUXSegmentLib.mrml import MRMLContext
+
+    app = SlicerApp()
+    context = MRMLContext(app.scene, app.segmentations_logic, app.volumes_logic, None)
+    web = WebController(context, recordingViewer, WebSettings(root=series.parent.parent, work_dir=tmp_path / "work"), load_files=app.io_manager.load_volumes)
+    entries = {e["name"]: e for e in web.state["browser"]["entries"]}
+    assert entries["dicom-ct-3slice"]["kind"] == "dicom-folder"
+    node = web.open_path("dicom-ct-3slice/series")
+    assert node is not None, web.last_error
+    assert node.GetImageData().GetDimensions() == (512, 512, 3)
+    assert web.state["volume_id"] == node.GetID() and web.viewer.calls == [("volume", node.GetName())]
+    assert web.open_path("dicom-ct-3slice/../..") is None and "'..' is not allowed" in web.last_error

@@ -297,7 +297,7 @@ class WebController:
         nodes = [n for n in self._load_files([str(p) for p in paths]) if n is not None]
         if not nodes:
             raise OSError(f"could not read {what} as a volume.")
-        node = nodes[-1]
+        node = max(nodes, key=lambda n: n.GetImageData().GetNumberOfPoints() if n.GetImageData() is not None else 0)  # a series may split
         if name:
             node.SetName(self.context.scene.GenerateUniqueName(name))
         try:
