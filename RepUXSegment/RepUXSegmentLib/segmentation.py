@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand, waitForJob
+from .process import CONTROL_ARGUMENTS, LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand, waitForJob
 
 __all__ = [
     "QUALITIES",
@@ -107,6 +107,7 @@ class SegmentationOptions:
             str(outputPath),
             "--progress",
             "json",
+            *CONTROL_ARGUMENTS,
             "--device",
             str(self.device).strip().lower(),
             "--quality",
@@ -262,7 +263,9 @@ class SegmentationJob:
             env = self.environment if self.environment is not None else childEnvironment()
             self._log("INFO", f"model {self.modelCard.id} {self.modelCard.version}: {', '.join(s.name for s in self.specs)}")
             self._log("INFO", "running: " + " ".join(command))
-            self.runner = ProcessRunner(command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog)
+            self.runner = ProcessRunner(
+                command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True
+            )
             self.runner.start()
         except BaseException:
             self._removeTemporaryFiles()
@@ -270,7 +273,7 @@ class SegmentationJob:
         self.state = RUNNING
 
     def cancel(self) -> None:
-        """Stop the engine (the whole process tree); the job then ends as ``cancelled``."""
+        """Ask the engine to stop (control channel; killed after a short grace); the job then ends as ``cancelled``."""
         if self.state == RUNNING and self.runner is not None:
             self.state = CANCELLING
             self._log("INFO", "cancelling...")

@@ -4,8 +4,11 @@
 through :class:`RepUXSegmentLib.process.ProcessRunner` (the same runner RepUXSegment uses:
 reader threads, callbacks in the owner's thread, process-tree termination).
 
-* **Stop** sends SIGTERM: the engine finishes the current iteration, writes an atomic,
-  resumable checkpoint in the run folder and exits (143).  The job is then ``stopped``
+* **Stop** writes ``{"command": "stop"}`` on the engine's stdin (its control channel; works
+  through Slicer's PythonSlicer launcher and on Windows): the engine finishes the current
+  iteration, writes an atomic, resumable checkpoint in the run folder, prints a ``stopped``
+  progress line and exits 0.  Only if it has not exited after :data:`STOP_GRACE_SECONDS` is
+  the process tree killed.  The job is then ``stopped``
   and :meth:`FinetuneJob.resume` continues it with ``--resume`` (exactly: same crops, same
   updates as an uninterrupted run).
 * The run folder (default ``$REPUX_HOME/runs/<model id>``) also holds the job's settings
@@ -200,6 +203,8 @@ class FinetuneOptions:
             str(self.device).strip().lower(),
             "--progress",
             "json",
+            "--control",  # the stop channel (RepUXSegmentLib.process.CONTROL_ARGUMENTS)
+            "stdin",
         ]
         if self.name:
             args += ["--name", str(self.name)]
@@ -402,7 +407,7 @@ class FinetuneJob:
         env = self.environment if self.environment is not None else childEnvironment()
         self._log("INFO", ("resuming: " if resume else "running: ") + " ".join(command))
         self._doneData = None
-        self.runner = ProcessRunner(command, env=env, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog)
+        self.runner = ProcessRunner(command, env=env, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True)
         self.runner.start()
         self._startTime = time.monotonic()
         self.starts += 1
@@ -482,7 +487,7 @@ class FinetuneJob:
     def _onExit(self) -> None:
         runner = self.runner
         common = {"returncode": runner.returncode, "runDirectory": str(self.runDirectory), "iterations": self.progress.iteration}
-        if runner.returncode == 0 and self._doneData is not None and not runner.cancelled:
+        if runner.returncode == 0 and self._doneData is not None:  # finished (even if a stop came too late): the model exists
             done = self._doneData
             valDice = done.get("val_dice") if isinstance(done.get("val_dice"), dict) else {}
             best = done.get("best_mean_dice")

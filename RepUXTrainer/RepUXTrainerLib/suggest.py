@@ -219,7 +219,7 @@ class UncertaintyRanking:
 
     def _next(self) -> None:
         from RepUXSegmentLib.mrml import writeVolumeNrrd
-        from RepUXSegmentLib.process import ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand
+        from RepUXSegmentLib.process import CONTROL_ARGUMENTS, ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand
 
         self.runner = None
         while True:
@@ -257,12 +257,15 @@ class UncertaintyRanking:
                 self.quality,
                 "--progress",
                 "json",
+                *CONTROL_ARGUMENTS,
                 *self.extraArguments,
             ]
             candidate.status = RUNNING
             self._log("INFO", f"estimating the uncertainty of {candidate.name} ({self.current + 1}/{len(self.candidates)})")
             env = self.environment if self.environment is not None else childEnvironment()
-            self.runner = ProcessRunner(repuxCommand(arguments, self.pythonExecutable or findPythonExecutable()), env=env, cwd=work, onLog=self._onRunnerLog)
+            self.runner = ProcessRunner(
+                repuxCommand(arguments, self.pythonExecutable or findPythonExecutable()), env=env, cwd=work, onLog=self._onRunnerLog, control=True
+            )
             self.runner.start()
             return
 
