@@ -32,8 +32,17 @@ from RepUXSegmentLib.models import (
     suggestModelId,
 )
 from RepUXSegmentLib.mrml import MRMLContext, roiBoundsInVolumeSpace
-from RepUXSegmentLib.process import ProcessRunner, childEnvironment, repuxCommand
 from RepUXSegmentLib.segmentation import SegmentationError, SegmentationJob, SegmentationOptions
+from RepUXSegmentLib.widgethelpers import (
+    IMPORT_MODEL_ITEM,
+    IMPORT_OFFICIAL_ITEM,
+    deviceChoices,
+    fillCombo,
+    modelChoices,
+    reportErrors,
+    selectComboData,
+    startRepuxCommand,
+)
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -117,16 +126,11 @@ class RepUXSegmentParameterNode:
 # RepUXSegmentWidget
 #
 
-#: model combo box entries that open a dialog instead of selecting a model
-IMPORT_MODEL_ITEM = "__import-model__"
-IMPORT_OFFICIAL_ITEM = "__import-official-checkpoint__"
-
-
 class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel; all work is delegated to RepUXSegmentLogic / RepUXSegmentLib."""
 
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
@@ -139,6 +143,7 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastSegmentation = None
         self._syncingGui = False
         self._pollTimer = None
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # ------------------------------------------------------------------ set-up
     def setup(self):
@@ -237,23 +242,12 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is not None:
             self._syncingGui = True
             try:
-                self._selectComboData(self.ui.modelComboBox, p.model)
-                self._selectComboData(self.ui.deviceComboBox, p.device)
+                selectComboData(self.ui.modelComboBox, p.model)
+                selectComboData(self.ui.deviceComboBox, p.device)
             finally:
                 self._syncingGui = False
             self._updateModelInfo()
         self._checkCanApply()
-
-    @staticmethod
-    def _selectComboData(combo, value):
-        if not value:
-            combo.currentIndex = -1
-            return
-        index = combo.findData(value)
-        if index < 0:  # e.g. a model folder set from a script: show it as it is
-            combo.insertItem(0, value, value)
-            index = 0
-        combo.currentIndex = index
 
     def _checkCanApply(self):
         self.ui.editButton.enabled = self._resultSegmentation() is not None
@@ -286,27 +280,9 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     def _setDeviceChoices(self, devices):
-        gpus = [d for d in devices if d.isGpu]
-        if gpus:
-            autoText = _("Auto ({name})").format(name=gpus[0].name or gpus[0].device)
-        elif self._devicesDetected:
-            autoText = _("Auto (no GPU found: CPU)")
-        else:
-            autoText = _("Auto (GPU when available)")
-        items = [(autoText, "auto"), (_("CPU"), "cpu")]
-        for d in gpus:
-            if d.device == "mps":
-                items.append((_("Apple GPU (MPS)"), "mps"))
-            else:
-                memory = _(" ({gb:.0f} GB)").format(gb=d.memoryGB) if d.memoryGB else ""
-                items.append((_("GPU {index}: {name}").format(index=d.device.partition(":")[2] or "0", name=d.name) + memory, d.device))
         self._syncingGui = True
         try:
-            self.ui.deviceComboBox.clear()
-            for text, data in items:
-                self.ui.deviceComboBox.addItem(text, data)
-            if self._parameterNode is not None:
-                self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+            fillCombo(self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, _), self._parameterNode.device if self._parameterNode else None)
         finally:
             self._syncingGui = False
 
@@ -335,15 +311,7 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._models = self.logic.models()
             self._syncingGui = True
             try:
-                self.ui.modelComboBox.clear()
-                for m in self._models:
-                    text = f"{m.displayName} {m.version}"
-                    if m.status == "downloadable":
-                        text += " " + _("(download, {size:.0f} MB)").format(size=m.sizeMB)
-                    self.ui.modelComboBox.addItem(text, m.id)
-                self.ui.modelComboBox.insertSeparator(self.ui.modelComboBox.count)
-                self.ui.modelComboBox.addItem(_("Import model..."), IMPORT_MODEL_ITEM)
-                self.ui.modelComboBox.addItem(_("Import official RepUX-Net checkpoint..."), IMPORT_OFFICIAL_ITEM)
+                fillCombo(self.ui.modelComboBox, modelChoices(self._models, _))
             finally:
                 self._syncingGui = False
             self._fillModelsTable()
@@ -503,10 +471,18 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def _onPollTimer(self):
-        if self._deviceRunner is not None:
-            self._deviceRunner.processEvents()
-        if self._task is not None:
-            self._task.processEvents()
+        # called by a QTimer: nothing may escape from here (tryWithErrorDisplay would re-raise)
+        with reportErrors(_("The background RepUX task failed."), slicer.util.errorDisplay) as failed:
+            if self._deviceRunner is not None:
+                self._deviceRunner.processEvents()
+            if self._task is not None:
+                self._task.processEvents()
+        if failed:
+            self._deviceRunner = None
+            if self._task is not None:
+                self._task.cancel()
+                self._clearTask()
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=failed.error)
         if self._task is None and self._deviceRunner is None:
             self._pollTimer.stop()
 
@@ -522,7 +498,7 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.value = 100
                 self.ui.statusLabel.text = _("{task}: done.").format(task=title)
                 if then is not None:
-                    with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+                    with reportErrors(_("Failed to start the segmentation."), slicer.util.errorDisplay):  # in the poll path: never re-raise
                         then()
             elif runner.cancelled:
                 self.ui.progressBar.value = 0
@@ -701,15 +677,7 @@ class RepUXSegmentLogic(ScriptedLoadableModuleLogic):
     # background commands
     def startRepuxCommand(self, arguments, onProgress=None, onLog=None, onFinished=None):
         """Start ``<python> -m repux <arguments>`` in the background; pump it with ``processEvents()``."""
-        runner = ProcessRunner(
-            repuxCommand(arguments, self.pythonExecutable),
-            env=childEnvironment(),
-            onProgress=onProgress,
-            onLog=onLog,
-            onFinished=onFinished,
-        )
-        runner.start()
-        return runner
+        return startRepuxCommand(arguments, self.pythonExecutable, onProgress=onProgress, onLog=onLog, onFinished=onFinished)
 
     def runRepuxCommand(self, arguments, timeout=None):
         """Run ``<python> -m repux <arguments>`` and wait; returns the finished ProcessRunner."""

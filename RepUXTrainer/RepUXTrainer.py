@@ -13,19 +13,20 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
 from RepUXSegmentLib.dependencies import ensureDependencies, torchStatus
 from RepUXSegmentLib.models import deviceInfoArguments, parseDeviceInfo
-from RepUXSegmentLib.process import ProcessRunner, childEnvironment, repuxCommand
+from RepUXSegmentLib.widgethelpers import deviceChoices, fillCombo, modelChoices, reportErrors, selectComboData, startRepuxCommand
 from RepUXTrainerLib.logic import TrainerLogic
 from RepUXTrainerLib.mapping import segmentsOf
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
@@ -89,13 +90,15 @@ class RepUXTrainerParameterNode:
     addUnknownAsNewClasses: bool = False
     baseModel: str = ""
     newModelId: str = ""
-    maxIterations: int = 300
-    timeBudgetMinutes: float = 0.0
+    # the ranges of the .ui spin boxes: parameterNodeWrapper sets a bound spin box's range from these
+    # (without them it resets it to the whole int / float range)
+    maxIterations: Annotated[int, WithinRange(1, 1000000)] = 300
+    timeBudgetMinutes: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
     device: str = "auto"
-    learningRate: float = 0.0002
-    freezeEncoderIterations: int = 0
-    validationFraction: float = 0.2
-    validationInterval: int = 50
+    learningRate: Annotated[float, WithinRange(1e-06, 0.1)] = 0.0002
+    freezeEncoderIterations: Annotated[int, WithinRange(0, 1000000)] = 0
+    validationFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.2
+    validationInterval: Annotated[int, WithinRange(1, 1000000)] = 50
     resultModel: str = ""
 
 
@@ -108,7 +111,7 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel; all work is delegated to RepUXTrainerLogic / RepUXTrainerLib."""
 
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
@@ -123,6 +126,7 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._candidates = []
         self._resumableRuns = []
         self._syncingGui = False
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # ------------------------------------------------------------------ set-up
     def setup(self):
@@ -199,6 +203,7 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event):
+        self.logic.cancelSceneJobs()  # re-segmentations and the ranking would import into the next scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -233,8 +238,8 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is not None:
             self._syncingGui = True
             try:
-                self._selectComboData(self.ui.baseModelComboBox, p.baseModel)
-                self._selectComboData(self.ui.deviceComboBox, p.device)
+                selectComboData(self.ui.baseModelComboBox, p.baseModel)
+                selectComboData(self.ui.deviceComboBox, p.device)
             finally:
                 self._syncingGui = False
             if p.inputSegmentation is not self._mappedSegmentation:
@@ -243,17 +248,6 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _("New model: {model} (listed in RepUX Segment).").format(model=p.resultModel) if p.resultModel else _("No fine-tuned model yet.")
             )
         self._updateButtons()
-
-    @staticmethod
-    def _selectComboData(combo, value):
-        if not value:
-            combo.currentIndex = -1
-            return
-        index = combo.findData(value)
-        if index < 0:
-            combo.insertItem(0, value, value)
-            index = 0
-        combo.currentIndex = index
 
     def onBaseModelChanged(self, index):
         if not self._syncingGui and self._parameterNode is not None and index >= 0:
@@ -316,9 +310,15 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _onPollTimer(self):
-        if self._deviceRunner is not None:
-            self._deviceRunner.processEvents()
-        busy = self.logic.processEvents()
+        # called by a QTimer: nothing may escape from here (tryWithErrorDisplay would re-raise)
+        busy = False
+        with reportErrors(_("The background RepUX task failed."), slicer.util.errorDisplay) as failed:
+            if self._deviceRunner is not None:
+                self._deviceRunner.processEvents()
+            busy = self.logic.processEvents()
+        if failed:
+            self._deviceRunner = None
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=failed.error)
         if not busy and self._deviceRunner is None:
             self._pollTimer.stop()
         self._updateButtons()
@@ -329,9 +329,7 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._models = self.logic.models()
             self._syncingGui = True
             try:
-                self.ui.baseModelComboBox.clear()
-                for m in self._models:
-                    self.ui.baseModelComboBox.addItem(f"{m.displayName} {m.version}", m.id)
+                fillCombo(self.ui.baseModelComboBox, modelChoices(self._models, _, importActions=False))
             finally:
                 self._syncingGui = False
             self._onParameterNodeModified()
@@ -343,16 +341,9 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentWidget.refreshModels()
 
     def _setDeviceChoices(self, devices):
-        gpus = [d for d in devices if d.isGpu]
-        autoText = _("Auto ({name})").format(name=gpus[0].name or gpus[0].device) if gpus else _("Auto (GPU when available)")
-        items = [(autoText, "auto"), (_("CPU"), "cpu")] + [(d.name or d.device, d.device) for d in gpus]
         self._syncingGui = True
         try:
-            self.ui.deviceComboBox.clear()
-            for text, data in items:
-                self.ui.deviceComboBox.addItem(text, data)
-            if self._parameterNode is not None:
-                self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+            fillCombo(self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, _), self._parameterNode.device if self._parameterNode else None)
         finally:
             self._syncingGui = False
 
@@ -377,11 +368,17 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------ training set
     def _openRememberedTrainingSet(self):
+        """Reopen last session's training set; a broken one must not stop the module from opening (one message, no popup)."""
         folder = self.ui.trainingSetPathLineEdit.currentPath
+        failed = None
         if folder and os.path.isfile(os.path.join(folder, "repux-dataset.json")):
-            with slicer.util.tryWithErrorDisplay(_("Failed to open the training set."), waitCursor=True):
+            message = _("The training set of the last session ({folder}) cannot be opened; choose a folder again.").format(folder=folder)
+            with reportErrors(message) as failed:
                 self.logic.openTrainingSet(folder)
         self._refreshCases()
+        if failed:
+            self.ui.trainingSetInfoLabel.text = failed.message
+            self._appendLog(failed.message)
 
     def onOpenTrainingSet(self):
         folder = self.ui.trainingSetPathLineEdit.currentPath
@@ -692,7 +689,7 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class RepUXTrainerLogic(ScriptedLoadableModuleLogic, TrainerLogic):
+class RepUXTrainerLogic(TrainerLogic, ScriptedLoadableModuleLogic):
     """Scripting entry points; the work is done by RepUXTrainerLib.logic.TrainerLogic.
 
     Example (Python console)::
@@ -713,8 +710,10 @@ class RepUXTrainerLogic(ScriptedLoadableModuleLogic, TrainerLogic):
     """
 
     def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
         TrainerLogic.__init__(self)
+        # Slicer's ScriptedLoadableModuleLogic.__init__ calls super().__init__(): with TrainerLogic before it in the
+        # MRO that goes on to object, so TrainerLogic.__init__ runs once
+        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return RepUXTrainerParameterNode(super().getParameterNode())
@@ -732,11 +731,7 @@ class RepUXTrainerLogic(ScriptedLoadableModuleLogic, TrainerLogic):
 
     def startRepuxCommand(self, arguments, onProgress=None, onLog=None, onFinished=None):
         """Start ``<python> -m repux <arguments>`` in the background; pump it with its ``processEvents()``."""
-        runner = ProcessRunner(
-            repuxCommand(arguments, self.pythonExecutable), env=childEnvironment(), onProgress=onProgress, onLog=onLog, onFinished=onFinished
-        )
-        runner.start()
-        return runner
+        return startRepuxCommand(arguments, self.pythonExecutable, onProgress=onProgress, onLog=onLog, onFinished=onFinished)
 
     def _startSegmentationJob(self, volumeNode, model, device, quality, onProgress, onLog, onFinished):
         """Re-segmentation goes through RepUX Segment's logic (same job, same result as its Apply button)."""

@@ -1,0 +1,151 @@
+"""What the RepUX Segment and RepUX Trainer panels share, without Qt (one copy for both widgets).
+
+The functions take the widgets they fill as duck-typed objects (``addItem``, ``findData``,
+``currentIndex``...) and the translation function ``tr``, so they are tested headless and the
+module files stay thin:
+
+* :func:`reportErrors` - the error path of a GUI action: one message, never re-raised (Slicer's
+  ``slicer.util.tryWithErrorDisplay`` re-raises after showing the message, which aborts a
+  ``setup()`` or escapes into a ``QTimer``);
+* :func:`selectComboData` - select a combo-box entry by its data (adding it when unknown);
+* :func:`deviceChoices` / :func:`fillCombo` - the device list (Auto with the GPU it picks, CPU, each
+  GPU with its memory, Apple MPS, "no GPU found" once detection ran);
+* :func:`modelChoices` - the model list (installed, downloadable with size, official checkpoints to
+  import, and the import actions);
+* :func:`startRepuxCommand` - ``<python> -m repux <arguments>`` in the background.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from .process import ProcessRunner, childEnvironment, repuxCommand
+
+__all__ = [
+    "IMPORT_MODEL_ITEM",
+    "IMPORT_OFFICIAL_ITEM",
+    "ErrorReport",
+    "deviceChoices",
+    "fillCombo",
+    "modelChoices",
+    "reportErrors",
+    "selectComboData",
+    "startRepuxCommand",
+]
+
+logger = logging.getLogger(__name__)
+
+#: model combo box entries that open a dialog instead of selecting a model
+IMPORT_MODEL_ITEM = "__import-model__"
+IMPORT_OFFICIAL_ITEM = "__import-official-checkpoint__"
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+class ErrorReport:
+    """What :func:`reportErrors` caught (``error`` is None when the block succeeded)."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.message = ""
+
+    def __bool__(self) -> bool:
+        return self.error is not None
+
+
+@contextlib.contextmanager
+def reportErrors(message: str, display: Callable[..., Any] | None = None) -> Iterator[ErrorReport]:
+    """Run a GUI action; on an exception show ``message`` and the error once (``display(text, detailedText=...)``),
+    log the traceback and go on - the exception is *not* re-raised."""
+    report = ErrorReport()
+    try:
+        yield report
+    except Exception as err:  # noqa: BLE001 - the GUI must go on; the user gets one message
+        report.error = err
+        report.message = f"{message}\n\n{err}" if message else str(err)
+        details = traceback.format_exc()
+        logger.error("%s\n%s", report.message, details)
+        if display is not None:
+            try:
+                display(report.message, detailedText=details)
+            except Exception:  # noqa: BLE001 - never let the error display itself escape
+                logger.exception("could not display the error")
+
+
+def selectComboData(combo: Any, value: str) -> None:
+    """Select the entry whose data is ``value``; unknown values (e.g. a folder set from a script) are added first."""
+    if not value:
+        combo.currentIndex = -1
+        return
+    index = combo.findData(value)
+    if index < 0:
+        combo.insertItem(0, value, value)
+        index = 0
+    combo.currentIndex = index
+
+
+def fillCombo(combo: Any, items: Iterable[tuple[str, str]], selected: str | None = None) -> None:
+    """Replace the entries of ``combo`` by ``(text, data)`` items (a ``None`` item is a separator)."""
+    combo.clear()
+    for item in items:
+        if item is None:
+            combo.insertSeparator(combo.count)
+        else:
+            combo.addItem(item[0], item[1])
+    if selected is not None:
+        selectComboData(combo, selected)
+
+
+def deviceChoices(devices: Sequence[Any], detected: bool, tr: Callable[[str], str] = _identity) -> list[tuple[str, str]]:
+    """``(text, device)`` items: Auto (naming the GPU it picks, or saying no GPU was found), CPU, then each GPU."""
+    gpus = [d for d in devices if d.isGpu]
+    if gpus:
+        autoText = tr("Auto ({name})").format(name=gpus[0].name or gpus[0].device)
+    elif detected:
+        autoText = tr("Auto (no GPU found: CPU)")
+    else:
+        autoText = tr("Auto (GPU when available)")
+    items = [(autoText, "auto"), (tr("CPU"), "cpu")]
+    for d in gpus:
+        if d.device == "mps":
+            items.append((tr("Apple GPU (MPS)"), "mps"))
+        else:
+            memory = tr(" ({gb:.0f} GB)").format(gb=d.memoryGB) if d.memoryGB else ""
+            items.append((tr("GPU {index}: {name}").format(index=d.device.partition(":")[2] or "0", name=d.name or d.device) + memory, d.device))
+    return items
+
+
+def modelChoices(models: Sequence[Any], tr: Callable[[str], str] = _identity, importActions: bool = True) -> list[Any]:
+    """``(text, model id)`` items for the model combo box; official checkpoints to import select the import action."""
+    items: list[Any] = []
+    for m in models:
+        text = f"{m.displayName} {m.version}".strip()
+        if m.status == "downloadable":
+            text += " " + tr("(download, {size:.0f} MB)").format(size=m.sizeMB)
+        elif m.status == "official":
+            text += " " + tr("(official checkpoint: import it first)")
+            items.append((text, IMPORT_OFFICIAL_ITEM if importActions else m.id))
+            continue
+        items.append((text, m.id))
+    if importActions:
+        items += [None, (tr("Import model..."), IMPORT_MODEL_ITEM), (tr("Import official RepUX-Net checkpoint..."), IMPORT_OFFICIAL_ITEM)]
+    return items
+
+
+def startRepuxCommand(
+    arguments: Sequence[str],
+    pythonExecutable: str | None = None,
+    onProgress: Callable[[Any], None] | None = None,
+    onLog: Callable[[Any], None] | None = None,
+    onFinished: Callable[[Any], None] | None = None,
+) -> ProcessRunner:
+    """Start ``<python> -m repux <arguments>`` in the background; pump it with its ``processEvents()``."""
+    runner = ProcessRunner(repuxCommand(arguments, pythonExecutable), env=childEnvironment(), onProgress=onProgress, onLog=onLog, onFinished=onFinished)
+    runner.start()
+    return runner
