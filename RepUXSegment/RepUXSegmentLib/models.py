@@ -32,6 +32,7 @@ __all__ = [
     "parseDeviceInfo",
     "removeModel",
     "storeFolder",
+    "sanitizeModelId",
     "suggestModelId",
 ]
 
@@ -202,13 +203,37 @@ def parseDeviceInfo(stdoutLines: Sequence[str]) -> list[DeviceChoice]:
     return choices
 
 
-def suggestModelId(checkpoint: str | os.PathLike[str], labels: str) -> str:
-    """A store id for a converted checkpoint, e.g. ``repuxnet-flare-best-metric-model``."""
-    stem = Path(checkpoint).name
-    for suffix in (".pth", ".pt", ".ckpt"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    labelPart = Path(labels).stem if labels not in LABEL_SET_CHOICES else labels
-    raw = f"repuxnet-{labelPart}-{stem}".lower().replace("_", "-")
-    cleaned = _ID_CHARS.sub("-", raw).strip("-.")
-    return re.sub(r"-{2,}", "-", cleaned)[:64] or "repuxnet-model"
+def sanitizeModelId(text: str, maxLength: int = 64, fallback: str = "model") -> str:
+    """``text`` as a model store id: lower case, runs of other characters -> ``-`` (letters, digits, ``.``, ``_``, ``-``)."""
+    cleaned = _ID_CHARS.sub("-", str(text).lower()).strip("-.")
+    return re.sub(r"-{2,}", "-", cleaned)[:maxLength].strip("-.") or fallback
+
+
+def suggestModelId(
+    source: str | os.PathLike[str], labels: str | None = None, *, now: Any = None, taken: Iterable[str] = (), storeRoot: Any = None
+) -> str:
+    """A model store id for a new model.
+
+    * a converted official checkpoint (``labels`` given: ``flare``, ``amos`` or a label-list file):
+      ``repuxnet-<labels>-<checkpoint file stem>``, e.g. ``repuxnet-flare-best-metric-model``;
+    * a fine-tuned model (no ``labels``; ``source`` is the base model id or folder):
+      ``<base id>-ft-YYYYMMDD-HHMM``, made unique against the store's models and run folders and ``taken``.
+    """
+    if labels is not None:
+        stem = Path(source).name
+        for suffix in (".pth", ".pt", ".ckpt"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+        labelPart = Path(labels).stem if labels not in LABEL_SET_CHOICES else labels
+        return sanitizeModelId(f"repuxnet-{labelPart}-{stem}".replace("_", "-"), 64, "repuxnet-model")
+    import datetime
+
+    text = str(source)
+    base = Path(text).name if ("/" in text or "\\" in text or text.startswith(".")) else text
+    candidate = f"{sanitizeModelId(base, 40)}-ft-{(now or datetime.datetime.now()).strftime('%Y%m%d-%H%M')}"
+    root = Path(storeRoot) if storeRoot is not None else storeFolder()
+    unavailable = set(taken)
+    unique, n = candidate, 2
+    while unique in unavailable or (root / "models" / unique).exists() or (root / "runs" / unique).exists():
+        unique, n = f"{candidate}-{n}", n + 1
+    return unique

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import CONTROL_ARGUMENTS, LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand, waitForJob
+from .process import CONTROL_ARGUMENTS, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
 
 __all__ = [
     "QUALITIES",
@@ -49,8 +50,15 @@ MODEL_ATTRIBUTE = "RepUX.Model"
 #: quality levels of ``repux segment --quality``
 QUALITIES = ("fast", "standard", "best")
 
-#: job states
-IDLE, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "cancelling", "succeeded", "failed", "cancelled"
+#: job states (RepUXSegmentLib.jobs.JobState)
+IDLE, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = (
+    JobState.IDLE,
+    JobState.RUNNING,
+    JobState.CANCELLING,
+    JobState.SUCCEEDED,
+    JobState.FAILED,
+    JobState.CANCELLED,
+)
 
 
 class SegmentationError(RuntimeError):
@@ -150,7 +158,7 @@ class SegmentationOutcome:
         return self.status == SUCCEEDED
 
 
-class SegmentationJob:
+class SegmentationJob(BackgroundJob):
     """One segmentation of one volume node in a background process.
 
     Args:
@@ -182,6 +190,7 @@ class SegmentationJob:
         if volumeNode is None:
             raise ValueError("no input volume selected.")
         options.validate()
+        super().__init__(onLog=onLog, onFinished=onFinished)
         self.volumeNode = volumeNode
         self.options = options
         self.outputSegmentation = outputSegmentation
@@ -189,32 +198,24 @@ class SegmentationJob:
         self.pythonExecutable = pythonExecutable
         self.environment = dict(environment) if environment is not None else None
         self.onProgress = onProgress
-        self.onLog = onLog
-        self.onFinished = onFinished
-        self.state = IDLE
-        self.outcome: SegmentationOutcome | None = None
         self.tempDirectory: Path | None = None
-        self.runner: ProcessRunner | None = None
         self.specs: list[SegmentSpec] = []
         self.modelCard: Any = None
         self._doneEvent: ProgressUpdate | None = None
-        self._startTime = 0.0
+
+    timeoutMessage = "the segmentation did not finish within {timeout} s and was cancelled."
+    outcomeMessages = {
+        SUCCEEDED: ("INFO", "segmentation finished in {outcome.seconds:.1f} s"),
+        CANCELLED: ("INFO", "segmentation cancelled"),
+        FAILED: ("ERROR", "segmentation failed: {outcome.errorMessage}"),
+    }
 
     # ----------------------------------------------------------------- helpers
-    def _log(self, level: str, text: str) -> None:
-        logger.log(getattr(logging, level, logging.INFO), "%s", text)
-        if self.onLog is not None:
-            self.onLog(level, text)
-
     def _onRunnerProgress(self, update: ProgressUpdate) -> None:
         if update.stage == "done":
             self._doneEvent = update
         if self.onProgress is not None:
             self.onProgress(update.fraction, update.stage, update.message, update.etaSeconds)
-
-    def _onRunnerLog(self, message: LogMessage) -> None:
-        if self.onLog is not None:
-            self.onLog(message.level, message.text)
 
     def _removeTemporaryFiles(self) -> None:
         if self.tempDirectory is not None:
@@ -225,23 +226,12 @@ class SegmentationJob:
 
     def _finish(self, outcome: SegmentationOutcome) -> None:
         self._removeTemporaryFiles()
-        outcome.seconds = time.monotonic() - self._startTime if self._startTime else 0.0
-        self.outcome = outcome
-        self.state = outcome.status
-        if outcome.status == SUCCEEDED:
-            self._log("INFO", f"segmentation finished in {outcome.seconds:.1f} s")
-        elif outcome.status == CANCELLED:
-            self._log("INFO", "segmentation cancelled")
-        else:
-            self._log("ERROR", f"segmentation failed: {outcome.errorMessage}")
-        if self.onFinished is not None:
-            self.onFinished(outcome)
+        super()._finish(outcome)
+
+    def _failedOutcome(self, message: str) -> SegmentationOutcome:
+        return SegmentationOutcome(FAILED, errorMessage=message, returncode=self.runner.returncode if self.runner is not None else None)
 
     # ----------------------------------------------------------------- control
-    @property
-    def running(self) -> bool:
-        return self.state in (RUNNING, CANCELLING)
-
     def start(self) -> None:
         """Write the input and start the engine.
 
@@ -278,21 +268,6 @@ class SegmentationJob:
             self.state = CANCELLING
             self._log("INFO", "cancelling...")
             self.runner.cancel()
-
-    def processEvents(self) -> bool:
-        """Deliver the engine's output; import the result when it has exited. True while running."""
-        if self.runner is None or not self.running:
-            return False
-        try:
-            stillRunning = self.runner.processEvents()
-        except Exception as err:  # noqa: BLE001 - a callback failed: stop the child, report it, keep the scene unchanged
-            self.runner.cancel(block=True)
-            self._finish(SegmentationOutcome(FAILED, errorMessage=f"{type(err).__name__}: {err}", returncode=self.runner.returncode))
-            return False
-        if stillRunning:
-            return True
-        self._onProcessExit()
-        return False
 
     def _onProcessExit(self) -> None:
         runner = self.runner
@@ -336,18 +311,6 @@ class SegmentationJob:
             self._log("WARNING", w)
         volumes = {str(k): float(v) for k, v in (done.get("volumes_ml") or {}).items()}
         self._finish(SegmentationOutcome(SUCCEEDED, segNode, volumes, summary, warnings, returncode=runner.returncode))
-
-    def wait(self, timeout: float | None = None, pollInterval: float = 0.05) -> SegmentationOutcome:
-        """Block until the job ends (starting it if needed); return the outcome.
-
-        Raises:
-            TimeoutError: after ``timeout`` seconds; the job is cancelled first.
-        """
-        if self.state == IDLE:
-            self.start()
-        waitForJob(self.processEvents, self.cancel, timeout, pollInterval, f"the segmentation did not finish within {timeout} s and was cancelled.")
-        assert self.outcome is not None
-        return self.outcome
 
 
 def segmentVolume(
