@@ -7,12 +7,8 @@ in ``RepUXSegmentLib`` (process runner, MRML helpers, model listing) and in the 
 engine, which trains in a background ``PythonSlicer -m repux finetune`` process.
 """
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
-import time
 from typing import Annotated
 
 import qt
@@ -21,6 +17,7 @@ import vtk
 from RepUXSegmentLib.dependencies import ensureDependencies, torchStatus
 from RepUXSegmentLib.models import deviceInfoArguments, parseDeviceInfo
 from RepUXSegmentLib.widgethelpers import deviceChoices, fillCombo, modelChoices, reportErrors, selectComboData, startRepuxCommand
+from RepUXTrainerLib import selftest
 from RepUXTrainerLib.logic import TrainerLogic
 from RepUXTrainerLib.mapping import segmentsOf
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -750,8 +747,7 @@ class RepUXTrainerLogic(TrainerLogic, ScriptedLoadableModuleLogic):
 
 
 class RepUXTrainerTest(ScriptedLoadableModuleTest):
-    """Runs the whole loop inside Slicer on the CPU: synthetic cases, a tiny untrained base model, a
-    4-iteration fine-tuning that is stopped and resumed, re-segmentation, uncertainty ranking (about a minute).
+    """Runs the whole loop inside Slicer on the CPU (about a minute); the steps are in RepUXTrainerLib.selftest.
 
     The model store is redirected to a temporary folder for the test, so the user's store is untouched.
     """
@@ -765,125 +761,8 @@ class RepUXTrainerTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_AnnotateFinetuneResegmentLoop()
 
-    @contextlib.contextmanager
-    def _workspace(self):
-        """A logic, a temporary folder (also the model store), a tiny base model; all removed afterwards."""
-        from RepUXSegmentLib.testing import createTinyModel
-
-        folder = tempfile.mkdtemp(prefix="RepUXTrainerTest-", dir=slicer.app.temporaryPath)
-        previousHome = os.environ.get("REPUX_HOME")
-        os.environ["REPUX_HOME"] = os.path.join(folder, "store")
-        logic = RepUXTrainerLogic()
-        try:
-            logic.setupPythonRequirements(askConfirmation=False)
-            yield logic, folder, createTinyModel(os.path.join(folder, "base"))
-        finally:
-            logic.shutdown()
-            if previousHome is None:
-                os.environ.pop("REPUX_HOME", None)
-            else:
-                os.environ["REPUX_HOME"] = previousHome
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def _addCase(self, name, seed, coarseSegmentation=False, angleDegrees=0.0):
-        from RepUXSegmentLib.mrml import MRMLContext
-        from RepUXSegmentLib.testing import syntheticIJKToRAS
-        from RepUXTrainerLib.testing import addSegmentationFromLabels, coarseGrid, flareLikeSegments, labelsOnGrid, syntheticCase
-
-        ct, labels = syntheticCase((24, 32, 36), seed=seed)
-        ijkToRAS = syntheticIJKToRAS(spacing=(3.0, 2.8, 3.4), angleDegrees=angleDegrees)
-        volume = slicer.util.addVolumeFromArray(ct, ijkToRAS=ijkToRAS, name=name)
-        segmentationGrid, segmentationLabels = ijkToRAS, labels
-        if coarseSegmentation:
-            segmentationGrid = coarseGrid(ijkToRAS)
-            segmentationLabels = labelsOnGrid(labels, ijkToRAS, (12, 16, 18), segmentationGrid)
-        segmentation = addSegmentationFromLabels(MRMLContext.fromSlicer(), segmentationLabels, segmentationGrid, flareLikeSegments(), f"{name} segmentation")
-        return volume, segmentation
-
-    def _pump(self, logic, condition, timeout):
-        deadline = time.monotonic() + timeout
-        while logic.processEvents() and not condition():
-            slicer.app.processEvents()
-            self.assertLess(time.monotonic(), deadline, "timed out")
-            time.sleep(0.05)
-
     def test_CurateCases(self):
-        import numpy as np
-
-        self.delayDisplay("Adding cases to a training set")
-        with self._workspace() as (logic, folder, modelDir):
-            trainingSet = logic.openTrainingSet(os.path.join(folder, "set"), model=str(modelDir))
-            volume, segmentation = self._addCase("Case A", 1, angleDegrees=20.0)
-            mapping = logic.mapSegments(segmentation)
-            self.assertEqual([e.label for e in mapping], ["liver", "kidney", "spleen", None])  # Lesion: unknown
-            export = logic.addCase(volume, segmentation, mapping=mapping)
-            self.assertEqual(export.ignoredSegments, ["Lesion"])
-            self.assertEqual(export.resampled, "")
-            coarseVolume, coarseSegmentation = self._addCase("Case B", 2, coarseSegmentation=True, angleDegrees=-15.0)
-            export = logic.addCase(coarseVolume, coarseSegmentation, addNewClasses=True)
-            self.assertIn("spacing", export.resampled)
-            self.assertEqual(trainingSet.labels.names[-1], "Lesion")
-            self.assertEqual([r.name for r in logic.cases()], ["Case A", "Case B"])
-            # the written label map is the segmentation on the volume's voxels
-            _reviewVolume, reviewSegmentation = logic.loadCase(export.caseId)
-            labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-            slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(reviewSegmentation, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-            self.assertEqual(slicer.util.arrayFromVolume(labelmap).shape, slicer.util.arrayFromVolume(coarseVolume).shape)
-            self.assertEqual(int(np.max(slicer.util.arrayFromVolume(labelmap))), trainingSet.labels.find("Lesion").value)
-        self.delayDisplay("Test passed")
+        selftest.curateCases(self, RepUXTrainerLogic)
 
     def test_AnnotateFinetuneResegmentLoop(self):
-        from RepUXSegmentLib.models import findModel, listModels
-
-        self.delayDisplay("Fine-tuning a tiny model on two synthetic cases (CPU)")
-        with self._workspace() as (logic, folder, modelDir):
-            logic.openTrainingSet(os.path.join(folder, "set"), model=str(modelDir))
-            for name, seed in (("Case A", 1), ("Case B", 2)):
-                volume, segmentation = self._addCase(name, seed)
-                logic.addCase(volume, segmentation, addNewClasses=True)
-            unannotated, _segmentation = self._addCase("Case C", 3)
-
-            updates = []
-            job = logic.startFinetune(
-                str(modelDir),
-                "repux-selftest-finetuned",
-                onProgress=updates.append,
-                maxIterations=4,
-                valInterval=4,
-                checkpointInterval=10,
-                device="cpu",
-                roiSize=32,
-                extraArguments=("--augmentation", "none", "--warmup", "1"),
-            )
-            self._pump(logic, lambda: any("loss" in u.data for u in updates), timeout=600)
-            outcome = logic.stopFinetune(wait=True, timeout=600)
-            self.assertEqual(outcome.status, "stopped", outcome.errorMessage)
-            self.assertTrue(job.checkpointPath.is_file())
-
-            self.delayDisplay("Resuming")
-            job = logic.resumeFinetune(onProgress=updates.append)
-            outcome = job.wait(timeout=900)
-            self.assertTrue(outcome.succeeded, outcome.errorMessage)
-            lossLines = [u.data for u in updates if "loss" in u.data]
-            self.assertEqual(lossLines[-1]["iteration"], 4)
-            self.assertEqual(logic.plot.numberOfRows, len(lossLines))
-            self.assertEqual(logic.plot.column("loss"), [line["loss"] for line in lossLines])
-            self.assertIn("dice_Lesion", logic.plot.columnNames)
-            info = findModel("repux-selftest-finetuned", listModels())
-            self.assertIsNotNone(info)
-            self.assertIn("Lesion", info.labels)
-
-            self.delayDisplay("Re-segmenting with the new model")
-            segmentation = logic.resegment(unannotated, device="cpu", quality="fast")
-            segments = segmentation.GetSegmentation()
-            self.assertEqual([segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())], list(info.labels))
-            self.assertEqual(segmentation.GetAttribute("RepUX.Model"), "repux-selftest-finetuned")
-
-            self.delayDisplay("Ranking the next case by uncertainty")
-            ranked = logic.rankCandidates(device="cpu")
-            self.assertEqual([c.name for c in ranked], ["Case C"])  # the two cases are annotated already
-            self.assertTrue(0.0 <= ranked[0].meanEntropy <= 1.0)
-            volume, overlay = logic.showUncertainty(ranked[0])
-            self.assertIs(volume, unannotated)
-            self.assertEqual(overlay.GetAttribute("RepUXTrainer.Uncertainty"), "1")
-        self.delayDisplay("Test passed")
+        selftest.annotateFinetuneResegmentLoop(self, RepUXTrainerLogic)

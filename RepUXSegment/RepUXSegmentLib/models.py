@@ -25,6 +25,7 @@ __all__ = [
     "ModelInfo",
     "convertOfficialArguments",
     "deviceInfoArguments",
+    "doctorArguments",
     "findModel",
     "importArguments",
     "installArguments",
@@ -49,12 +50,13 @@ class ModelInfo:
     Attributes:
         id: model id (what ``--model`` takes).
         version: model version.
-        status: ``built-in``, ``installed`` or ``downloadable``.
+        status: ``built-in``, ``installed``, ``downloadable`` or ``official`` (the paper's checkpoint: imported, not downloaded).
         sizeMB: size of the weights (or of the download) in MB.
         labels: organ names, by label value.
         path: model folder ("" for downloadable models).
         name: display name.
         description: longer text (catalog or model card).
+        source: where to get an official checkpoint (the official repository).
     """
 
     id: str
@@ -65,6 +67,7 @@ class ModelInfo:
     path: str = ""
     name: str = ""
     description: str = ""
+    source: str = ""
 
     @property
     def installed(self) -> bool:
@@ -102,6 +105,7 @@ def listModels(store: Any = None) -> list[ModelInfo]:
             path=r["path"],
             name=r["name"],
             description=r["description"],
+            source=r.get("source", ""),
         )
         for r in list_models(store)
     ]
@@ -175,6 +179,11 @@ def convertOfficialArguments(checkpoint: str | os.PathLike[str], labels: str, ou
 
 def deviceInfoArguments() -> list[str]:
     return ["info", "--json"]
+
+
+def doctorArguments(device: str = "auto") -> list[str]:
+    """``repux doctor`` (the *Check installation* button): versions, devices, a timed forward pass, the model store."""
+    return ["doctor", "--device", str(device)]
 
 
 def parseDeviceInfo(stdoutLines: Sequence[str]) -> list[DeviceChoice]:

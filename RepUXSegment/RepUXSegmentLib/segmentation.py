@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .jobs import BackgroundJob, JobState
-from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
+from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, selectLabels, writeVolumeNrrd
 from .process import CONTROL_ARGUMENTS, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
 
 __all__ = [
@@ -79,6 +79,7 @@ class SegmentationOptions:
         quality: ``fast``, ``standard`` or ``best``.
         roiRAS: optional box ``(r0, a0, s0, r1, a1, s1)`` in the volume's RAS space (mm).
         largestComponent: keep each organ's largest connected component.
+        organs: names of the model's organs to segment (``repux segment --organs a,b``); None: all.
         extraArguments: further ``repux segment`` options, e.g. ``("--threads", "4")``.
     """
 
@@ -87,6 +88,7 @@ class SegmentationOptions:
     quality: str = "standard"
     roiRAS: tuple[float, ...] | None = None
     largestComponent: bool = False
+    organs: tuple[str, ...] | None = None
     extraArguments: tuple[str, ...] = ()
 
     def validate(self) -> None:
@@ -100,6 +102,27 @@ class SegmentationOptions:
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}.")
         if self.roiRAS is not None:
             formatRoiRas(self.roiRAS)
+        if self.organs is not None:
+            if not self.organs:
+                raise ValueError("no organ selected: choose at least one organ of the model.")
+            bad = [o for o in self.organs if not str(o).strip() or "," in str(o)]
+            if bad:
+                raise ValueError(f"organ names must be non-empty and without commas; got {bad!r}.")
+
+    def selectSpecs(self, specs: Sequence[SegmentSpec]) -> list[SegmentSpec]:
+        """The segments to create: those of :attr:`organs` (all when None).
+
+        Raises:
+            ValueError: an organ the model does not have (the message lists the model's organs).
+        """
+        if self.organs is None:
+            return list(specs)
+        names = {s.name.lower(): s for s in specs}
+        unknown = [o for o in self.organs if str(o).strip().lower() not in names]
+        if unknown:
+            raise ValueError(f"the model has no organ {', '.join(map(repr, unknown))}; its organs are: {', '.join(s.name for s in specs)}.")
+        wanted = {str(o).strip().lower() for o in self.organs}
+        return [s for s in specs if s.name.lower() in wanted]
 
     def commandArguments(
         self, inputPath: str | os.PathLike[str], outputPath: str | os.PathLike[str], modelPath: str | os.PathLike[str] | None = None
@@ -125,6 +148,8 @@ class SegmentationOptions:
             args.append("--roi-ras=" + formatRoiRas(self.roiRAS))  # "=": the value may start with "-"
         if self.largestComponent:
             args.append("--largest-component")
+        if self.organs is not None:
+            args += ["--organs", ",".join(str(o).strip() for o in self.organs)]
         args += [str(a) for a in self.extraArguments]
         return args
 
@@ -243,7 +268,8 @@ class SegmentationJob(BackgroundJob):
         if self.state != IDLE:
             raise RuntimeError("a SegmentationJob can only be started once.")
         self._startTime = time.monotonic()
-        self.modelCard, self.specs = segmentSpecsFromModel(self.options.model)
+        self.modelCard, specs = segmentSpecsFromModel(self.options.model)
+        self.specs = self.options.selectSpecs(specs)
         self.tempDirectory = Path(tempfile.mkdtemp(prefix="RepUX-", dir=self.context.temporaryDirectory))
         try:
             inputPath = writeVolumeNrrd(self.volumeNode, self.tempDirectory / "input.nrrd")
@@ -293,10 +319,11 @@ class SegmentationJob(BackgroundJob):
             if self.onProgress is not None:
                 self.onProgress(1.0, "import", "importing the segments", 0.0)
             labelmapNode = readLabelmapNrrd(labelsPath)
+            specs = self.specs if self.options.organs is None else selectLabels(labelmapNode, self.specs)  # only the chosen organs
             segNode = importLabelmap(
                 self.context,
                 labelmapNode,
-                self.specs,
+                specs,
                 self.volumeNode,
                 outputSegmentation=self.outputSegmentation,
                 name=f"{self.volumeNode.GetName()} segmentation",

@@ -12,6 +12,7 @@ module files stay thin:
   GPU with its memory, Apple MPS, "no GPU found" once detection ran);
 * :func:`modelChoices` - the model list (installed, downloadable with size, official checkpoints to
   import, and the import actions);
+* :func:`organItems` / :func:`chosenOrgans` - the organ checklist (default: every organ of the model);
 * :func:`startRepuxCommand` - ``<python> -m repux <arguments>`` in the background.
 """
 
@@ -29,6 +30,8 @@ __all__ = [
     "IMPORT_MODEL_ITEM",
     "IMPORT_OFFICIAL_ITEM",
     "ErrorReport",
+    "chosenOrgans",
+    "organItems",
     "deviceChoices",
     "fillCombo",
     "modelChoices",
@@ -136,6 +139,19 @@ def modelChoices(models: Sequence[Any], tr: Callable[[str], str] = _identity, im
     if importActions:
         items += [None, (tr("Import model..."), IMPORT_MODEL_ITEM), (tr("Import official RepUX-Net checkpoint..."), IMPORT_OFFICIAL_ITEM)]
     return items
+
+
+def organItems(organs: Sequence[str], unchecked: Iterable[str] = ()) -> list[tuple[str, bool]]:
+    """``(organ, checked)`` rows of the organ checklist: every organ of the model card, checked unless in ``unchecked``."""
+    off = {str(o).lower() for o in unchecked}
+    return [(str(o), str(o).lower() not in off) for o in organs]
+
+
+def chosenOrgans(items: Sequence[tuple[str, bool]]) -> tuple[str, ...] | None:
+    """What ``repux segment --organs`` gets: None when every organ is checked (the engine's default: all), else the checked ones
+    (``()`` when none is: nothing to segment)."""
+    checked = tuple(name for name, on in items if on)
+    return None if len(checked) == len(items) else checked
 
 
 def startRepuxCommand(

@@ -76,9 +76,16 @@ class JobContext:
 
 
 def _commands() -> list[Callable[[Any], None]]:
-    from . import commands_bench, commands_core, commands_data, commands_infer, commands_train
+    from . import commands_bench, commands_core, commands_data, commands_doctor, commands_infer, commands_train
 
-    return [commands_core.register, commands_infer.register, commands_train.register, commands_data.register, commands_bench.register]
+    return [
+        commands_core.register,
+        commands_infer.register,
+        commands_train.register,
+        commands_data.register,
+        commands_bench.register,
+        commands_doctor.register,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
