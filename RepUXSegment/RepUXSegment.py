@@ -14,26 +14,23 @@ import tempfile
 
 import qt
 import slicer
-import vtk
 from RepUXSegmentLib import selftest
 from RepUXSegmentLib.logic import SegmentLogic
 from RepUXSegmentLib.dependencies import missingRequirements, readRequirements, torchStatus
 from RepUXSegmentLib.models import (
     LABEL_SET_CHOICES,
     convertOfficialArguments,
-    deviceInfoArguments,
     doctorArguments,
     findModel,
     importArguments,
     installArguments,
-    parseDeviceInfo,
     suggestModelId,
 )
 from RepUXSegmentLib.widgethelpers import (
+    ModuleWidgetMixin,
     IMPORT_MODEL_ITEM,
     IMPORT_OFFICIAL_ITEM,
     chosenOrgans,
-    deviceChoices,
     fillCombo,
     modelChoices,
     organItems,
@@ -125,22 +122,20 @@ class RepUXSegmentParameterNode:
 # RepUXSegmentWidget
 #
 
-class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel; all work is delegated to RepUXSegmentLogic / RepUXSegmentLib."""
+
+    tr = staticmethod(_)  # translation of the shared helpers' texts
 
     def __init__(self, parent=None):
         # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
+        self._initSharedState()  # parameter node, device detection (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._task = None
         self._taskTitle = ""
-        self._deviceRunner = None
-        self._devicesDetected = False
         self._models = []
         self._lastSegmentation = None
-        self._syncingGui = False
         self._pollTimer = None
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
@@ -200,12 +195,6 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.refreshModels()
 
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
     def onSceneStartClose(self, caller, event):
         if self._task is not None:
             self._task.cancel()
@@ -227,16 +216,6 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode.model and self._models:
             installed = [m for m in self._models if m.installed]
             self._parameterNode.model = (installed or self._models)[0].id
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
@@ -276,37 +255,6 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QTimer.singleShot(0, actions[data])
             return
         self._parameterNode.model = data
-
-    def onDeviceChanged(self, index):
-        if self._syncingGui or self._parameterNode is None or index < 0:
-            return
-        self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
-
-    def _setDeviceChoices(self, devices):
-        self._syncingGui = True
-        try:
-            fillCombo(self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, _), self._parameterNode.device if self._parameterNode else None)
-        finally:
-            self._syncingGui = False
-
-    def _detectDevices(self):
-        if self._deviceRunner is not None or self._devicesDetected or torchStatus() != "ok":
-            return
-        self._deviceRunner = self.logic.startRepuxCommand(deviceInfoArguments(), onFinished=self._onDevicesDetected)
-        self._pollTimer.start()
-
-    def _onDevicesDetected(self, runner):
-        self._deviceRunner = None
-        if not runner.succeeded:
-            logger.info("GPU detection failed: %s", runner.errorMessage)
-            return
-        try:
-            devices = parseDeviceInfo(runner.stdoutLines)
-        except ValueError as err:
-            logger.warning("%s", err)
-            return
-        self._devicesDetected = True
-        self._setDeviceChoices(devices)
 
     # ------------------------------------------------------------------ models
     def refreshModels(self):
@@ -509,7 +457,7 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = title
         self._updateModelButtons()
-        self._pollTimer.start()
+        self._startPolling()
 
     def _clearTask(self):
         self._task = None
@@ -517,6 +465,9 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputsCollapsibleButton.enabled = True
         self._updateModelButtons()
         self._checkCanApply()
+
+    def _startPolling(self):
+        self._pollTimer.start()
 
     def _onPollTimer(self):
         # called by a QTimer: nothing may escape from here (tryWithErrorDisplay would re-raise)

@@ -13,10 +13,8 @@ from typing import Annotated
 
 import qt
 import slicer
-import vtk
-from RepUXSegmentLib.dependencies import ensureDependencies, torchStatus
-from RepUXSegmentLib.models import deviceInfoArguments, parseDeviceInfo
-from RepUXSegmentLib.widgethelpers import deviceChoices, fillCombo, modelChoices, reportErrors, selectComboData, startRepuxCommand
+from RepUXSegmentLib.dependencies import ensureDependencies
+from RepUXSegmentLib.widgethelpers import ModuleWidgetMixin, fillCombo, modelChoices, reportErrors, selectComboData, startRepuxCommand
 from RepUXTrainerLib import selftest
 from RepUXTrainerLib.logic import TrainerLogic
 from RepUXTrainerLib.mapping import segmentsOf
@@ -104,25 +102,23 @@ class RepUXTrainerParameterNode:
 #
 
 
-class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel; all work is delegated to RepUXTrainerLogic / RepUXTrainerLib."""
+
+    tr = staticmethod(_)  # translation of the shared helpers' texts
 
     def __init__(self, parent=None):
         # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
+        self._initSharedState()  # parameter node, device detection (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._pollTimer = None
-        self._deviceRunner = None
-        self._devicesDetected = False
         self._models = []
         self._mapping = None
         self._mappedSegmentation = None
         self._caseRows = []
         self._candidates = []
         self._resumableRuns = []
-        self._syncingGui = False
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # ------------------------------------------------------------------ set-up
@@ -193,12 +189,6 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._resumableRuns = self.logic.resumableRuns()
         self._updateButtons()
 
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
     def onSceneStartClose(self, caller, event):
         self.logic.cancelSceneJobs()  # re-segmentations and the ranking would import into the next scene
         self.setParameterNode(None)
@@ -220,16 +210,6 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p.baseModel and self._models:
             p.baseModel = self._models[0].id
 
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._onParameterNodeModified()
-
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         if p is not None:
@@ -249,10 +229,6 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onBaseModelChanged(self, index):
         if not self._syncingGui and self._parameterNode is not None and index >= 0:
             self._parameterNode.baseModel = self.ui.baseModelComboBox.itemData(index) or ""
-
-    def onDeviceChanged(self, index):
-        if not self._syncingGui and self._parameterNode is not None and index >= 0:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     # ------------------------------------------------------------------ state
     def _selectedRow(self, table):
@@ -336,32 +312,6 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentWidget = getattr(slicer.modules, "RepUXSegmentWidget", None)
         if segmentWidget is not None and hasattr(segmentWidget, "refreshModels"):
             segmentWidget.refreshModels()
-
-    def _setDeviceChoices(self, devices):
-        self._syncingGui = True
-        try:
-            fillCombo(self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, _), self._parameterNode.device if self._parameterNode else None)
-        finally:
-            self._syncingGui = False
-
-    def _detectDevices(self):
-        if self._deviceRunner is not None or self._devicesDetected or torchStatus() != "ok":
-            return
-        self._deviceRunner = self.logic.startRepuxCommand(deviceInfoArguments(), onFinished=self._onDevicesDetected)
-        self._startPolling()
-
-    def _onDevicesDetected(self, runner):
-        self._deviceRunner = None
-        if not runner.succeeded:
-            logger.info("GPU detection failed: %s", runner.errorMessage)
-            return
-        try:
-            devices = parseDeviceInfo(runner.stdoutLines)
-        except ValueError as err:
-            logger.warning("%s", err)
-            return
-        self._devicesDetected = True
-        self._setDeviceChoices(devices)
 
     # ------------------------------------------------------------ training set
     def _openRememberedTrainingSet(self):

@@ -13,7 +13,8 @@ module files stay thin:
 * :func:`modelChoices` - the model list (installed, downloadable with size, official checkpoints to
   import, and the import actions);
 * :func:`organItems` / :func:`chosenOrgans` - the organ checklist (default: every organ of the model);
-* :func:`startRepuxCommand` - ``<python> -m repux <arguments>`` in the background.
+* :func:`startRepuxCommand` - ``<python> -m repux <arguments>`` in the background;
+* :class:`ModuleWidgetMixin` - the parameter-node and device plumbing both widgets had a copy of.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .process import ProcessRunner, childEnvironment, repuxCommand
 
 __all__ = [
     "IMPORT_MODEL_ITEM",
+    "ModuleWidgetMixin",
     "IMPORT_OFFICIAL_ITEM",
     "ErrorReport",
     "chosenOrgans",
@@ -165,3 +167,82 @@ def startRepuxCommand(
     runner = ProcessRunner(repuxCommand(arguments, pythonExecutable), env=childEnvironment(), onProgress=onProgress, onLog=onLog, onFinished=onFinished)
     runner.start()
     return runner
+
+
+class ModuleWidgetMixin:
+    """What both module widgets do the same way, written once and without Qt (the widget supplies ``self.ui``,
+    ``self.logic``, ``addObserver``/``removeObserver`` from ``VTKObservationMixin`` and ``_startPolling()``):
+
+    * the parameter node: connect/disconnect the GUI and observe it (``setParameterNode``, ``exit``);
+    * the device list: detected in the background with ``repux info --json`` (``_detectDevices``), shown with
+      :func:`deviceChoices`, the choice stored in the parameter node's ``device`` (``onDeviceChanged``).
+
+    ``tr`` is the module's translation function (``slicer.i18n.tr``).
+    """
+
+    tr: Callable[[str], str] = staticmethod(_identity)
+
+    def _initSharedState(self) -> None:
+        self._parameterNode: Any = None
+        self._parameterNodeGuiTag: Any = None
+        self._deviceRunner: Any = None
+        self._devicesDetected = False
+        self._syncingGui = False
+
+    # parameter node
+    def setParameterNode(self, inputParameterNode: Any) -> None:
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._onParameterNodeModified()
+
+    def exit(self) -> None:
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    # devices
+    def onDeviceChanged(self, index: int) -> None:
+        if self._syncingGui or self._parameterNode is None or index < 0:
+            return
+        self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    def _setDeviceChoices(self, devices: Sequence[Any]) -> None:
+        self._syncingGui = True
+        try:
+            fillCombo(self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, self.tr), self._parameterNode.device if self._parameterNode else None)
+        finally:
+            self._syncingGui = False
+
+    def _detectDevices(self) -> None:
+        from .dependencies import torchStatus
+        from .models import deviceInfoArguments
+
+        if self._deviceRunner is not None or self._devicesDetected or torchStatus() != "ok":
+            return
+        self._deviceRunner = self.logic.startRepuxCommand(deviceInfoArguments(), onFinished=self._onDevicesDetected)
+        self._startPolling()
+
+    def _onDevicesDetected(self, runner: Any) -> None:
+        from .models import parseDeviceInfo
+
+        self._deviceRunner = None
+        if not runner.succeeded:
+            logger.info("GPU detection failed: %s", runner.errorMessage)
+            return
+        try:
+            devices = parseDeviceInfo(runner.stdoutLines)
+        except ValueError as err:
+            logger.warning("%s", err)
+            return
+        self._devicesDetected = True
+        self._setDeviceChoices(devices)

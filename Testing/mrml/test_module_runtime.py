@@ -181,3 +181,44 @@ def test_parameter_annotations_are_slicers_validators():
         if module == "RepUXTrainer":
             assert "WithinRange" in imported
     assert typing.get_origin(typing.Annotated[int, 1]) is typing.Annotated
+
+
+@pytest.mark.parametrize("module", ["RepUXSegment", "RepUXTrainer"])
+def test_both_widgets_share_the_device_and_parameter_node_plumbing(trainerModuleFile, mrml, monkeypatch, module):
+    """One copy (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin): detection in the background, the list, the choice."""
+    import json
+    import sys
+
+    from RepUXSegmentLib import dependencies
+    from test_shared_helpers import Combo
+
+    monkeypatch.setattr(mrml.slicer, "mrmlScene", mrml.scene, raising=False)
+    moduleFile = sys.modules[module]
+    started = []
+
+    class Runner:
+        succeeded = True
+        errorMessage = ""
+        stdoutLines = [json.dumps({"devices": [{"device": "cpu", "name": "EPYC"}, {"device": "cuda:0", "name": "H200", "memory_gb": 139.8}]})]
+
+    logic = moduleFile.__dict__[f"{module}Logic"]()
+    monkeypatch.setattr(logic, "startRepuxCommand", lambda arguments, onFinished=None: started.append((arguments, onFinished)) or Runner())
+    monkeypatch.setattr(dependencies, "torchStatus", lambda: "ok")
+    widget = widgetWithoutSetup(moduleFile, logic=logic, _pollTimer=FakeWidget("timer"))
+    widget._startPolling = lambda: widget._pollTimer.start()
+    widget.ui.deviceComboBox = Combo()
+    widget._onParameterNodeModified = lambda *args: None
+    widget.setParameterNode(logic.getParameterNode())
+    widget._parameterNode.device = "cuda:0"
+
+    widget._detectDevices()
+    assert started[0][0] == ["info", "--json"] and widget._pollTimer.called("start")
+    started[0][1](Runner())  # the runner finished: its JSON fills the list
+    assert widget.ui.deviceComboBox.rows == [("Auto (H200)", "auto"), ("CPU", "cpu"), ("GPU 0: H200 (140 GB)", "cuda:0")]
+    assert widget.ui.deviceComboBox.currentIndex == 2  # the parameter node's choice
+    widget.onDeviceChanged(1)
+    assert widget._parameterNode.device == "cpu"
+    widget._detectDevices()  # detected once per session
+    assert len(started) == 1
+    widget.exit()
+    assert widget._parameterNodeGuiTag is None

@@ -45,6 +45,9 @@ class Combo:
     def insertSeparator(self, index):
         self.rows.insert(index, None)
 
+    def itemData(self, index):
+        return self.rows[index][1]
+
     def findData(self, data):
         return next((i for i, r in enumerate(self.rows) if r is not None and r[1] == data), -1)
 

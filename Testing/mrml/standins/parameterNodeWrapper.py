@@ -5,7 +5,7 @@ into a wrapper of a real ``vtkMRMLScriptedModuleNode``: ``str``/``bool``/``Enum`
 with ``SetParameter``, MRML-node fields as node references, defaults come from the class body.
 ``WithinRange``/``Minimum``/``Maximum`` in ``Annotated[...]`` are checked on assignment (``ValueError``,
 as in Slicer) and listed in ``ranges`` (what Slicer's spin-box connectors apply to the widget).
-``connectGui``/``disconnectGui`` do nothing (there is no GUI headless).
+``connectGui``/``disconnectGui`` do nothing (there is no GUI headless); observers go to the node.
 """
 
 import enum
@@ -92,12 +92,17 @@ def parameterNodeWrapper(cls):
     def disconnectGui(self, tag):
         return None
 
+    def AddObserver(self, event, callback, priority=0.0):  # Slicer's wrapper forwards observers to the node
+        return self.parameterNode.AddObserver(event, callback, priority)
+
+    def RemoveObserver(self, tag):
+        self.parameterNode.RemoveObserver(tag)
+
     ranges = {
         name: (max((v.minimum for v in vs if v.minimum is not None), default=None), min((v.maximum for v in vs if v.maximum is not None), default=None))
         for name, vs in validators.items()
         if vs
     }
-    namespace.update(
-        __init__=__init__, connectGui=connectGui, disconnectGui=disconnectGui, __doc__=cls.__doc__, allParameters=dict(fields), ranges=ranges
-    )
+    methods = dict(__init__=__init__, connectGui=connectGui, disconnectGui=disconnectGui, AddObserver=AddObserver, RemoveObserver=RemoveObserver)
+    namespace.update(methods, __doc__=cls.__doc__, allParameters=dict(fields), ranges=ranges)
     return type(cls.__name__, (), namespace)
