@@ -6,34 +6,37 @@ logic wrapper and the self-test.  Everything else lives in the Qt-free
 background ``PythonSlicer -m repux`` process.
 """
 
-import contextlib
 import enum
 import logging
 import os
 import shutil
 import tempfile
-import time
 
 import qt
 import slicer
-import vtk
-from RepUXSegmentLib.dependencies import ensureDependencies, missingRequirements, readRequirements, torchStatus
+from RepUXSegmentLib import selftest
+from RepUXSegmentLib.logic import SegmentLogic
+from RepUXSegmentLib.dependencies import missingRequirements, readRequirements, torchStatus
 from RepUXSegmentLib.models import (
     LABEL_SET_CHOICES,
     convertOfficialArguments,
-    deviceInfoArguments,
+    doctorArguments,
     findModel,
     importArguments,
     installArguments,
-    listModels,
-    parseDeviceInfo,
-    removeModel,
-    storeFolder,
     suggestModelId,
 )
-from RepUXSegmentLib.mrml import MRMLContext, roiBoundsInVolumeSpace
-from RepUXSegmentLib.process import ProcessRunner, childEnvironment, repuxCommand
-from RepUXSegmentLib.segmentation import SegmentationError, SegmentationJob, SegmentationOptions
+from RepUXSegmentLib.widgethelpers import (
+    ModuleWidgetMixin,
+    IMPORT_MODEL_ITEM,
+    IMPORT_OFFICIAL_ITEM,
+    chosenOrgans,
+    fillCombo,
+    modelChoices,
+    organItems,
+    reportErrors,
+    selectComboData,
+)
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -102,6 +105,7 @@ class RepUXSegmentParameterNode:
     roi - optional box to restrict the processing to.
     largestComponent - keep each organ's largest connected component.
     outputSegmentation - segmentation to fill; None creates a new one.
+    uncheckedOrgans - organs of the model the user left out of the organ checklist.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -111,34 +115,29 @@ class RepUXSegmentParameterNode:
     roi: vtkMRMLMarkupsROINode
     largestComponent: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
+    uncheckedOrgans: str = ""  # comma-separated organs of the model left out ("" = all organs)
 
 
 #
 # RepUXSegmentWidget
 #
 
-#: model combo box entries that open a dialog instead of selecting a model
-IMPORT_MODEL_ITEM = "__import-model__"
-IMPORT_OFFICIAL_ITEM = "__import-official-checkpoint__"
-
-
-class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel; all work is delegated to RepUXSegmentLogic / RepUXSegmentLib."""
 
+    tr = staticmethod(_)  # translation of the shared helpers' texts
+
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
+        self._initSharedState()  # parameter node, device detection (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._task = None
         self._taskTitle = ""
-        self._deviceRunner = None
-        self._devicesDetected = False
         self._models = []
         self._lastSegmentation = None
-        self._syncingGui = False
         self._pollTimer = None
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # ------------------------------------------------------------------ set-up
     def setup(self):
@@ -167,7 +166,9 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openStoreFolderButton.connect("clicked(bool)", self.onOpenStoreFolder)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.checkInstallationButton.connect("clicked(bool)", self.onCheckInstallation)
         self.ui.modelsTable.connect("itemSelectionChanged()", self._updateModelButtons)
+        self.ui.organsListWidget.connect("itemChanged(QListWidgetItem*)", self._onOrganToggled)
 
         self.ui.warningLabel.hide()
         self.ui.modelsTable.horizontalHeader().setStretchLastSection(True)
@@ -194,12 +195,6 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.refreshModels()
 
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
     def onSceneStartClose(self, caller, event):
         if self._task is not None:
             self._task.cancel()
@@ -222,38 +217,17 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             installed = [m for m in self._models if m.installed]
             self._parameterNode.model = (installed or self._models)[0].id
 
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._onParameterNodeModified()
-
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         if p is not None:
             self._syncingGui = True
             try:
-                self._selectComboData(self.ui.modelComboBox, p.model)
-                self._selectComboData(self.ui.deviceComboBox, p.device)
+                selectComboData(self.ui.modelComboBox, p.model)
+                selectComboData(self.ui.deviceComboBox, p.device)
             finally:
                 self._syncingGui = False
             self._updateModelInfo()
         self._checkCanApply()
-
-    @staticmethod
-    def _selectComboData(combo, value):
-        if not value:
-            combo.currentIndex = -1
-            return
-        index = combo.findData(value)
-        if index < 0:  # e.g. a model folder set from a script: show it as it is
-            combo.insertItem(0, value, value)
-            index = 0
-        combo.currentIndex = index
 
     def _checkCanApply(self):
         self.ui.editButton.enabled = self._resultSegmentation() is not None
@@ -265,6 +239,8 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             problems.append(_("Select an input volume."))
         if p is None or not p.model:
             problems.append(_("Select a model (or import one in the Models section)."))
+        elif chosenOrgans(self._organItems()) == ():
+            problems.append(_("Check at least one organ."))
         self.ui.applyButton.enabled = not problems
         self.ui.applyButton.toolTip = "\n".join(problems) if problems else _("Segment the organs of the input volume.")
 
@@ -280,70 +256,13 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._parameterNode.model = data
 
-    def onDeviceChanged(self, index):
-        if self._syncingGui or self._parameterNode is None or index < 0:
-            return
-        self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
-
-    def _setDeviceChoices(self, devices):
-        gpus = [d for d in devices if d.isGpu]
-        if gpus:
-            autoText = _("Auto ({name})").format(name=gpus[0].name or gpus[0].device)
-        elif self._devicesDetected:
-            autoText = _("Auto (no GPU found: CPU)")
-        else:
-            autoText = _("Auto (GPU when available)")
-        items = [(autoText, "auto"), (_("CPU"), "cpu")]
-        for d in gpus:
-            if d.device == "mps":
-                items.append((_("Apple GPU (MPS)"), "mps"))
-            else:
-                memory = _(" ({gb:.0f} GB)").format(gb=d.memoryGB) if d.memoryGB else ""
-                items.append((_("GPU {index}: {name}").format(index=d.device.partition(":")[2] or "0", name=d.name) + memory, d.device))
-        self._syncingGui = True
-        try:
-            self.ui.deviceComboBox.clear()
-            for text, data in items:
-                self.ui.deviceComboBox.addItem(text, data)
-            if self._parameterNode is not None:
-                self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
-        finally:
-            self._syncingGui = False
-
-    def _detectDevices(self):
-        if self._deviceRunner is not None or self._devicesDetected or torchStatus() != "ok":
-            return
-        self._deviceRunner = self.logic.startRepuxCommand(deviceInfoArguments(), onFinished=self._onDevicesDetected)
-        self._pollTimer.start()
-
-    def _onDevicesDetected(self, runner):
-        self._deviceRunner = None
-        if not runner.succeeded:
-            logger.info("GPU detection failed: %s", runner.errorMessage)
-            return
-        try:
-            devices = parseDeviceInfo(runner.stdoutLines)
-        except ValueError as err:
-            logger.warning("%s", err)
-            return
-        self._devicesDetected = True
-        self._setDeviceChoices(devices)
-
     # ------------------------------------------------------------------ models
     def refreshModels(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
             self._models = self.logic.models()
             self._syncingGui = True
             try:
-                self.ui.modelComboBox.clear()
-                for m in self._models:
-                    text = f"{m.displayName} {m.version}"
-                    if m.status == "downloadable":
-                        text += " " + _("(download, {size:.0f} MB)").format(size=m.sizeMB)
-                    self.ui.modelComboBox.addItem(text, m.id)
-                self.ui.modelComboBox.insertSeparator(self.ui.modelComboBox.count)
-                self.ui.modelComboBox.addItem(_("Import model..."), IMPORT_MODEL_ITEM)
-                self.ui.modelComboBox.addItem(_("Import official RepUX-Net checkpoint..."), IMPORT_OFFICIAL_ITEM)
+                fillCombo(self.ui.modelComboBox, modelChoices(self._models, _))
             finally:
                 self._syncingGui = False
             self._fillModelsTable()
@@ -356,7 +275,7 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._onParameterNodeModified()
 
     def _fillModelsTable(self):
-        statusText = {"built-in": _("built-in"), "installed": _("installed"), "downloadable": _("downloadable")}
+        statusText = {"built-in": _("built-in"), "installed": _("installed"), "downloadable": _("downloadable"), "official": _("official: import")}
         table = self.ui.modelsTable
         table.setRowCount(len(self._models))
         for row, m in enumerate(self._models):
@@ -383,8 +302,34 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importModelButton.enabled = idle
         self.ui.importOfficialButton.enabled = idle
 
+    def _organItems(self):
+        p = self._parameterNode
+        info = findModel(p.model, self._models) if p is not None else None
+        return organItems(info.labels if info is not None else (), [o for o in p.uncheckedOrgans.split(",") if o] if p is not None else ())
+
+    def _fillOrganList(self):
+        """The organ checklist: the model card's organs, checked unless the user unchecked them."""
+        self._syncingGui = True
+        try:
+            self.ui.organsListWidget.clear()
+            for name, checked in self._organItems():
+                item = qt.QListWidgetItem(name)
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
+                self.ui.organsListWidget.addItem(item)
+        finally:
+            self._syncingGui = False
+
+    def _onOrganToggled(self, item):
+        if self._syncingGui or self._parameterNode is None:
+            return
+        widget = self.ui.organsListWidget
+        rows = [widget.item(i) for i in range(widget.count)]
+        self._parameterNode.uncheckedOrgans = ",".join(r.text() for r in rows if r.checkState() != qt.Qt.Checked)
+
     def _updateModelInfo(self):
         info = findModel(self._parameterNode.model, self._models) if self._parameterNode is not None else None
+        self._fillOrganList()
         if info is None:
             self.ui.modelInfoLabel.text = ""
             return
@@ -392,6 +337,8 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         text = _("{count} organs: {organs}").format(count=len(info.labels), organs=organs) if info.labels else ""
         if info.status == "downloadable":
             text += "\n" + _("Downloaded ({size:.0f} MB) when you press Apply.").format(size=info.sizeMB)
+        elif info.status == "official":
+            text += "\n" + _("Official checkpoint: get it from {source}, then use Import official checkpoint...").format(source=info.source)
         self.ui.modelInfoLabel.text = text
         self.ui.modelInfoLabel.toolTip = info.description
 
@@ -476,6 +423,23 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateDependenciesLabel()
         self._detectDevices()
 
+    def onCheckInstallation(self):
+        """``repux doctor`` in the background: the report goes to the log; problems are shown once."""
+        if self._task is not None:
+            return
+        self.ui.logCollapsibleButton.collapsed = False
+
+        def onFinished(runner):
+            self._clearTask()
+            for line in runner.stdoutLines:
+                self._appendLog(line)
+            self.ui.statusLabel.text = _("Installation check: OK.") if runner.succeeded else _("Installation check: problems found (see the log).")
+            if not runner.succeeded and not runner.cancelled:
+                slicer.util.errorDisplay(_("The installation check found problems:\n\n{report}").format(report="\n".join(runner.stdoutLines[-8:]) or runner.errorMessage))
+
+        self._appendLog(_("Checking the installation (repux doctor)..."))
+        self._setTask(self.logic.startRepuxCommand(doctorArguments(), onLog=self._onRunnerLog, onFinished=onFinished), _("Checking the installation"))
+
     def _updateDependenciesLabel(self):
         torch = {"ok": _("PyTorch installed"), "outdated": _("PyTorch too old"), "missing": _("PyTorch missing")}[torchStatus()]
         missing = missingRequirements(readRequirements(self.logic.requirementsPath()))
@@ -493,7 +457,7 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = title
         self._updateModelButtons()
-        self._pollTimer.start()
+        self._startPolling()
 
     def _clearTask(self):
         self._task = None
@@ -502,11 +466,22 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateModelButtons()
         self._checkCanApply()
 
+    def _startPolling(self):
+        self._pollTimer.start()
+
     def _onPollTimer(self):
-        if self._deviceRunner is not None:
-            self._deviceRunner.processEvents()
-        if self._task is not None:
-            self._task.processEvents()
+        # called by a QTimer: nothing may escape from here (tryWithErrorDisplay would re-raise)
+        with reportErrors(_("The background RepUX task failed."), slicer.util.errorDisplay) as failed:
+            if self._deviceRunner is not None:
+                self._deviceRunner.processEvents()
+            if self._task is not None:
+                self._task.processEvents()
+        if failed:
+            self._deviceRunner = None
+            if self._task is not None:
+                self._task.cancel()
+                self._clearTask()
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=failed.error)
         if self._task is None and self._deviceRunner is None:
             self._pollTimer.stop()
 
@@ -522,7 +497,7 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.value = 100
                 self.ui.statusLabel.text = _("{task}: done.").format(task=title)
                 if then is not None:
-                    with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+                    with reportErrors(_("Failed to start the segmentation."), slicer.util.errorDisplay):  # in the poll path: never re-raise
                         then()
             elif runner.cancelled:
                 self.ui.progressBar.value = 0
@@ -574,6 +549,7 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             onProgress=self._onProgress,
             onLog=self._onLog,
             onFinished=self._onSegmentationFinished,
+            organs=chosenOrgans(self._organItems()),
         )
         self._setTask(job, _("Segmenting {volume}").format(volume=p.inputVolume.GetName()))
 
@@ -660,8 +636,8 @@ class RepUXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class RepUXSegmentLogic(ScriptedLoadableModuleLogic):
-    """Scripting entry points; the work is done by RepUXSegmentLib.
+class RepUXSegmentLogic(SegmentLogic, ScriptedLoadableModuleLogic):
+    """Scripting entry points (RepUXSegmentLib.logic.SegmentLogic) plus the module's parameter node.
 
     Example (Python console)::
 
@@ -672,119 +648,11 @@ class RepUXSegmentLogic(ScriptedLoadableModuleLogic):
     """
 
     def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-        #: interpreter for ``-m repux`` (None: PythonSlicer)
-        self.pythonExecutable = None
+        SegmentLogic.__init__(self)
+        ScriptedLoadableModuleLogic.__init__(self)  # cooperative: its super().__init__() goes on to object
 
     def getParameterNode(self):
         return RepUXSegmentParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def requirementsPath():
-        return os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "requirements.txt")
-
-    def setupPythonRequirements(self, askConfirmation=True):
-        """Install PyTorch (PyTorch extension) and the packages of Resources/requirements.txt when missing."""
-        ensureDependencies(self.requirementsPath(), askConfirmation=askConfirmation, requester="RepUX")
-
-    # models
-    def models(self):
-        """Built-in, installed and downloadable models (list of RepUXSegmentLib.models.ModelInfo)."""
-        return listModels()
-
-    def removeModel(self, modelId):
-        return removeModel(modelId)
-
-    def modelStoreFolder(self, create=False):
-        return storeFolder(create=create)
-
-    # background commands
-    def startRepuxCommand(self, arguments, onProgress=None, onLog=None, onFinished=None):
-        """Start ``<python> -m repux <arguments>`` in the background; pump it with ``processEvents()``."""
-        runner = ProcessRunner(
-            repuxCommand(arguments, self.pythonExecutable),
-            env=childEnvironment(),
-            onProgress=onProgress,
-            onLog=onLog,
-            onFinished=onFinished,
-        )
-        runner.start()
-        return runner
-
-    def runRepuxCommand(self, arguments, timeout=None):
-        """Run ``<python> -m repux <arguments>`` and wait; returns the finished ProcessRunner."""
-        runner = self.startRepuxCommand(arguments)
-        runner.wait(timeout=timeout)
-        return runner
-
-    # segmentation
-    def _options(self, model, device, quality, roiNode, volumeNode, largestComponent):
-        if model is None:
-            from repux.store import DEFAULT_MODEL
-
-            model = DEFAULT_MODEL
-        roi = tuple(roiBoundsInVolumeSpace(roiNode, volumeNode)) if roiNode is not None else None
-        return SegmentationOptions(model=str(model), device=device, quality=quality, roiRAS=roi, largestComponent=largestComponent)
-
-    def startSegmentation(
-        self,
-        inputVolume,
-        model=None,
-        device="auto",
-        quality="standard",
-        roiNode=None,
-        largestComponent=False,
-        outputSegmentation=None,
-        onProgress=None,
-        onLog=None,
-        onFinished=None,
-    ):
-        """Start segmenting ``inputVolume`` in the background; returns the running SegmentationJob.
-
-        Call ``job.processEvents()`` periodically (or ``job.wait()``); ``onFinished`` gets the outcome.
-        """
-        job = SegmentationJob(
-            inputVolume,
-            self._options(model, device, quality, roiNode, inputVolume, largestComponent),
-            outputSegmentation=outputSegmentation,
-            context=MRMLContext.fromSlicer(),
-            pythonExecutable=self.pythonExecutable,
-            onProgress=onProgress,
-            onLog=onLog,
-            onFinished=onFinished,
-        )
-        job.start()
-        return job
-
-    def segment(
-        self,
-        inputVolume,
-        model=None,
-        device="auto",
-        quality="standard",
-        roiNode=None,
-        largestComponent=False,
-        outputSegmentation=None,
-        onProgress=None,
-        onLog=None,
-        timeout=None,
-    ):
-        """Segment ``inputVolume`` and return the segmentation node (blocks until done).
-
-        :param model: installed model id, built-in model id or model folder.
-        :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        :param quality: ``fast``, ``standard`` or ``best``.
-        :param roiNode: optional markups ROI: only this box is processed.
-        :param outputSegmentation: segmentation node to fill (segments replaced), or None for a new one.
-        :raises RepUXSegmentLib.segmentation.SegmentationError: the engine failed or was cancelled.
-        """
-        job = self.startSegmentation(inputVolume, model, device, quality, roiNode, largestComponent, outputSegmentation, onProgress, onLog)
-        outcome = job.wait(timeout=timeout)
-        if not outcome.succeeded:
-            raise SegmentationError(
-                _("Segmentation {status}: {message}").format(status=outcome.status, message=outcome.errorMessage or outcome.status), outcome
-            )
-        return outcome.segmentationNode
 
 
 #
@@ -793,7 +661,8 @@ class RepUXSegmentLogic(ScriptedLoadableModuleLogic):
 
 
 class RepUXSegmentTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer on the CPU with an untrained tiny model and a synthetic CT (about a minute)."""
+    """Runs inside Slicer on the CPU with an untrained tiny model and a synthetic CT (about a minute); the steps are in
+    RepUXSegmentLib.selftest."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -806,117 +675,11 @@ class RepUXSegmentTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_CancelLeavesSceneUnchanged()
 
-    @contextlib.contextmanager
-    def _testData(self, angleDegrees=15.0):
-        """Logic, work folder, tiny model folder and a synthetic CT volume (rotated about S by ``angleDegrees``).
-
-        The work folder is removed afterwards.
-        """
-        from RepUXSegmentLib.testing import createTinyModel, syntheticCTArray, syntheticIJKToRAS
-
-        logic = RepUXSegmentLogic()
-        logic.setupPythonRequirements(askConfirmation=False)
-        folder = tempfile.mkdtemp(prefix="RepUXSegmentTest-", dir=slicer.app.temporaryPath)
-        try:
-            modelDir = createTinyModel(folder)
-            volume = slicer.util.addVolumeFromArray(syntheticCTArray(), ijkToRAS=syntheticIJKToRAS(angleDegrees=angleDegrees), name="RepUXSyntheticCT")
-            yield logic, folder, modelDir, volume
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def _exportLabels(self, segmentationNode):
-        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        self.assertTrue(
-            slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(segmentationNode, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-        )
-        array = slicer.util.arrayFromVolume(labelmap).copy()
-        slicer.mrmlScene.RemoveNode(labelmap)
-        return array
-
     def test_SegmentSyntheticVolume(self):
-        import numpy as np
-        import SimpleITK as sitk
-
-        import repux
-        from repux.store import resolve_model
-
-        self.delayDisplay("Segmenting a synthetic CT with an untrained tiny model")
-        with self._testData() as (logic, folder, modelDir, volume):
-            updates = []
-            segmentationNode = logic.segment(volume, model=str(modelDir), device="cpu", quality="fast", onProgress=lambda f, s, m, e: updates.append((f, s)))
-
-            card = resolve_model(str(modelDir))
-            segmentation = segmentationNode.GetSegmentation()
-            self.assertEqual(segmentation.GetNumberOfSegments(), len(card.labels))
-            for i, label in enumerate(card.labels):
-                segment = segmentation.GetNthSegment(i)
-                self.assertEqual(segment.GetName(), label.name)
-                np.testing.assert_allclose(segment.GetColor(), label.color_float, atol=1e-3)
-                tag = vtk.reference("")
-                self.assertTrue(segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag))
-                self.assertEqual(str(tag), label.slicer_terminology())
-            self.assertEqual(segmentationNode.GetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole()), volume.GetID())
-            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-            self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(segmentationNode)), shNode.GetItemParent(shNode.GetItemByDataNode(volume)))
-
-            fractions = [f for f, _stage in updates]
-            self.assertGreater(len(fractions), 3)
-            self.assertEqual(fractions, sorted(fractions))
-            self.assertEqual(fractions[-1], 1.0)
-            self.assertIn("infer", [s for _f, s in updates])
-
-            # the segmentation equals, voxel for voxel, the engine's own result for the same voxels
-            exported = self._exportLabels(segmentationNode)
-            self.assertEqual(exported.shape, slicer.util.arrayFromVolume(volume).shape)
-            path = os.path.join(folder, "input.nrrd")
-            self.assertTrue(slicer.util.saveNode(volume, path))
-            reference = repux.segment(path, model=str(modelDir), device="cpu", quality="fast")
-            np.testing.assert_array_equal(exported, sitk.GetArrayFromImage(reference.labels))
-        self.delayDisplay("Test passed")
+        selftest.segmentSyntheticVolume(self, RepUXSegmentLogic)
 
     def test_RoiRestrictsProcessing(self):
-        import numpy as np
-
-        self.delayDisplay("Segmenting inside an ROI")
-        with self._testData(angleDegrees=0.0) as (logic, _folder, modelDir, volume):  # axis-aligned: the box check is exact
-            bounds = [0.0] * 6
-            volume.GetRASBounds(bounds)
-            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "RepUXTestROI")
-            roi.SetCenter([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
-            roi.SetSize((bounds[1] - bounds[0]) / 3, (bounds[3] - bounds[2]) / 3, (bounds[5] - bounds[4]) / 3)
-            segmentationNode = logic.segment(volume, model=str(modelDir), device="cpu", quality="fast", roiNode=roi)
-            labels = self._exportLabels(segmentationNode)
-            ijkToRAS = vtk.vtkMatrix4x4()
-            volume.GetIJKToRASMatrix(ijkToRAS)
-            matrix = slicer.util.arrayFromVTKMatrix(ijkToRAS)
-            k, j, i = np.nonzero(labels)
-            self.assertGreater(len(i), 0, "the tiny model found nothing inside the ROI")
-            ras = matrix[:3, :3] @ np.vstack([i, j, k]) + matrix[:3, 3:4]
-            roiBounds = [0.0] * 6
-            roi.GetRASBounds(roiBounds)
-            margin = 12.0  # up to two 4 mm model voxels around the box, plus one input voxel
-            for axis in range(3):
-                self.assertGreaterEqual(ras[axis].min(), roiBounds[2 * axis] - margin)
-                self.assertLessEqual(ras[axis].max(), roiBounds[2 * axis + 1] + margin)
-        self.delayDisplay("Test passed")
+        selftest.roiRestrictsProcessing(self, RepUXSegmentLogic)
 
     def test_CancelLeavesSceneUnchanged(self):
-        self.delayDisplay("Cancelling a run")
-        with self._testData() as (logic, _folder, modelDir, volume):
-            nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-            progress = []
-            job = logic.startSegmentation(volume, str(modelDir), device="cpu", quality="best", onProgress=lambda *args: progress.append(args))
-            temporaryFolder = job.tempDirectory
-            self.assertTrue(os.path.isdir(temporaryFolder))
-            deadline = time.monotonic() + 120
-            while job.processEvents() and not progress and time.monotonic() < deadline:
-                slicer.app.processEvents()
-                time.sleep(0.05)
-            self.assertTrue(progress, "no progress line within 120 s")
-            job.cancel()
-            outcome = job.wait(timeout=60)
-            self.assertEqual(outcome.status, "cancelled")
-            self.assertIsNone(outcome.segmentationNode)
-            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
-            self.assertFalse(os.path.exists(temporaryFolder))
-        self.delayDisplay("Test passed")
+        selftest.cancelLeavesSceneUnchanged(self, RepUXSegmentLogic)

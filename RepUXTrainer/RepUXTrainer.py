@@ -7,25 +7,21 @@ in ``RepUXSegmentLib`` (process runner, MRML helpers, model listing) and in the 
 engine, which trains in a background ``PythonSlicer -m repux finetune`` process.
 """
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
-import time
+from typing import Annotated
 
 import qt
 import slicer
-import vtk
-from RepUXSegmentLib.dependencies import ensureDependencies, torchStatus
-from RepUXSegmentLib.models import deviceInfoArguments, parseDeviceInfo
-from RepUXSegmentLib.process import ProcessRunner, childEnvironment, repuxCommand
+from RepUXSegmentLib.dependencies import ensureDependencies
+from RepUXSegmentLib.widgethelpers import ModuleWidgetMixin, fillCombo, modelChoices, reportErrors, selectComboData, startRepuxCommand
+from RepUXTrainerLib import selftest
 from RepUXTrainerLib.logic import TrainerLogic
 from RepUXTrainerLib.mapping import segmentsOf
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
@@ -89,13 +85,15 @@ class RepUXTrainerParameterNode:
     addUnknownAsNewClasses: bool = False
     baseModel: str = ""
     newModelId: str = ""
-    maxIterations: int = 300
-    timeBudgetMinutes: float = 0.0
+    # the ranges of the .ui spin boxes: parameterNodeWrapper sets a bound spin box's range from these
+    # (without them it resets it to the whole int / float range)
+    maxIterations: Annotated[int, WithinRange(1, 1000000)] = 300
+    timeBudgetMinutes: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
     device: str = "auto"
-    learningRate: float = 0.0002
-    freezeEncoderIterations: int = 0
-    validationFraction: float = 0.2
-    validationInterval: int = 50
+    learningRate: Annotated[float, WithinRange(1e-06, 0.1)] = 0.0002
+    freezeEncoderIterations: Annotated[int, WithinRange(0, 1000000)] = 0
+    validationFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.2
+    validationInterval: Annotated[int, WithinRange(1, 1000000)] = 50
     resultModel: str = ""
 
 
@@ -104,25 +102,24 @@ class RepUXTrainerParameterNode:
 #
 
 
-class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel; all work is delegated to RepUXTrainerLogic / RepUXTrainerLib."""
 
+    tr = staticmethod(_)  # translation of the shared helpers' texts
+
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
+        self._initSharedState()  # parameter node, device detection (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._pollTimer = None
-        self._deviceRunner = None
-        self._devicesDetected = False
         self._models = []
         self._mapping = None
         self._mappedSegmentation = None
         self._caseRows = []
         self._candidates = []
         self._resumableRuns = []
-        self._syncingGui = False
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # ------------------------------------------------------------------ set-up
     def setup(self):
@@ -192,13 +189,8 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._resumableRuns = self.logic.resumableRuns()
         self._updateButtons()
 
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
     def onSceneStartClose(self, caller, event):
+        self.logic.cancelSceneJobs()  # re-segmentations and the ranking would import into the next scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -218,23 +210,13 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p.baseModel and self._models:
             p.baseModel = self._models[0].id
 
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._onParameterNodeModified()
-
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         if p is not None:
             self._syncingGui = True
             try:
-                self._selectComboData(self.ui.baseModelComboBox, p.baseModel)
-                self._selectComboData(self.ui.deviceComboBox, p.device)
+                selectComboData(self.ui.baseModelComboBox, p.baseModel)
+                selectComboData(self.ui.deviceComboBox, p.device)
             finally:
                 self._syncingGui = False
             if p.inputSegmentation is not self._mappedSegmentation:
@@ -244,24 +226,9 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         self._updateButtons()
 
-    @staticmethod
-    def _selectComboData(combo, value):
-        if not value:
-            combo.currentIndex = -1
-            return
-        index = combo.findData(value)
-        if index < 0:
-            combo.insertItem(0, value, value)
-            index = 0
-        combo.currentIndex = index
-
     def onBaseModelChanged(self, index):
         if not self._syncingGui and self._parameterNode is not None and index >= 0:
             self._parameterNode.baseModel = self.ui.baseModelComboBox.itemData(index) or ""
-
-    def onDeviceChanged(self, index):
-        if not self._syncingGui and self._parameterNode is not None and index >= 0:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     # ------------------------------------------------------------------ state
     def _selectedRow(self, table):
@@ -316,9 +283,15 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _onPollTimer(self):
-        if self._deviceRunner is not None:
-            self._deviceRunner.processEvents()
-        busy = self.logic.processEvents()
+        # called by a QTimer: nothing may escape from here (tryWithErrorDisplay would re-raise)
+        busy = False
+        with reportErrors(_("The background RepUX task failed."), slicer.util.errorDisplay) as failed:
+            if self._deviceRunner is not None:
+                self._deviceRunner.processEvents()
+            busy = self.logic.processEvents()
+        if failed:
+            self._deviceRunner = None
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=failed.error)
         if not busy and self._deviceRunner is None:
             self._pollTimer.stop()
         self._updateButtons()
@@ -329,9 +302,7 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._models = self.logic.models()
             self._syncingGui = True
             try:
-                self.ui.baseModelComboBox.clear()
-                for m in self._models:
-                    self.ui.baseModelComboBox.addItem(f"{m.displayName} {m.version}", m.id)
+                fillCombo(self.ui.baseModelComboBox, modelChoices(self._models, _, importActions=False))
             finally:
                 self._syncingGui = False
             self._onParameterNodeModified()
@@ -342,46 +313,19 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentWidget is not None and hasattr(segmentWidget, "refreshModels"):
             segmentWidget.refreshModels()
 
-    def _setDeviceChoices(self, devices):
-        gpus = [d for d in devices if d.isGpu]
-        autoText = _("Auto ({name})").format(name=gpus[0].name or gpus[0].device) if gpus else _("Auto (GPU when available)")
-        items = [(autoText, "auto"), (_("CPU"), "cpu")] + [(d.name or d.device, d.device) for d in gpus]
-        self._syncingGui = True
-        try:
-            self.ui.deviceComboBox.clear()
-            for text, data in items:
-                self.ui.deviceComboBox.addItem(text, data)
-            if self._parameterNode is not None:
-                self._selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
-        finally:
-            self._syncingGui = False
-
-    def _detectDevices(self):
-        if self._deviceRunner is not None or self._devicesDetected or torchStatus() != "ok":
-            return
-        self._deviceRunner = self.logic.startRepuxCommand(deviceInfoArguments(), onFinished=self._onDevicesDetected)
-        self._startPolling()
-
-    def _onDevicesDetected(self, runner):
-        self._deviceRunner = None
-        if not runner.succeeded:
-            logger.info("GPU detection failed: %s", runner.errorMessage)
-            return
-        try:
-            devices = parseDeviceInfo(runner.stdoutLines)
-        except ValueError as err:
-            logger.warning("%s", err)
-            return
-        self._devicesDetected = True
-        self._setDeviceChoices(devices)
-
     # ------------------------------------------------------------ training set
     def _openRememberedTrainingSet(self):
+        """Reopen last session's training set; a broken one must not stop the module from opening (one message, no popup)."""
         folder = self.ui.trainingSetPathLineEdit.currentPath
+        failed = None
         if folder and os.path.isfile(os.path.join(folder, "repux-dataset.json")):
-            with slicer.util.tryWithErrorDisplay(_("Failed to open the training set."), waitCursor=True):
+            message = _("The training set of the last session ({folder}) cannot be opened; choose a folder again.").format(folder=folder)
+            with reportErrors(message) as failed:
                 self.logic.openTrainingSet(folder)
         self._refreshCases()
+        if failed:
+            self.ui.trainingSetInfoLabel.text = failed.message
+            self._appendLog(failed.message)
 
     def onOpenTrainingSet(self):
         folder = self.ui.trainingSetPathLineEdit.currentPath
@@ -692,7 +636,7 @@ class RepUXTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class RepUXTrainerLogic(ScriptedLoadableModuleLogic, TrainerLogic):
+class RepUXTrainerLogic(TrainerLogic, ScriptedLoadableModuleLogic):
     """Scripting entry points; the work is done by RepUXTrainerLib.logic.TrainerLogic.
 
     Example (Python console)::
@@ -713,8 +657,10 @@ class RepUXTrainerLogic(ScriptedLoadableModuleLogic, TrainerLogic):
     """
 
     def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
         TrainerLogic.__init__(self)
+        # Slicer's ScriptedLoadableModuleLogic.__init__ calls super().__init__(): with TrainerLogic before it in the
+        # MRO that goes on to object, so TrainerLogic.__init__ runs once
+        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return RepUXTrainerParameterNode(super().getParameterNode())
@@ -732,11 +678,7 @@ class RepUXTrainerLogic(ScriptedLoadableModuleLogic, TrainerLogic):
 
     def startRepuxCommand(self, arguments, onProgress=None, onLog=None, onFinished=None):
         """Start ``<python> -m repux <arguments>`` in the background; pump it with its ``processEvents()``."""
-        runner = ProcessRunner(
-            repuxCommand(arguments, self.pythonExecutable), env=childEnvironment(), onProgress=onProgress, onLog=onLog, onFinished=onFinished
-        )
-        runner.start()
-        return runner
+        return startRepuxCommand(arguments, self.pythonExecutable, onProgress=onProgress, onLog=onLog, onFinished=onFinished)
 
     def _startSegmentationJob(self, volumeNode, model, device, quality, onProgress, onLog, onFinished):
         """Re-segmentation goes through RepUX Segment's logic (same job, same result as its Apply button)."""
@@ -755,8 +697,7 @@ class RepUXTrainerLogic(ScriptedLoadableModuleLogic, TrainerLogic):
 
 
 class RepUXTrainerTest(ScriptedLoadableModuleTest):
-    """Runs the whole loop inside Slicer on the CPU: synthetic cases, a tiny untrained base model, a
-    4-iteration fine-tuning that is stopped and resumed, re-segmentation, uncertainty ranking (about a minute).
+    """Runs the whole loop inside Slicer on the CPU (about a minute); the steps are in RepUXTrainerLib.selftest.
 
     The model store is redirected to a temporary folder for the test, so the user's store is untouched.
     """
@@ -770,125 +711,8 @@ class RepUXTrainerTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_AnnotateFinetuneResegmentLoop()
 
-    @contextlib.contextmanager
-    def _workspace(self):
-        """A logic, a temporary folder (also the model store), a tiny base model; all removed afterwards."""
-        from RepUXSegmentLib.testing import createTinyModel
-
-        folder = tempfile.mkdtemp(prefix="RepUXTrainerTest-", dir=slicer.app.temporaryPath)
-        previousHome = os.environ.get("REPUX_HOME")
-        os.environ["REPUX_HOME"] = os.path.join(folder, "store")
-        logic = RepUXTrainerLogic()
-        try:
-            logic.setupPythonRequirements(askConfirmation=False)
-            yield logic, folder, createTinyModel(os.path.join(folder, "base"))
-        finally:
-            logic.shutdown()
-            if previousHome is None:
-                os.environ.pop("REPUX_HOME", None)
-            else:
-                os.environ["REPUX_HOME"] = previousHome
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def _addCase(self, name, seed, coarseSegmentation=False, angleDegrees=0.0):
-        from RepUXSegmentLib.mrml import MRMLContext
-        from RepUXSegmentLib.testing import syntheticIJKToRAS
-        from RepUXTrainerLib.testing import addSegmentationFromLabels, coarseGrid, flareLikeSegments, labelsOnGrid, syntheticCase
-
-        ct, labels = syntheticCase((24, 32, 36), seed=seed)
-        ijkToRAS = syntheticIJKToRAS(spacing=(3.0, 2.8, 3.4), angleDegrees=angleDegrees)
-        volume = slicer.util.addVolumeFromArray(ct, ijkToRAS=ijkToRAS, name=name)
-        segmentationGrid, segmentationLabels = ijkToRAS, labels
-        if coarseSegmentation:
-            segmentationGrid = coarseGrid(ijkToRAS)
-            segmentationLabels = labelsOnGrid(labels, ijkToRAS, (12, 16, 18), segmentationGrid)
-        segmentation = addSegmentationFromLabels(MRMLContext.fromSlicer(), segmentationLabels, segmentationGrid, flareLikeSegments(), f"{name} segmentation")
-        return volume, segmentation
-
-    def _pump(self, logic, condition, timeout):
-        deadline = time.monotonic() + timeout
-        while logic.processEvents() and not condition():
-            slicer.app.processEvents()
-            self.assertLess(time.monotonic(), deadline, "timed out")
-            time.sleep(0.05)
-
     def test_CurateCases(self):
-        import numpy as np
-
-        self.delayDisplay("Adding cases to a training set")
-        with self._workspace() as (logic, folder, modelDir):
-            trainingSet = logic.openTrainingSet(os.path.join(folder, "set"), model=str(modelDir))
-            volume, segmentation = self._addCase("Case A", 1, angleDegrees=20.0)
-            mapping = logic.mapSegments(segmentation)
-            self.assertEqual([e.label for e in mapping], ["liver", "kidney", "spleen", None])  # Lesion: unknown
-            export = logic.addCase(volume, segmentation, mapping=mapping)
-            self.assertEqual(export.ignoredSegments, ["Lesion"])
-            self.assertEqual(export.resampled, "")
-            coarseVolume, coarseSegmentation = self._addCase("Case B", 2, coarseSegmentation=True, angleDegrees=-15.0)
-            export = logic.addCase(coarseVolume, coarseSegmentation, addNewClasses=True)
-            self.assertIn("spacing", export.resampled)
-            self.assertEqual(trainingSet.labels.names[-1], "Lesion")
-            self.assertEqual([r.name for r in logic.cases()], ["Case A", "Case B"])
-            # the written label map is the segmentation on the volume's voxels
-            _reviewVolume, reviewSegmentation = logic.loadCase(export.caseId)
-            labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-            slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(reviewSegmentation, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-            self.assertEqual(slicer.util.arrayFromVolume(labelmap).shape, slicer.util.arrayFromVolume(coarseVolume).shape)
-            self.assertEqual(int(np.max(slicer.util.arrayFromVolume(labelmap))), trainingSet.labels.find("Lesion").value)
-        self.delayDisplay("Test passed")
+        selftest.curateCases(self, RepUXTrainerLogic)
 
     def test_AnnotateFinetuneResegmentLoop(self):
-        from RepUXSegmentLib.models import findModel, listModels
-
-        self.delayDisplay("Fine-tuning a tiny model on two synthetic cases (CPU)")
-        with self._workspace() as (logic, folder, modelDir):
-            logic.openTrainingSet(os.path.join(folder, "set"), model=str(modelDir))
-            for name, seed in (("Case A", 1), ("Case B", 2)):
-                volume, segmentation = self._addCase(name, seed)
-                logic.addCase(volume, segmentation, addNewClasses=True)
-            unannotated, _segmentation = self._addCase("Case C", 3)
-
-            updates = []
-            job = logic.startFinetune(
-                str(modelDir),
-                "repux-selftest-finetuned",
-                onProgress=updates.append,
-                maxIterations=4,
-                valInterval=4,
-                checkpointInterval=10,
-                device="cpu",
-                roiSize=32,
-                extraArguments=("--augmentation", "none", "--warmup", "1"),
-            )
-            self._pump(logic, lambda: any("loss" in u.data for u in updates), timeout=600)
-            outcome = logic.stopFinetune(wait=True, timeout=600)
-            self.assertEqual(outcome.status, "stopped", outcome.errorMessage)
-            self.assertTrue(job.checkpointPath.is_file())
-
-            self.delayDisplay("Resuming")
-            job = logic.resumeFinetune(onProgress=updates.append)
-            outcome = job.wait(timeout=900)
-            self.assertTrue(outcome.succeeded, outcome.errorMessage)
-            lossLines = [u.data for u in updates if "loss" in u.data]
-            self.assertEqual(lossLines[-1]["iteration"], 4)
-            self.assertEqual(logic.plot.numberOfRows, len(lossLines))
-            self.assertEqual(logic.plot.column("loss"), [line["loss"] for line in lossLines])
-            self.assertIn("dice_Lesion", logic.plot.columnNames)
-            info = findModel("repux-selftest-finetuned", listModels())
-            self.assertIsNotNone(info)
-            self.assertIn("Lesion", info.labels)
-
-            self.delayDisplay("Re-segmenting with the new model")
-            segmentation = logic.resegment(unannotated, device="cpu", quality="fast")
-            segments = segmentation.GetSegmentation()
-            self.assertEqual([segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())], list(info.labels))
-            self.assertEqual(segmentation.GetAttribute("RepUX.Model"), "repux-selftest-finetuned")
-
-            self.delayDisplay("Ranking the next case by uncertainty")
-            ranked = logic.rankCandidates(device="cpu")
-            self.assertEqual([c.name for c in ranked], ["Case C"])  # the two cases are annotated already
-            self.assertTrue(0.0 <= ranked[0].meanEntropy <= 1.0)
-            volume, overlay = logic.showUncertainty(ranked[0])
-            self.assertIs(volume, unannotated)
-            self.assertEqual(overlay.GetAttribute("RepUXTrainer.Uncertainty"), "1")
-        self.delayDisplay("Test passed")
+        selftest.annotateFinetuneResegmentLoop(self, RepUXTrainerLogic)

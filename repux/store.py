@@ -41,6 +41,7 @@ __all__ = [
     "download",
     "safe_extract_zip",
     "DEFAULT_MODEL",
+    "official_checkpoints",
     "list_models",
 ]
 
@@ -349,10 +350,48 @@ class ModelStore:
         return dest
 
 
+def official_checkpoints(location: str | None = None) -> list[dict[str, Any]]:
+    """The paper's official RepUX-Net checkpoints listed in the catalog's ``official`` section, as model-list rows.
+
+    They are not downloadable here: each row says where to get the file (``source``, the official repository)
+    and the one command that imports it (``import_command``: ``repux convert-official ... --labels flare|amos``).
+    """
+    from .labels import LABEL_SETS
+
+    loc = location or _catalog_location()
+    if loc.startswith(("http://", "https://")) or not Path(loc).is_file():
+        return []
+    try:
+        data = json.loads(Path(loc).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read the model catalog {loc!r}: {err}") from err
+    rows = []
+    for d in data.get("official", []) if isinstance(data, dict) else []:
+        labels = LABEL_SETS.get(str(d.get("labels", "")))
+        if labels is None:
+            raise ConfigError(f"catalog: official checkpoint {d.get('id')!r} has the label set {d.get('labels')!r}; known: {', '.join(LABEL_SETS)}.")
+        rows.append(
+            {
+                "id": str(d["id"]),
+                "version": "official",
+                "status": "official",
+                "size_mb": round(int(d.get("size_bytes", 0)) / 1e6, 1),
+                "labels": labels.names,
+                "path": "",
+                "name": str(d.get("name", d["id"])),
+                "description": str(d.get("description", "")),
+                "source": str(d.get("source", "")),
+                "import_command": f"repux convert-official CHECKPOINT.pth --labels {d['labels']} --id {d['id']} --install -o FOLDER",
+            }
+        )
+    return rows
+
+
 def list_models(store: ModelStore | None = None) -> list[dict[str, Any]]:
     """Built-in, installed and downloadable models as rows (what ``repux models list --json`` prints).
 
-    Each row: ``id, version, status (built-in|installed|downloadable), size_mb, labels, path, name, description``.
+    Each row: ``id, version, status (built-in|installed|downloadable|official), size_mb, labels, path, name, description``;
+    ``official`` rows are the paper's checkpoints, which are imported, not downloaded (their ``source`` and ``import_command``).
     """
     s = store or ModelStore()
     rows: list[dict[str, Any]] = []
@@ -374,6 +413,7 @@ def list_models(store: ModelStore | None = None) -> list[dict[str, Any]]:
             }
         )
     have = {r["id"] for r in rows}
+    rows += [r for r in official_checkpoints() if r["id"] not in have]
     for e in load_catalog():
         if e.id not in have:
             rows.append(

@@ -14,6 +14,7 @@ Everything is imported lazily: importing this module costs nothing.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import inspect
 import logging
@@ -134,6 +135,18 @@ def _slicer() -> Any:
     return slicer
 
 
+def _slicerPackaging(slicer: Any) -> Any:
+    """``slicer.packaging`` (Slicer >= 5.10), imported here: a fresh Slicer session has not imported it yet,
+    so ``slicer.packaging`` is no attribute until something does (as Slicer's module template does, guarded)."""
+    packaging = getattr(slicer, "packaging", None)
+    if packaging is None:
+        try:
+            packaging = importlib.import_module("slicer.packaging")
+        except ImportError:  # Slicer < 5.10: no slicer.packaging
+            return None
+    return packaging
+
+
 def ensureTorch(askConfirmation: bool = True, torchRequirement: str = TORCH_REQUIREMENT) -> None:
     """Install or upgrade PyTorch through the PyTorch extension when needed.
 
@@ -169,7 +182,7 @@ def ensureRequirements(requirementsPath: str | os.PathLike[str], askConfirmation
     if not missing:
         return []
     slicer = _slicer()
-    packaging = getattr(slicer, "packaging", None)
+    packaging = _slicerPackaging(slicer)
     try:
         if packaging is not None and hasattr(packaging, "pip_ensure") and hasattr(packaging, "load_requirements"):
             kwargs: dict[str, Any] = {"requester": requester}

@@ -25,6 +25,7 @@ __all__ = [
     "ModelInfo",
     "convertOfficialArguments",
     "deviceInfoArguments",
+    "doctorArguments",
     "findModel",
     "importArguments",
     "installArguments",
@@ -32,6 +33,7 @@ __all__ = [
     "parseDeviceInfo",
     "removeModel",
     "storeFolder",
+    "sanitizeModelId",
     "suggestModelId",
 ]
 
@@ -48,12 +50,13 @@ class ModelInfo:
     Attributes:
         id: model id (what ``--model`` takes).
         version: model version.
-        status: ``built-in``, ``installed`` or ``downloadable``.
+        status: ``built-in``, ``installed``, ``downloadable`` or ``official`` (the paper's checkpoint: imported, not downloaded).
         sizeMB: size of the weights (or of the download) in MB.
         labels: organ names, by label value.
         path: model folder ("" for downloadable models).
         name: display name.
         description: longer text (catalog or model card).
+        source: where to get an official checkpoint (the official repository).
     """
 
     id: str
@@ -64,6 +67,7 @@ class ModelInfo:
     path: str = ""
     name: str = ""
     description: str = ""
+    source: str = ""
 
     @property
     def installed(self) -> bool:
@@ -101,6 +105,7 @@ def listModels(store: Any = None) -> list[ModelInfo]:
             path=r["path"],
             name=r["name"],
             description=r["description"],
+            source=r.get("source", ""),
         )
         for r in list_models(store)
     ]
@@ -176,6 +181,11 @@ def deviceInfoArguments() -> list[str]:
     return ["info", "--json"]
 
 
+def doctorArguments(device: str = "auto") -> list[str]:
+    """``repux doctor`` (the *Check installation* button): versions, devices, a timed forward pass, the model store."""
+    return ["doctor", "--device", str(device)]
+
+
 def parseDeviceInfo(stdoutLines: Sequence[str]) -> list[DeviceChoice]:
     """The devices listed by ``repux info --json``: the CPU, then CUDA GPUs and Apple MPS.
 
@@ -202,13 +212,37 @@ def parseDeviceInfo(stdoutLines: Sequence[str]) -> list[DeviceChoice]:
     return choices
 
 
-def suggestModelId(checkpoint: str | os.PathLike[str], labels: str) -> str:
-    """A store id for a converted checkpoint, e.g. ``repuxnet-flare-best-metric-model``."""
-    stem = Path(checkpoint).name
-    for suffix in (".pth", ".pt", ".ckpt"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    labelPart = Path(labels).stem if labels not in LABEL_SET_CHOICES else labels
-    raw = f"repuxnet-{labelPart}-{stem}".lower().replace("_", "-")
-    cleaned = _ID_CHARS.sub("-", raw).strip("-.")
-    return re.sub(r"-{2,}", "-", cleaned)[:64] or "repuxnet-model"
+def sanitizeModelId(text: str, maxLength: int = 64, fallback: str = "model") -> str:
+    """``text`` as a model store id: lower case, runs of other characters -> ``-`` (letters, digits, ``.``, ``_``, ``-``)."""
+    cleaned = _ID_CHARS.sub("-", str(text).lower()).strip("-.")
+    return re.sub(r"-{2,}", "-", cleaned)[:maxLength].strip("-.") or fallback
+
+
+def suggestModelId(
+    source: str | os.PathLike[str], labels: str | None = None, *, now: Any = None, taken: Iterable[str] = (), storeRoot: Any = None
+) -> str:
+    """A model store id for a new model.
+
+    * a converted official checkpoint (``labels`` given: ``flare``, ``amos`` or a label-list file):
+      ``repuxnet-<labels>-<checkpoint file stem>``, e.g. ``repuxnet-flare-best-metric-model``;
+    * a fine-tuned model (no ``labels``; ``source`` is the base model id or folder):
+      ``<base id>-ft-YYYYMMDD-HHMM``, made unique against the store's models and run folders and ``taken``.
+    """
+    if labels is not None:
+        stem = Path(source).name
+        for suffix in (".pth", ".pt", ".ckpt"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+        labelPart = Path(labels).stem if labels not in LABEL_SET_CHOICES else labels
+        return sanitizeModelId(f"repuxnet-{labelPart}-{stem}".replace("_", "-"), 64, "repuxnet-model")
+    import datetime
+
+    text = str(source)
+    base = Path(text).name if ("/" in text or "\\" in text or text.startswith(".")) else text
+    candidate = f"{sanitizeModelId(base, 40)}-ft-{(now or datetime.datetime.now()).strftime('%Y%m%d-%H%M')}"
+    root = Path(storeRoot) if storeRoot is not None else storeFolder()
+    unavailable = set(taken)
+    unique, n = candidate, 2
+    while unique in unavailable or (root / "models" / unique).exists() or (root / "runs" / unique).exists():
+        unique, n = f"{candidate}-{n}", n + 1
+    return unique

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,13 @@ __all__ = [
     "importLabelmap",
     "placeBeside",
     "readLabelmapNrrd",
+    "removeNode",
     "roiBoundsInVolumeSpace",
+    "segmentSpecs",
     "segmentSpecsFromModel",
+    "selectLabels",
     "subjectHierarchyParent",
+    "writeNodeNrrd",
     "writeVolumeNrrd",
 ]
 
@@ -71,6 +75,28 @@ class MRMLContext:
         temporaryDirectory = str(app.temporaryPath) if app is not None and getattr(app, "temporaryPath", None) else None
         return cls(scene, segmentationsLogic, volumesLogic, temporaryDirectory)
 
+    @classmethod
+    def headless(cls, temporaryDirectory: str | None = None) -> MRMLContext:
+        """A new scene with the application, colour, volumes and segmentations logics Slicer would create (no Qt):
+        for scripts and tests outside the Slicer application (slicer-core)."""
+        scene = slicer.vtkMRMLScene()
+        appLogic = slicer.vtkSlicerApplicationLogic()
+        appLogic.SetMRMLScene(scene)
+        colorLogic = appLogic.GetColorLogic()
+        colorLogic.SetMRMLScene(scene)
+        colorLogic.AddDefaultColorNodes()
+        appLogic.SetModuleLogic("Colors", colorLogic)
+        logics = {}
+        for name, logicClass in (("Volumes", slicer.vtkSlicerVolumesLogic), ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic)):
+            logic = logicClass()
+            logic.SetMRMLScene(scene)
+            logic.SetMRMLApplicationLogic(appLogic)
+            appLogic.SetModuleLogic(name, logic)
+            logics[name] = logic
+        context = cls(scene, logics["Segmentations"], logics["Volumes"], temporaryDirectory)
+        context.applicationLogic = appLogic  # keeps the logics alive with the context
+        return context
+
     def segmentations(self) -> Any:
         """The segmentations logic, created for this scene when none was given."""
         if self.segmentationsLogic is None:
@@ -81,12 +107,17 @@ class MRMLContext:
 
 @dataclass(frozen=True)
 class SegmentSpec:
-    """How one label value becomes a segment."""
+    """How one label value becomes a segment: value in the label map, name, colour (0..1), terminology tag."""
 
     value: int
     name: str
-    color: tuple[float, float, float]
-    terminology: str
+    color: tuple[float, float, float] = (0.8, 0.6, 0.4)
+    terminology: str = ""
+
+
+def segmentSpecs(labels: Iterable[Any]) -> list[SegmentSpec]:
+    """One :class:`SegmentSpec` per label of a ``repux.labels.LabelSet`` (name, colour, SNOMED terminology)."""
+    return [SegmentSpec(lab.value, lab.name, tuple(lab.color_float), lab.slicer_terminology()) for lab in labels]
 
 
 def segmentSpecsFromModel(model: str | os.PathLike[str]) -> tuple[Any, list[SegmentSpec]]:
@@ -98,8 +129,35 @@ def segmentSpecsFromModel(model: str | os.PathLike[str]) -> tuple[Any, list[Segm
     from repux.store import resolve_model
 
     card = resolve_model(str(model))
-    specs = [SegmentSpec(lab.value, lab.name, tuple(lab.color_float), lab.slicer_terminology()) for lab in card.labels]
-    return card, specs
+    return card, segmentSpecs(card.labels)
+
+
+def selectLabels(labelmapNode: Any, specs: Sequence[SegmentSpec]) -> list[SegmentSpec]:
+    """Keep only the labels of ``specs`` in ``labelmapNode``, renumbered 1..M by value (other voxels -> 0).
+
+    Used when the user chose some of the model's organs: only those become segments.  Returns the
+    renumbered specs.
+    """
+    import dataclasses
+
+    import numpy as np
+    from vtkmodules.util import numpy_support
+
+    ordered = sorted(specs, key=lambda spec: spec.value)
+    scalars = labelmapNode.GetImageData().GetPointData().GetScalars()
+    array = numpy_support.vtk_to_numpy(scalars)
+    if array.size and array.min() < 0:
+        raise ValueError("the label map has negative label values.")
+    top = max([int(array.max()) if array.size else 0] + [spec.value for spec in ordered])
+    lookup = np.zeros(top + 1, dtype=array.dtype)
+    selected = []
+    for index, spec in enumerate(ordered, start=1):
+        lookup[spec.value] = index
+        selected.append(dataclasses.replace(spec, value=index))
+    array[...] = lookup[array]  # the numpy view shares the VTK array's memory
+    scalars.Modified()
+    labelmapNode.GetImageData().Modified()
+    return selected
 
 
 def checkScalarVolume(volumeNode: Any) -> None:
@@ -115,23 +173,40 @@ def checkScalarVolume(volumeNode: Any) -> None:
         raise ValueError(f"volume '{volumeNode.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel; RepUX needs a scalar CT volume.")
 
 
-def writeVolumeNrrd(volumeNode: Any, path: str | os.PathLike[str]) -> Path:
-    """Write a scalar volume with Slicer's NRRD storage node (uncompressed, geometry as in the scene).
+def writeNodeNrrd(node: Any, path: str | os.PathLike[str], compress: bool = False) -> Path:
+    """Write a volume or label map node with Slicer's NRRD storage node, in its own geometry.
 
-    The storage node is not added to the scene, so the scene is not modified.
+    Written to a temporary name and renamed (never half-written); the storage node is not added to
+    the scene, so the scene is not modified.
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.stem}.partial{out.suffix}")
+    storage = slicer.vtkMRMLNRRDStorageNode()
+    storage.SetFileName(str(temporary))
+    storage.SetUseCompression(bool(compress))
+    try:
+        if not storage.WriteData(node) or not temporary.is_file():
+            raise OSError(f"could not write '{node.GetName()}' to {out}.")
+        os.replace(temporary, out)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return out
+
+
+def writeVolumeNrrd(volumeNode: Any, path: str | os.PathLike[str], compress: bool = False) -> Path:
+    """Write a scalar volume as NRRD (uncompressed by default, geometry as in the scene).
 
     Raises:
         ValueError: not a scalar volume, no voxels, or more than one component.
         OSError: the file could not be written.
     """
     checkScalarVolume(volumeNode)
-    out = Path(path)
-    storage = slicer.vtkMRMLNRRDStorageNode()
-    storage.SetFileName(str(out))
-    storage.SetUseCompression(False)
-    if not storage.WriteData(volumeNode) or not out.is_file():
-        raise OSError(f"could not write volume '{volumeNode.GetName()}' to {out}.")
-    return out
+    return writeNodeNrrd(volumeNode, path, compress)
 
 
 def readLabelmapNrrd(path: str | os.PathLike[str]) -> Any:
@@ -272,7 +347,7 @@ def importLabelmap(
             raise RuntimeError("Slicer could not import the label map into the segmentation.")
     except Exception:
         if created:
-            _removeNodeWithDisplay(scene, segNode)
+            removeNode(scene, segNode)
         elif backup is not None:
             segNode.GetSegmentation().DeepCopy(backup)
         raise
@@ -285,12 +360,15 @@ def importLabelmap(
     return segNode
 
 
-def _removeNodeWithDisplay(scene: Any, node: Any) -> None:
-    displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-    for display in displays:
-        if display is not None:
+def removeNode(scene: Any, node: Any) -> None:
+    """Remove ``node`` with its display and storage nodes (nothing happens when it is not in the scene)."""
+    if node is None or not scene.IsNodePresent(node):
+        return
+    for i in reversed(range(node.GetNumberOfDisplayNodes())):
+        display = node.GetNthDisplayNode(i)
+        if display is not None and scene.IsNodePresent(display):
             scene.RemoveNode(display)
     storage = node.GetStorageNode()
-    if storage is not None:
+    if storage is not None and scene.IsNodePresent(storage):
         scene.RemoveNode(storage)
     scene.RemoveNode(node)

@@ -17,12 +17,18 @@ The child follows the ``repux`` command-line conventions:
 * exit code 0 on success, 1 for a user error, 2 for a usage error, 128 + signal
   number when stopped by a signal.
 
-:meth:`ProcessRunner.cancel` stops the whole process tree: the child is started
-as the leader of a new session (POSIX) or process group (Windows), gets
-SIGTERM (``repux`` then stops at its next progress point and removes its
-temporary files) and, after a grace period, SIGKILL for the whole group; on
-Windows ``taskkill /T /F`` ends the tree.  ``psutil`` is used when installed to
-also reach descendants that left the group.
+**Stopping** does not rely on signals reaching the right process: inside Slicer the
+child is ``PythonSlicer``, a launcher that starts ``python-real`` as *its* child and
+does not forward SIGTERM, and on Windows a window-less child has no console for
+CTRL_BREAK.  A runner started with ``control=True`` owns the child's stdin as a
+control channel (the child runs ``repux ... --control stdin``; launchers forward
+stdin): :meth:`ProcessRunner.cancel` writes ``{"command": "stop"}``, the engine stops
+at its next progress point (a training run finishes its iteration and writes its
+checkpoint), prints a ``stopped`` progress line and exits 0.  Closing stdin (the
+parent died) stops it too.  Only when the child has not exited after the grace
+period is the whole tree killed (SIGTERM to the process group, a wait for every
+member of the group, then SIGKILL; ``taskkill /T /F`` on Windows).  Runners without
+the channel get that fallback at once.
 
 Nothing here imports Qt or Slicer, so the module can be reused by other modules
 (e.g. RepUXTrainer) and tested with a plain Python interpreter.
@@ -48,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CONTROL_ARGUMENTS",
     "LogMessage",
     "ProcessRunner",
     "ProcessStartError",
@@ -64,8 +71,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: seconds between SIGTERM and SIGKILL when cancelling (repux itself exits 2 s after SIGTERM at the latest)
+#: seconds a cancelled child may take to stop (control channel or SIGTERM) before it is killed
 DEFAULT_GRACE_SECONDS = 3.0
+#: seconds between SIGTERM and SIGKILL once the grace period of a control-channel stop is over
+KILL_GRACE_SECONDS = 3.0
+#: the ``repux`` options that open the control channel (see :class:`ProcessRunner` ``control``)
+CONTROL_ARGUMENTS = ("--control", "stdin")
+#: the line that asks the engine to stop
+STOP_LINE = '{"command": "stop"}\n'
 
 _LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)(?: [\w.]+)?: (.*)$")
 _ERROR_LINE = re.compile(r"^[\w.-]+(?: [\w.-]+)*: error: (.*)$")  # "repux: error:" and argparse "repux segment: error:"
@@ -145,67 +158,74 @@ def parseLogLine(line: str, stream: str = "stderr") -> LogMessage:
     return LogMessage("INFO", text, stream)
 
 
-def _psutilChildren(pid: int) -> list[Any]:
-    if importlib.util.find_spec("psutil") is None:
-        return []
-    import psutil
-
+def _groupAlive(pgid: int) -> bool:
+    """True while a live (not zombie) process is in the POSIX process group ``pgid``."""
     try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _killStragglers(children: Sequence[Any]) -> None:
-    if not children:
-        return
-    import psutil
-
-    for child in children:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            if child.is_running():
-                child.kill()
-        except psutil.Error:
-            pass
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields after the command: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def killProcessTree(process: subprocess.Popen, graceSeconds: float = DEFAULT_GRACE_SECONDS) -> None:
-    """Stop ``process`` and all its descendants; blocks up to ``graceSeconds``.
+    """Stop ``process`` and all its descendants; blocks up to ``graceSeconds`` (+ 10 s for the kill).
 
-    The process must have been started by :class:`ProcessRunner` (new session on
-    POSIX, new process group on Windows) so that the whole tree shares one group.
+    The process must have been started by :class:`ProcessRunner` (new session on POSIX,
+    new process group on Windows) so that the whole tree shares one group.  POSIX: SIGTERM
+    to the group, then a wait for *every* member (a launcher such as PythonSlicer dies at
+    once while its child - the engine - is still writing its checkpoint), then SIGKILL.
+    Windows: ``taskkill /T /F`` (a signal cannot reach a window-less child's console).
     """
-    children = _psutilChildren(process.pid)
     if os.name == "nt":
-        # CTRL_BREAK reaches the child's process group as SIGBREAK: the engine stops cleanly
-        # (a fine-tune writes its checkpoint); whatever is left after the grace period is killed.
-        if process.poll() is None:
-            try:
-                process.send_signal(signal.CTRL_BREAK_EVENT)
-                process.wait(timeout=max(graceSeconds, 0.0))
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
         if process.poll() is None:
             subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False)
     else:
+        pgid = process.pid
         try:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
+        deadline = time.monotonic() + max(graceSeconds, 0.0)
         try:
             process.wait(timeout=max(graceSeconds, 0.0))
         except subprocess.TimeoutExpired:
             pass
-        # the group may outlive its leader: always finish it off
+        while time.monotonic() < deadline and _groupAlive(pgid):
+            time.sleep(0.05)
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    _killStragglers(children)
     try:
         process.wait(timeout=10.0)
     except subprocess.TimeoutExpired:
         logger.warning("process %d did not exit after being killed", process.pid)
+
+
+def _stopThenKill(process: subprocess.Popen, graceSeconds: float) -> None:
+    """After a control-channel stop request: wait ``graceSeconds`` for the exit, then kill the tree."""
+    try:
+        process.wait(timeout=max(graceSeconds, 0.0))
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    logger.warning("process %d did not stop within %.0f s of the stop request; killing it", process.pid, graceSeconds)
+    killProcessTree(process, KILL_GRACE_SECONDS)
 
 
 class ProcessRunner:
@@ -219,6 +239,9 @@ class ProcessRunner:
         onLog: called with :class:`LogMessage` for stderr lines and non-JSON stdout lines.
         onFinished: called once with this runner when the child has exited and all its
             output was delivered.
+        control: own the child's stdin as its control channel (the command must include
+            :data:`CONTROL_ARGUMENTS`): :meth:`cancel` then asks the child to stop instead of
+            signalling it, and kills it only after the grace period.
 
     Example:
         >>> runner = ProcessRunner([sys.executable, "-c", "print('hi')"])  # doctest: +SKIP
@@ -235,6 +258,7 @@ class ProcessRunner:
         onProgress: Callable[[ProgressUpdate], None] | None = None,
         onLog: Callable[[LogMessage], None] | None = None,
         onFinished: Callable[[ProcessRunner], None] | None = None,
+        control: bool = False,
     ) -> None:
         if not command:
             raise ValueError("ProcessRunner needs a command; got an empty list.")
@@ -244,6 +268,8 @@ class ProcessRunner:
         self.onProgress = onProgress
         self.onLog = onLog
         self.onFinished = onFinished
+        self.control = bool(control)
+        self.stopRequested = False
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None
         self.cancelled = False
@@ -302,6 +328,7 @@ class ProcessRunner:
             raise RuntimeError("this ProcessRunner was already started; create a new one.")
         kwargs: dict[str, Any] = {}
         if os.name == "nt":
+            # no console: the stop request goes through the control channel, never CTRL_BREAK
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True
@@ -311,7 +338,7 @@ class ProcessRunner:
         try:
             self.process = subprocess.Popen(
                 self.command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.control else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=self.cwd,
@@ -352,23 +379,44 @@ class ProcessRunner:
         rc = self.process.wait()
         for t in readers:
             t.join()
+        if self.process.stdin is not None:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
         self._queue.put(("exit", rc))
 
-    def cancel(self, graceSeconds: float = DEFAULT_GRACE_SECONDS, block: bool = False) -> None:
-        """Stop the child and its descendants (SIGTERM, then SIGKILL after ``graceSeconds``).
+    def requestStop(self) -> bool:
+        """Write the stop line on the control channel; False when there is none (or it is closed)."""
+        if self.process is None or self.process.stdin is None:
+            return False
+        try:
+            self.process.stdin.write(STOP_LINE)
+            self.process.stdin.flush()
+        except (OSError, ValueError):  # the child is gone / the pipe is closed
+            return False
+        self.stopRequested = True
+        return True
 
-        Non-blocking by default: the kill runs on a helper thread and the exit is
-        delivered by :meth:`processEvents` as usual.
+    def cancel(self, graceSeconds: float = DEFAULT_GRACE_SECONDS, block: bool = False) -> None:
+        """Stop the child: the stop request on the control channel (else SIGTERM), the kill after ``graceSeconds``.
+
+        Non-blocking by default: the wait and the kill run on a helper thread and the exit
+        is delivered by :meth:`processEvents` as usual.
         """
         if self.process is None or self._finished:
             return
         self.cancelled = True
         if self.process.poll() is not None:
             return
-        if block:
-            killProcessTree(self.process, graceSeconds)
+        if self.control and graceSeconds > 0 and self.requestStop():
+            target, args = _stopThenKill, (self.process, graceSeconds)
         else:
-            threading.Thread(target=killProcessTree, args=(self.process, graceSeconds), name="repux-kill", daemon=True).start()
+            target, args = killProcessTree, (self.process, graceSeconds)
+        if block:
+            target(*args)
+        else:
+            threading.Thread(target=target, args=args, name="repux-stop", daemon=True).start()
 
     # ------------------------------------------------------------------ delivery
     def processEvents(self, maxEvents: int | None = None) -> bool:

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand, waitForJob
+from .jobs import BackgroundJob, JobState
+from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, selectLabels, writeVolumeNrrd
+from .process import CONTROL_ARGUMENTS, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
 
 __all__ = [
     "QUALITIES",
@@ -49,8 +50,15 @@ MODEL_ATTRIBUTE = "RepUX.Model"
 #: quality levels of ``repux segment --quality``
 QUALITIES = ("fast", "standard", "best")
 
-#: job states
-IDLE, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "cancelling", "succeeded", "failed", "cancelled"
+#: job states (RepUXSegmentLib.jobs.JobState)
+IDLE, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = (
+    JobState.IDLE,
+    JobState.RUNNING,
+    JobState.CANCELLING,
+    JobState.SUCCEEDED,
+    JobState.FAILED,
+    JobState.CANCELLED,
+)
 
 
 class SegmentationError(RuntimeError):
@@ -71,6 +79,7 @@ class SegmentationOptions:
         quality: ``fast``, ``standard`` or ``best``.
         roiRAS: optional box ``(r0, a0, s0, r1, a1, s1)`` in the volume's RAS space (mm).
         largestComponent: keep each organ's largest connected component.
+        organs: names of the model's organs to segment (``repux segment --organs a,b``); None: all.
         extraArguments: further ``repux segment`` options, e.g. ``("--threads", "4")``.
     """
 
@@ -79,6 +88,7 @@ class SegmentationOptions:
     quality: str = "standard"
     roiRAS: tuple[float, ...] | None = None
     largestComponent: bool = False
+    organs: tuple[str, ...] | None = None
     extraArguments: tuple[str, ...] = ()
 
     def validate(self) -> None:
@@ -92,6 +102,27 @@ class SegmentationOptions:
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}.")
         if self.roiRAS is not None:
             formatRoiRas(self.roiRAS)
+        if self.organs is not None:
+            if not self.organs:
+                raise ValueError("no organ selected: choose at least one organ of the model.")
+            bad = [o for o in self.organs if not str(o).strip() or "," in str(o)]
+            if bad:
+                raise ValueError(f"organ names must be non-empty and without commas; got {bad!r}.")
+
+    def selectSpecs(self, specs: Sequence[SegmentSpec]) -> list[SegmentSpec]:
+        """The segments to create: those of :attr:`organs` (all when None).
+
+        Raises:
+            ValueError: an organ the model does not have (the message lists the model's organs).
+        """
+        if self.organs is None:
+            return list(specs)
+        names = {s.name.lower(): s for s in specs}
+        unknown = [o for o in self.organs if str(o).strip().lower() not in names]
+        if unknown:
+            raise ValueError(f"the model has no organ {', '.join(map(repr, unknown))}; its organs are: {', '.join(s.name for s in specs)}.")
+        wanted = {str(o).strip().lower() for o in self.organs}
+        return [s for s in specs if s.name.lower() in wanted]
 
     def commandArguments(
         self, inputPath: str | os.PathLike[str], outputPath: str | os.PathLike[str], modelPath: str | os.PathLike[str] | None = None
@@ -107,6 +138,7 @@ class SegmentationOptions:
             str(outputPath),
             "--progress",
             "json",
+            *CONTROL_ARGUMENTS,
             "--device",
             str(self.device).strip().lower(),
             "--quality",
@@ -116,6 +148,8 @@ class SegmentationOptions:
             args.append("--roi-ras=" + formatRoiRas(self.roiRAS))  # "=": the value may start with "-"
         if self.largestComponent:
             args.append("--largest-component")
+        if self.organs is not None:
+            args += ["--organs", ",".join(str(o).strip() for o in self.organs)]
         args += [str(a) for a in self.extraArguments]
         return args
 
@@ -149,7 +183,7 @@ class SegmentationOutcome:
         return self.status == SUCCEEDED
 
 
-class SegmentationJob:
+class SegmentationJob(BackgroundJob):
     """One segmentation of one volume node in a background process.
 
     Args:
@@ -181,6 +215,7 @@ class SegmentationJob:
         if volumeNode is None:
             raise ValueError("no input volume selected.")
         options.validate()
+        super().__init__(onLog=onLog, onFinished=onFinished)
         self.volumeNode = volumeNode
         self.options = options
         self.outputSegmentation = outputSegmentation
@@ -188,32 +223,24 @@ class SegmentationJob:
         self.pythonExecutable = pythonExecutable
         self.environment = dict(environment) if environment is not None else None
         self.onProgress = onProgress
-        self.onLog = onLog
-        self.onFinished = onFinished
-        self.state = IDLE
-        self.outcome: SegmentationOutcome | None = None
         self.tempDirectory: Path | None = None
-        self.runner: ProcessRunner | None = None
         self.specs: list[SegmentSpec] = []
         self.modelCard: Any = None
         self._doneEvent: ProgressUpdate | None = None
-        self._startTime = 0.0
+
+    timeoutMessage = "the segmentation did not finish within {timeout} s and was cancelled."
+    outcomeMessages = {
+        SUCCEEDED: ("INFO", "segmentation finished in {outcome.seconds:.1f} s"),
+        CANCELLED: ("INFO", "segmentation cancelled"),
+        FAILED: ("ERROR", "segmentation failed: {outcome.errorMessage}"),
+    }
 
     # ----------------------------------------------------------------- helpers
-    def _log(self, level: str, text: str) -> None:
-        logger.log(getattr(logging, level, logging.INFO), "%s", text)
-        if self.onLog is not None:
-            self.onLog(level, text)
-
     def _onRunnerProgress(self, update: ProgressUpdate) -> None:
         if update.stage == "done":
             self._doneEvent = update
         if self.onProgress is not None:
             self.onProgress(update.fraction, update.stage, update.message, update.etaSeconds)
-
-    def _onRunnerLog(self, message: LogMessage) -> None:
-        if self.onLog is not None:
-            self.onLog(message.level, message.text)
 
     def _removeTemporaryFiles(self) -> None:
         if self.tempDirectory is not None:
@@ -224,23 +251,12 @@ class SegmentationJob:
 
     def _finish(self, outcome: SegmentationOutcome) -> None:
         self._removeTemporaryFiles()
-        outcome.seconds = time.monotonic() - self._startTime if self._startTime else 0.0
-        self.outcome = outcome
-        self.state = outcome.status
-        if outcome.status == SUCCEEDED:
-            self._log("INFO", f"segmentation finished in {outcome.seconds:.1f} s")
-        elif outcome.status == CANCELLED:
-            self._log("INFO", "segmentation cancelled")
-        else:
-            self._log("ERROR", f"segmentation failed: {outcome.errorMessage}")
-        if self.onFinished is not None:
-            self.onFinished(outcome)
+        super()._finish(outcome)
+
+    def _failedOutcome(self, message: str) -> SegmentationOutcome:
+        return SegmentationOutcome(FAILED, errorMessage=message, returncode=self.runner.returncode if self.runner is not None else None)
 
     # ----------------------------------------------------------------- control
-    @property
-    def running(self) -> bool:
-        return self.state in (RUNNING, CANCELLING)
-
     def start(self) -> None:
         """Write the input and start the engine.
 
@@ -252,7 +268,8 @@ class SegmentationJob:
         if self.state != IDLE:
             raise RuntimeError("a SegmentationJob can only be started once.")
         self._startTime = time.monotonic()
-        self.modelCard, self.specs = segmentSpecsFromModel(self.options.model)
+        self.modelCard, specs = segmentSpecsFromModel(self.options.model)
+        self.specs = self.options.selectSpecs(specs)
         self.tempDirectory = Path(tempfile.mkdtemp(prefix="RepUX-", dir=self.context.temporaryDirectory))
         try:
             inputPath = writeVolumeNrrd(self.volumeNode, self.tempDirectory / "input.nrrd")
@@ -262,7 +279,9 @@ class SegmentationJob:
             env = self.environment if self.environment is not None else childEnvironment()
             self._log("INFO", f"model {self.modelCard.id} {self.modelCard.version}: {', '.join(s.name for s in self.specs)}")
             self._log("INFO", "running: " + " ".join(command))
-            self.runner = ProcessRunner(command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog)
+            self.runner = ProcessRunner(
+                command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True
+            )
             self.runner.start()
         except BaseException:
             self._removeTemporaryFiles()
@@ -270,26 +289,11 @@ class SegmentationJob:
         self.state = RUNNING
 
     def cancel(self) -> None:
-        """Stop the engine (the whole process tree); the job then ends as ``cancelled``."""
+        """Ask the engine to stop (control channel; killed after a short grace); the job then ends as ``cancelled``."""
         if self.state == RUNNING and self.runner is not None:
             self.state = CANCELLING
             self._log("INFO", "cancelling...")
             self.runner.cancel()
-
-    def processEvents(self) -> bool:
-        """Deliver the engine's output; import the result when it has exited. True while running."""
-        if self.runner is None or not self.running:
-            return False
-        try:
-            stillRunning = self.runner.processEvents()
-        except Exception as err:  # noqa: BLE001 - a callback failed: stop the child, report it, keep the scene unchanged
-            self.runner.cancel(block=True)
-            self._finish(SegmentationOutcome(FAILED, errorMessage=f"{type(err).__name__}: {err}", returncode=self.runner.returncode))
-            return False
-        if stillRunning:
-            return True
-        self._onProcessExit()
-        return False
 
     def _onProcessExit(self) -> None:
         runner = self.runner
@@ -315,10 +319,11 @@ class SegmentationJob:
             if self.onProgress is not None:
                 self.onProgress(1.0, "import", "importing the segments", 0.0)
             labelmapNode = readLabelmapNrrd(labelsPath)
+            specs = self.specs if self.options.organs is None else selectLabels(labelmapNode, self.specs)  # only the chosen organs
             segNode = importLabelmap(
                 self.context,
                 labelmapNode,
-                self.specs,
+                specs,
                 self.volumeNode,
                 outputSegmentation=self.outputSegmentation,
                 name=f"{self.volumeNode.GetName()} segmentation",
@@ -333,18 +338,6 @@ class SegmentationJob:
             self._log("WARNING", w)
         volumes = {str(k): float(v) for k, v in (done.get("volumes_ml") or {}).items()}
         self._finish(SegmentationOutcome(SUCCEEDED, segNode, volumes, summary, warnings, returncode=runner.returncode))
-
-    def wait(self, timeout: float | None = None, pollInterval: float = 0.05) -> SegmentationOutcome:
-        """Block until the job ends (starting it if needed); return the outcome.
-
-        Raises:
-            TimeoutError: after ``timeout`` seconds; the job is cancelled first.
-        """
-        if self.state == IDLE:
-            self.start()
-        waitForJob(self.processEvents, self.cancel, timeout, pollInterval, f"the segmentation did not finish within {timeout} s and was cancelled.")
-        assert self.outcome is not None
-        return self.outcome
 
 
 def segmentVolume(

@@ -27,7 +27,7 @@ from typing import Any
 
 import slicer
 import vtk
-from RepUXSegmentLib.mrml import checkScalarVolume
+from RepUXSegmentLib.mrml import checkScalarVolume, removeNode, writeNodeNrrd
 from RepUXSegmentLib.segmentation import MODEL_ATTRIBUTE  # the segmentation attribute naming its source model
 
 from .mapping import LabelMapping, labelForNewSegment, segmentsOf
@@ -102,23 +102,6 @@ def _ijkToRAS(volumeNode: Any) -> list[list[float]]:
     return _matrixArray(m)
 
 
-def _writeNode(node: Any, path: Path, compress: bool) -> Path:
-    """Write with the NRRD storage node to a temporary name, then rename (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
-    storage = slicer.vtkMRMLNRRDStorageNode()
-    storage.SetFileName(str(temporary))
-    storage.SetUseCompression(bool(compress))
-    try:
-        if not storage.WriteData(node) or not temporary.is_file():
-            raise OSError(f"could not write '{node.GetName()}' to {path}.")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
-
-
 def writeScalarVolume(volumeNode: Any, path: str | os.PathLike[str], compress: bool = True) -> Path:
     """Write a scalar volume as NRRD in its own geometry (parent transforms are not applied).
 
@@ -127,7 +110,7 @@ def writeScalarVolume(volumeNode: Any, path: str | os.PathLike[str], compress: b
         OSError: the file could not be written.
     """
     checkScalarVolume(volumeNode)
-    return _writeNode(volumeNode, Path(path), compress)
+    return writeNodeNrrd(volumeNode, Path(path), compress)
 
 
 def _segmentImages(segmentationNode: Any, segmentIds: Sequence[str]) -> list[tuple[str, Any]]:
@@ -188,19 +171,6 @@ def _arrayFromImage(image: Any) -> Any:
 
     dims = image.GetDimensions()
     return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
-
-
-def _removeNode(scene: Any, node: Any) -> None:
-    if node is None or not scene.IsNodePresent(node):
-        return
-    for i in reversed(range(node.GetNumberOfDisplayNodes())):
-        display = node.GetNthDisplayNode(i)
-        if display is not None and scene.IsNodePresent(display):
-            scene.RemoveNode(display)
-    storage = node.GetStorageNode()
-    if storage is not None and scene.IsNodePresent(storage):
-        scene.RemoveNode(storage)
-    scene.RemoveNode(node)
 
 
 def exportLabelmap(
@@ -269,7 +239,7 @@ def exportLabelmap(
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(labels.ravel(), deep=True))
     node.SetAndObserveImageData(image)
     node.SetIJKToRASMatrix(ijkToRAS)
-    _writeNode(node, Path(path), compress=True)
+    writeNodeNrrd(node, Path(path), compress=True)
     counts = np.bincount(labels.ravel(), minlength=max(lookup) + 1)
     return {int(v): int(counts[v]) for v in sorted(set(lookup[1:]))}
 
@@ -414,7 +384,7 @@ def loadCase(context: Any, trainingSet: TrainingSet, caseId: str) -> tuple[Any, 
         TrainingSetError: unknown case or missing files.
         OSError: a file cannot be read.
     """
-    from RepUXSegmentLib.mrml import SegmentSpec, importLabelmap, readLabelmapNrrd
+    from RepUXSegmentLib.mrml import importLabelmap, readLabelmapNrrd, segmentSpecs
 
     row = trainingSet.row(caseId)
     case = trainingSet.case(caseId)
@@ -437,11 +407,11 @@ def loadCase(context: Any, trainingSet: TrainingSet, caseId: str) -> tuple[Any, 
     volumeNode.SetAttribute(TRAINING_SET_ATTRIBUTE, str(trainingSet.root))
     _placeInFolder(scene, volumeNode, f"Training set: {trainingSet.name}")
     labelmap = readLabelmapNrrd(case.label)
-    specs = [SegmentSpec(lab.value, lab.name, tuple(lab.color_float), lab.slicer_terminology()) for lab in trainingSet.labels]
+    specs = segmentSpecs(trainingSet.labels)
     try:
         segmentationNode = importLabelmap(context, labelmap, specs, volumeNode, name=f"{row.name} segmentation")
     except Exception:
-        _removeNode(scene, volumeNode)
+        removeNode(scene, volumeNode)
         raise
     segmentationNode.SetAttribute(CASE_ID_ATTRIBUTE, caseId)
     segmentationNode.SetAttribute(TRAINING_SET_ATTRIBUTE, str(trainingSet.root))

@@ -4,8 +4,11 @@
 through :class:`RepUXSegmentLib.process.ProcessRunner` (the same runner RepUXSegment uses:
 reader threads, callbacks in the owner's thread, process-tree termination).
 
-* **Stop** sends SIGTERM: the engine finishes the current iteration, writes an atomic,
-  resumable checkpoint in the run folder and exits (143).  The job is then ``stopped``
+* **Stop** writes ``{"command": "stop"}`` on the engine's stdin (its control channel; works
+  through Slicer's PythonSlicer launcher and on Windows): the engine finishes the current
+  iteration, writes an atomic, resumable checkpoint in the run folder, prints a ``stopped``
+  progress line and exits 0.  Only if it has not exited after :data:`STOP_GRACE_SECONDS` is
+  the process tree killed.  The job is then ``stopped``
   and :meth:`FinetuneJob.resume` continues it with ``--resume`` (exactly: same crops, same
   updates as an uninterrupted run).
 * The run folder (default ``$REPUX_HOME/runs/<model id>``) also holds the job's settings
@@ -33,6 +36,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from RepUXSegmentLib.jobs import BackgroundJob, JobState
+
 from .monitor import TrainingProgress, readProgressLog
 
 __all__ = [
@@ -58,11 +63,18 @@ PROGRESS_LOG = "repux-trainer-progress.jsonl"
 #: seconds a stopped run may take to finish its iteration and write the checkpoint before it is killed (the engine allows 600)
 STOP_GRACE_SECONDS = 900.0
 
-#: job states
-IDLE, RUNNING, STOPPING, STOPPED, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "stopping", "stopped", "succeeded", "failed", "cancelled"
+#: job states (RepUXSegmentLib.jobs.JobState)
+IDLE, RUNNING, STOPPING, STOPPED, SUCCEEDED, FAILED, CANCELLED = (
+    JobState.IDLE,
+    JobState.RUNNING,
+    JobState.STOPPING,
+    JobState.STOPPED,
+    JobState.SUCCEEDED,
+    JobState.FAILED,
+    JobState.CANCELLED,
+)
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 
 
 class FinetuneError(RuntimeError):
@@ -200,6 +212,8 @@ class FinetuneOptions:
             str(self.device).strip().lower(),
             "--progress",
             "json",
+            "--control",  # the stop channel (RepUXSegmentLib.process.CONTROL_ARGUMENTS)
+            "stdin",
         ]
         if self.name:
             args += ["--name", str(self.name)]
@@ -228,19 +242,10 @@ class FinetuneOptions:
 
 
 def suggestModelId(baseModel: str, now: _dt.datetime | None = None, taken: Iterable[str] = ()) -> str:
-    """``<base id>-ft-YYYYMMDD-HHMM`` (made unique against the store, its run folders and ``taken``)."""
-    base = Path(str(baseModel)).name.lower() if not _isStoreId(str(baseModel)) else str(baseModel).lower()
-    base = re.sub(r"-{2,}", "-", _UNSAFE.sub("-", base)).strip("-.")[:40] or "model"
-    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M")
-    candidate = f"{base}-ft-{stamp}"
-    root = _storeRoot()
-    unavailable = set(taken)
-    n = 2
-    unique = candidate
-    while unique in unavailable or (root / "models" / unique).exists() or (root / "runs" / unique).exists():
-        unique = f"{candidate}-{n}"
-        n += 1
-    return unique
+    """``<base id>-ft-YYYYMMDD-HHMM`` (unique against the store, its run folders and ``taken``; RepUXSegmentLib.models.suggestModelId)."""
+    from RepUXSegmentLib.models import suggestModelId as suggest
+
+    return suggest(baseModel, now=now, taken=taken, storeRoot=_storeRoot())
 
 
 @dataclass
@@ -278,8 +283,12 @@ class FinetuneOutcome:
     def resumable(self) -> bool:
         return self.status == STOPPED
 
+    @property
+    def diceText(self) -> str:
+        return f"; best validation mean Dice {self.bestMeanDice:.3f}" if self.bestMeanDice is not None else ""
 
-class FinetuneJob:
+
+class FinetuneJob(BackgroundJob):
     """One fine-tuning run, possibly over several starts (start, stop, resume...).
 
     Args:
@@ -302,19 +311,23 @@ class FinetuneJob:
         onLog: Callable[[str, str], None] | None = None,
         onFinished: Callable[[FinetuneOutcome], None] | None = None,
     ) -> None:
+        super().__init__(onLog=onLog, onFinished=onFinished)
         self.options = options
         self.pythonExecutable = pythonExecutable
         self.environment = dict(environment) if environment is not None else None
         self.onProgress = onProgress
-        self.onLog = onLog
-        self.onFinished = onFinished
-        self.state = IDLE
         self.progress = TrainingProgress()
-        self.runner: Any = None
-        self.outcome: FinetuneOutcome | None = None
         self.starts = 0
-        self._startTime = 0.0
         self._doneData: Mapping[str, Any] | None = None
+
+    callbackStopGraceSeconds = STOP_GRACE_SECONDS
+    timeoutMessage = "the fine-tuning did not finish within {timeout} s; it was stopped and can be resumed."
+    outcomeMessages = {
+        SUCCEEDED: ("INFO", "fine-tuning finished: model '{outcome.modelId}' at iteration {outcome.iterations}{outcome.diceText}"),
+        STOPPED: ("INFO", "fine-tuning stopped at iteration {outcome.iterations}; the checkpoint is in {outcome.runDirectory} (Resume continues)"),
+        CANCELLED: ("INFO", "fine-tuning stopped before the first checkpoint"),
+        FAILED: ("ERROR", "fine-tuning failed: {outcome.errorMessage}"),
+    }
 
     @classmethod
     def fromRunDirectory(cls, runDirectory: str | os.PathLike[str], **kwargs: Any) -> FinetuneJob:
@@ -336,10 +349,6 @@ class FinetuneJob:
 
     # ------------------------------------------------------------------ state
     @property
-    def running(self) -> bool:
-        return self.state in (RUNNING, STOPPING)
-
-    @property
     def runDirectory(self) -> Path:
         return self.options.resolvedRunDirectory()
 
@@ -355,11 +364,6 @@ class FinetuneJob:
     def canResume(self) -> bool:
         """A checkpoint exists and the model was not exported yet."""
         return not self.running and self.checkpointPath.is_file() and not self.options.outputPath().exists()
-
-    def _log(self, level: str, text: str) -> None:
-        logger.log(getattr(logging, level, logging.INFO), "%s", text)
-        if self.onLog is not None:
-            self.onLog(level, text)
 
     # ----------------------------------------------------------------- control
     def start(self, resume: bool = False) -> None:
@@ -402,7 +406,7 @@ class FinetuneJob:
         env = self.environment if self.environment is not None else childEnvironment()
         self._log("INFO", ("resuming: " if resume else "running: ") + " ".join(command))
         self._doneData = None
-        self.runner = ProcessRunner(command, env=env, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog)
+        self.runner = ProcessRunner(command, env=env, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True)
         self.runner.start()
         self._startTime = time.monotonic()
         self.starts += 1
@@ -430,36 +434,12 @@ class FinetuneJob:
             self._log("WARNING", "killing the fine-tuning process")
             self.runner.cancel(graceSeconds=0.0)
 
-    def processEvents(self) -> bool:
-        """Deliver the engine's output; handle its exit. True while running."""
-        if self.runner is None or not self.running:
-            return False
-        try:
-            stillRunning = self.runner.processEvents()
-        except Exception as err:  # noqa: BLE001 - a callback failed: stop the engine (with a checkpoint), report it
-            self.runner.cancel(graceSeconds=STOP_GRACE_SECONDS, block=True)
-            self._finish(FinetuneOutcome(FAILED, errorMessage=f"{type(err).__name__}: {err}", returncode=self.runner.returncode))
-            return False
-        if stillRunning:
-            return True
-        self._onExit()
-        return False
+    def cancel(self) -> None:
+        """Stop (with a checkpoint); the blocking :meth:`wait` calls this after its timeout."""
+        self.stop()
 
-    def wait(self, timeout: float | None = None, pollInterval: float = 0.05) -> FinetuneOutcome:
-        """Block until the engine exits (starting it if needed); return the outcome.
-
-        Raises:
-            TimeoutError: after ``timeout`` seconds; the run is stopped (with a checkpoint) first.
-        """
-        if self.state == IDLE:
-            self.start()
-        from RepUXSegmentLib.process import waitForJob
-
-        waitForJob(
-            self.processEvents, self.stop, timeout, pollInterval, f"the fine-tuning did not finish within {timeout} s; it was stopped and can be resumed."
-        )
-        assert self.outcome is not None
-        return self.outcome
+    def _failedOutcome(self, message: str) -> FinetuneOutcome:
+        return FinetuneOutcome(FAILED, errorMessage=message, returncode=self.runner.returncode if self.runner is not None else None)
 
     # --------------------------------------------------------------- delivery
     def _onRunnerProgress(self, update: Any) -> None:
@@ -475,14 +455,10 @@ class FinetuneJob:
         if self.onProgress is not None:
             self.onProgress(update)
 
-    def _onRunnerLog(self, message: Any) -> None:
-        if self.onLog is not None:
-            self.onLog(message.level, message.text)
-
-    def _onExit(self) -> None:
+    def _onProcessExit(self) -> None:
         runner = self.runner
         common = {"returncode": runner.returncode, "runDirectory": str(self.runDirectory), "iterations": self.progress.iteration}
-        if runner.returncode == 0 and self._doneData is not None and not runner.cancelled:
+        if runner.returncode == 0 and self._doneData is not None:  # finished (even if a stop came too late): the model exists
             done = self._doneData
             valDice = done.get("val_dice") if isinstance(done.get("val_dice"), dict) else {}
             best = done.get("best_mean_dice")
@@ -504,22 +480,6 @@ class FinetuneJob:
         else:
             message = runner.errorMessage or f"the engine exited with code {runner.returncode} without a model"
             self._finish(FinetuneOutcome(FAILED, errorMessage=message, **common))
-
-    def _finish(self, outcome: FinetuneOutcome) -> None:
-        outcome.seconds = time.monotonic() - self._startTime if self._startTime else 0.0
-        self.outcome = outcome
-        self.state = outcome.status
-        if outcome.status == SUCCEEDED:
-            dice = f"; best validation mean Dice {outcome.bestMeanDice:.3f}" if outcome.bestMeanDice is not None else ""
-            self._log("INFO", f"fine-tuning finished: model '{outcome.modelId}' at iteration {outcome.iterations}{dice}")
-        elif outcome.status == STOPPED:
-            self._log("INFO", f"fine-tuning stopped at iteration {outcome.iterations}; the checkpoint is in {outcome.runDirectory} (Resume continues)")
-        elif outcome.status == CANCELLED:
-            self._log("INFO", "fine-tuning stopped before the first checkpoint")
-        else:
-            self._log("ERROR", f"fine-tuning failed: {outcome.errorMessage}")
-        if self.onFinished is not None:
-            self.onFinished(outcome)
 
 
 def runFinetune(options: FinetuneOptions, *, resume: bool = False, timeout: float | None = None, **kwargs: Any) -> FinetuneOutcome:

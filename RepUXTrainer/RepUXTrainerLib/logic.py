@@ -418,6 +418,14 @@ class TrainerLogic:
                 self.segmentationJobs.remove(job)
         return busy
 
+    def cancelSceneJobs(self) -> None:
+        """Cancel the jobs whose result goes into the scene (re-segmentations, the ranking's overlays): the scene
+        is closing.  The fine-tuning goes on (its plot is re-attached to the next scene)."""
+        for job in self.segmentationJobs:
+            job.cancel()
+        if self.ranking is not None and self.ranking.running:
+            self.ranking.cancel()
+
     def shutdown(self) -> None:
         """Stop everything (the fine-tuning with a checkpoint, waiting up to 2 minutes) and delete temporary files."""
         if self.job is not None and self.job.running:

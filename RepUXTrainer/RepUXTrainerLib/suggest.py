@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from RepUXSegmentLib.jobs import BackgroundJob, JobState
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "UNCERTAINTY_ATTRIBUTE",
@@ -51,7 +53,8 @@ OVERLAY_COLOR_NODES = (
     "vtkMRMLColorTableNodeRainbow",
 )
 
-PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
+#: candidate (and ranking) states (RepUXSegmentLib.jobs.JobState)
+PENDING, RUNNING, DONE, FAILED, CANCELLED = JobState.PENDING, JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.CANCELLED
 
 
 @dataclass
@@ -140,7 +143,7 @@ def imagesInFolder(folder: str | os.PathLike[str], trainingSet: Any = None) -> l
     return files
 
 
-class UncertaintyRanking:
+class UncertaintyRanking(BackgroundJob):
     """Rank candidates by the model's mean uncertainty, one background ``repux segment`` at a time.
 
     Args:
@@ -178,6 +181,8 @@ class UncertaintyRanking:
             raise ValueError("choose the model whose uncertainty ranks the volumes.")
         if quality not in ("fast", "standard", "best"):
             raise ValueError(f"quality must be fast, standard or best; got {quality!r}.")
+        super().__init__(onLog=onLog)
+        self.onRankingFinished = onFinished
         self.model = str(model)
         self.device = device
         self.quality = quality
@@ -186,10 +191,7 @@ class UncertaintyRanking:
         self.environment = dict(environment) if environment is not None else None
         self.extraArguments = [str(a) for a in extraArguments]
         self.onProgress = onProgress
-        self.onLog = onLog
-        self.onFinished = onFinished
         self.folder: Path | None = None
-        self.runner: Any = None
         self.current = -1
         self.cancelled = False
         self.finished = False
@@ -206,20 +208,12 @@ class UncertaintyRanking:
 
         self._modelPath = str(resolve_model(self.model).path)
         self.folder = Path(tempfile.mkdtemp(prefix="RepUX-rank-", dir=self.workDirectory))
+        self.state = RUNNING
         self._next()
-
-    @property
-    def running(self) -> bool:
-        return self.folder is not None and not self.finished
-
-    def _log(self, level: str, text: str) -> None:
-        logger.log(getattr(logging, level, logging.INFO), "%s", text)
-        if self.onLog is not None:
-            self.onLog(level, text)
 
     def _next(self) -> None:
         from RepUXSegmentLib.mrml import writeVolumeNrrd
-        from RepUXSegmentLib.process import ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand
+        from RepUXSegmentLib.process import CONTROL_ARGUMENTS, ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand
 
         self.runner = None
         while True:
@@ -257,12 +251,15 @@ class UncertaintyRanking:
                 self.quality,
                 "--progress",
                 "json",
+                *CONTROL_ARGUMENTS,
                 *self.extraArguments,
             ]
             candidate.status = RUNNING
             self._log("INFO", f"estimating the uncertainty of {candidate.name} ({self.current + 1}/{len(self.candidates)})")
             env = self.environment if self.environment is not None else childEnvironment()
-            self.runner = ProcessRunner(repuxCommand(arguments, self.pythonExecutable or findPythonExecutable()), env=env, cwd=work, onLog=self._onRunnerLog)
+            self.runner = ProcessRunner(
+                repuxCommand(arguments, self.pythonExecutable or findPythonExecutable()), env=env, cwd=work, onLog=self._onRunnerLog, control=True
+            )
             self.runner.start()
             return
 
@@ -310,8 +307,9 @@ class UncertaintyRanking:
     def _complete(self) -> None:
         self.finished = True
         self.runner = None
-        if self.onFinished is not None:
-            self.onFinished(self)
+        self.state = CANCELLED if self.cancelled else DONE
+        if self.onRankingFinished is not None:
+            self.onRankingFinished(self)
 
     def cancel(self) -> None:
         """Stop the current run; the remaining candidates are skipped."""
@@ -320,17 +318,15 @@ class UncertaintyRanking:
             if self.runner is not None:
                 self.runner.cancel()
 
+    timeoutMessage = "ranking did not finish within {timeout} s and was cancelled."
+
     def wait(self, timeout: float | None = None, pollInterval: float = 0.05) -> list[Candidate]:
         """Block until every candidate ran (starting if needed); returns :meth:`ranked`.
 
         Raises:
             TimeoutError: after ``timeout`` seconds (the ranking is cancelled first).
         """
-        if self.folder is None:
-            self.start()
-        from RepUXSegmentLib.process import waitForJob
-
-        waitForJob(self.processEvents, self.cancel, timeout, pollInterval, f"ranking did not finish within {timeout} s and was cancelled.")
+        super().wait(timeout, pollInterval)
         return self.ranked()
 
     def ranked(self) -> list[Candidate]:

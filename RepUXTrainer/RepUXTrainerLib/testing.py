@@ -9,8 +9,9 @@ terminology tags, as a user's corrected segmentation would look.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from RepUXSegmentLib.mrml import SegmentSpec  # the one SegmentSpec (value, name, colour, terminology)
 
 __all__ = ["SegmentSpec", "addSegmentationFromLabels", "coarseGrid", "flareLikeSegments", "labelsOnGrid", "syntheticCase", "terminologyTag"]
 
@@ -22,16 +23,6 @@ def terminologyTag(typeCode: str, typeMeaning: str, modifierCode: str = "", modi
     """A serialized ``TerminologyEntry`` of category *Anatomical Structure*."""
     modifier = f"SCT^{modifierCode}^{modifierMeaning}" if modifierCode else "^^"
     return f"{_CONTEXT}~SCT^123037004^Anatomical Structure~SCT^{typeCode}^{typeMeaning}~{modifier}~{_ANATOMY}~^^~^^"
-
-
-@dataclass(frozen=True)
-class SegmentSpec:
-    """A segment of a test segmentation: label value in the array, name, colour, terminology tag."""
-
-    value: int
-    name: str
-    color: tuple[float, float, float] = (0.8, 0.6, 0.4)
-    terminology: str = ""
 
 
 def _ellipsoid(i: Any, j: Any, k: Any, center: Sequence[float], radius: Sequence[float]) -> Any:

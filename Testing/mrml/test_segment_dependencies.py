@@ -138,3 +138,32 @@ def test_nothing_happens_when_everything_is_installed(monkeypatch):
     monkeypatch.setattr(deps, "_slicer", lambda: pytest.fail("Slicer must not be asked to install anything"))
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
     deps.ensureDependencies(REQUIREMENTS)
+
+
+def test_a_fresh_slicer_session_imports_slicer_packaging_before_pip_ensure(tmp_path, monkeypatch, missingMonai):
+    """In a fresh Slicer, ``slicer.packaging`` exists as a module but is no attribute of ``slicer`` until imported."""
+    import types
+
+    slicer = pytest.importorskip("slicer")
+    assert "slicer.packaging" not in sys.modules and not hasattr(slicer, "packaging")
+    folder = tmp_path / "slicer-packaging"
+    folder.mkdir()
+    (folder / "packaging.py").write_text(
+        "import sys\n"
+        "calls = []\n"
+        "def load_requirements(path):\n    return ['loaded']\n"
+        "def pip_ensure(requirements, skip_packages=None, prompt_install=True, requester=None, skip_in_testing=True):\n"
+        "    calls.append((requirements, skip_packages, requester))\n"
+        "    sys.modules['repux_test_install_hook'].installed()\n"
+    )
+    monkeypatch.setattr(slicer, "__path__", [*slicer.__path__, str(folder)])  # like Slicer's lib/Python/slicer folder
+    monkeypatch.setitem(sys.modules, "repux_test_install_hook", types.SimpleNamespace(installed=lambda: missingMonai.__setitem__("monai", True)))
+    monkeypatch.setattr(deps, "_slicer", lambda: slicer)
+    try:
+        missing = deps.ensureRequirements(REQUIREMENTS, askConfirmation=False, requester="RepUX")
+        assert [deps.requirementName(m) for m in missing] == ["monai"]
+        assert sys.modules["slicer.packaging"].calls == [(["loaded"], ["torch", "SimpleITK"], "RepUX")]
+    finally:
+        sys.modules.pop("slicer.packaging", None)
+        if hasattr(slicer, "packaging"):
+            delattr(slicer, "packaging")

@@ -131,7 +131,7 @@ def test_parameter_names_in_the_ui_match_the_parameter_node():
     assert set(bound) <= set(fields), f"unknown SlicerParameterName: {sorted(set(bound) - set(fields))}"
     expectedClass = {"bool": "QCheckBox", "int": "QSpinBox", "float": "QDoubleSpinBox", "str": "QLineEdit"}
     for parameter, widget in bound.items():
-        annotation = fields[parameter]
+        annotation = re.sub(r"^Annotated\[(\w+), .*\]$", r"\1", fields[parameter])  # Annotated[int, WithinRange(...)] -> int
         if annotation.startswith("vtkMRML"):
             assert widget.get("class") == "qMRMLNodeComboBox"
             assert [s.text for s in widgetProperty(widget, "nodeTypes").iter("string")] == [annotation]

@@ -169,7 +169,16 @@ def cmd_models_list(args: argparse.Namespace, ctx: Any) -> int:
         return 0
     print(f"model store: {store.root}")
     for r in rows:
-        print(f"  {r['id']:<32} {r['version']:<8} {r['status']:<13} {r['size_mb']:>7.1f} MB  {', '.join(r['labels'])}")
+        if r["status"] != "official":
+            print(f"  {r['id']:<32} {r['version']:<8} {r['status']:<13} {r['size_mb']:>7.1f} MB  {', '.join(r['labels'])}")
+    if not any(r["status"] == "downloadable" for r in rows):
+        print("No model can be downloaded from the catalog: import a model folder or .zip with 'repux models import', or an official checkpoint (below).")
+    official = [r for r in rows if r["status"] == "official"]
+    if official:
+        print("official RepUX-Net checkpoints (not downloadable: get the .pth file from the official repository, then import it):")
+        for r in official:
+            print(f"  {r['id']:<32} {len(r['labels'])} organs: {', '.join(r['labels'])}")
+            print(f"    get it from {r['source']}; import: {r['import_command']}")
     return 0
 
 

@@ -2,6 +2,13 @@
 
 * exit code 0 on success, 1 for a user error (one line on stderr), 2 for a
   usage error (argparse), 130/143 when cancelled by SIGINT/SIGTERM;
+* ``--control stdin``: the stop channel of a parent program (the Slicer modules).
+  The line ``{"command": "stop"}`` on stdin - or stdin closing: the parent is
+  gone - stops the job at its next progress point (a training run finishes its
+  iteration and writes its checkpoint); the job then prints one
+  ``{"stage": "stopped", ...}`` progress line and exits 0.  No signal is
+  needed, so this works through launchers that do not forward signals
+  (Slicer's ``PythonSlicer``) and on Windows;
 * ``--progress auto|bar|json|none``: a bar on a terminal, JSON lines on stdout
   for programs (the Slicer modules);
 * heavy imports happen inside the command functions so ``--help`` is fast.
@@ -10,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -22,7 +30,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import Cancelled, RepuxError
-from ..progress import BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback
+from ..progress import BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback, ProgressEvent
 from .options import RepuxArgumentParser, add_common, warn_deprecated_spellings
 
 __all__ = ["JobContext", "add_common", "build_parser", "main"]
@@ -68,7 +76,7 @@ class JobContext:
 
 
 def _commands() -> list[Callable[[Any], None]]:
-    from . import commands_bench, commands_core, commands_data, commands_infer, commands_train, commands_web
+    from . import commands_bench, commands_core, commands_data, commands_doctor, commands_infer, commands_train, commands_web
 
     return [
         commands_core.register,
@@ -76,6 +84,7 @@ def _commands() -> list[Callable[[Any], None]]:
         commands_train.register,
         commands_data.register,
         commands_bench.register,
+        commands_doctor.register,
         commands_web.register,
     ]
 
@@ -118,15 +127,74 @@ def _progress_callback(args: argparse.Namespace) -> tuple[ProgressCallback | Non
     return None, mode, lambda: None
 
 
-def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None], args: argparse.Namespace, ctx: JobContext) -> int:
-    """Run the command in a worker thread so SIGINT/SIGTERM are handled at once.
+#: control-channel commands that stop the job (``{"command": "stop"}``)
+STOP_COMMANDS = ("stop", "cancel")
 
-    The main thread waits; a signal sets the cancel token (the job stops at its
-    next progress point and cleans up).  If it has not stopped after
-    :data:`CANCEL_GRACE_S` seconds, temporary files are removed and the process
-    exits with 128 + signal number.
+
+def _watch_control(fd: int, ctx: JobContext, requested: list[str]) -> None:
+    """Read JSON command lines from the parent on ``fd``; stop on ``stop``/``cancel`` or end of input.
+
+    Reads the raw descriptor (not ``sys.stdin``): a daemon thread blocked in a buffered read
+    would hold the stream's lock when the interpreter shuts down.
+    """
+    pending = b""
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            pending += chunk
+            while b"\n" in pending:
+                raw, pending = pending.split(b"\n", 1)
+                text = raw.decode("utf-8", "replace").strip()
+                if not text:
+                    continue
+                try:
+                    command = json.loads(text).get("command")
+                except (ValueError, AttributeError):
+                    command = None
+                if command in STOP_COMMANDS:
+                    requested.append("stopped on request")
+                    ctx.cancel.cancel("stopped on request")
+                    return
+                logger.warning("ignoring control line %r (expected {\"command\": \"stop\"})", text[:80])
+    except OSError:
+        pass
+    requested.append("stopped: the parent program closed the control channel")
+    ctx.cancel.cancel("stopped: the parent program closed the control channel")
+
+
+def _stopped_line(ctx: JobContext, printer: ProgressCallback | None, last: dict[str, ProgressEvent], reason: str, detail: str) -> None:
+    """The ``stopped`` progress line (JSON mode) or one stderr line."""
+    if printer is not None and ctx.progress_mode == "json":
+        previous = last.get("event")
+        extra: dict[str, Any] = {"reason": reason}
+        if previous is not None:
+            extra.update({k: previous.extra[k] for k in ("iteration", "max_iterations") if k in previous.extra})
+        printer(ProgressEvent("stopped", previous.fraction if previous is not None else 0.0, detail or reason, None, extra))
+    print(f"repux: {detail or reason}", file=sys.stderr, flush=True)
+
+
+def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None], args: argparse.Namespace, ctx: JobContext) -> int:
+    """Run the command in a worker thread so a stop request is handled at once.
+
+    The main thread waits.  A signal (SIGINT/SIGTERM/SIGBREAK: a terminal user) or a
+    stop request on the control channel (``--control stdin``: a parent program) sets
+    the cancel token; the job stops at its next progress point and cleans up.  If it
+    has not stopped after ``cancel_grace`` seconds, temporary files are removed and
+    the process exits hard.  Exit code: 128 + signal number after a signal, 0 after
+    a control-channel stop (with a ``stopped`` progress line).
     """
     outcome: dict[str, Any] = {}
+    last: dict[str, ProgressEvent] = {}
+    printer = ctx.progress
+    if printer is not None:
+
+        def tracking(event: ProgressEvent) -> None:
+            last["event"] = event
+            printer(event)
+
+        ctx.progress = tracking
 
     def target() -> None:
         try:
@@ -135,6 +203,7 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
             outcome["error"] = err
 
     received: list[int] = []
+    requested: list[str] = []
 
     def handler(signum: int, frame: Any) -> None:
         received.append(signum)
@@ -143,31 +212,36 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
     in_main = threading.current_thread() is threading.main_thread()
     previous = {}
     if in_main:
-        # SIGBREAK: what a Windows parent sends with CTRL_BREAK_EVENT to stop a child process group
+        # SIGBREAK: Ctrl+Break in a Windows console
         for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
             if s is not None:
                 previous[s] = signal.signal(s, handler)
+    if getattr(args, "control", "none") == "stdin":
+        threading.Thread(target=_watch_control, args=(sys.stdin.fileno(), ctx, requested), name="repux-control", daemon=True).start()
     worker = threading.Thread(target=target, name=f"repux-{args.command}", daemon=True)
     try:
         worker.start()
         deadline = None
         while worker.is_alive():
             worker.join(0.1)
-            if received and deadline is None:
+            if (received or requested) and deadline is None:
                 deadline = _monotonic() + float(getattr(args, "cancel_grace", CANCEL_GRACE_S))
             if deadline is not None and worker.is_alive() and _monotonic() > deadline:
                 ctx.cleanup()
-                print(f"repux: {ctx.cancel.reason}", file=sys.stderr, flush=True)
+                print(f"repux: {ctx.cancel.reason}; the job did not stop within the grace period", file=sys.stderr, flush=True)
                 sys.stderr.flush()
-                os._exit(128 + received[0])
+                os._exit(128 + received[0] if received else 1)
     finally:
         if in_main:
             for s, h in previous.items():
                 signal.signal(s, h)
     if "error" in outcome:
         err = outcome["error"]
-        if isinstance(err, Cancelled) or (received and isinstance(err, KeyboardInterrupt)):
+        if isinstance(err, Cancelled) or ((received or requested) and isinstance(err, KeyboardInterrupt)):
             ctx.cleanup()
+            if requested and not received:
+                _stopped_line(ctx, printer, last, requested[0], str(err))
+                return 0
             print(f"repux: {err or 'cancelled'}", file=sys.stderr)
             return 128 + (received[0] if received else signal.SIGINT)
         raise err

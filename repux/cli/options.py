@@ -191,7 +191,7 @@ def device_name(text: str) -> str:
 
 
 def add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
-    """Options every command has: verbosity and (for long commands) the progress display."""
+    """Options every command has: verbosity and (for long commands) the progress display and the stop channel."""
     g = p.add_argument_group("output and logging")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -202,6 +202,14 @@ def add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
             default="auto",
             help="progress display: 'json' prints one JSON object per line on stdout (for programs); "
             "'auto' shows a bar on a terminal and nothing otherwise (default: auto)",
+        )
+        g.add_argument(
+            "--control",
+            choices=("none", "stdin"),
+            default="none",
+            help="'stdin': a parent program stops the job by writing the line {\"command\": \"stop\"} on stdin (or by closing "
+            "stdin); the job stops at its next progress point (training: after the current iteration, with a checkpoint), "
+            "prints a 'stopped' progress line and exits 0 (default: none; SIGINT/SIGTERM always work)",
         )
 
 

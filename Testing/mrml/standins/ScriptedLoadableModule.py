@@ -4,7 +4,9 @@ Written for the project (not Slicer's code).  It provides the four base classes 
 the module file needs headless: the module class fills a parent object, the logic finds or
 creates its ``vtkMRMLScriptedModuleNode`` parameter node in ``slicer.mrmlScene`` (the real MRML
 class from slicer-core), the widget knows its resource folder, and the test class is a
-``unittest.TestCase``.  No Qt.
+``unittest.TestCase``.  No Qt.  Two behaviours of Slicer's classes are kept because module code
+must cope with them: the logic's ``__init__`` calls ``super().__init__()`` (cooperative), and the
+widget's ``__init__`` calls ``self.setup()`` itself when it gets no parent.
 """
 
 import os
@@ -28,8 +30,10 @@ class ScriptedLoadableModule:
 
 class ScriptedLoadableModuleWidget:
     def __init__(self, parent=None):
-        self.parent = parent
+        self.parent = parent if parent is not None else type("TopLevelWidget", (), {"isEntered": False})()
         self.moduleName = type(self).__name__[: -len("Widget")]
+        if parent is None:
+            self.setup()
 
     def resourcePath(self, filename):
         folder = os.path.dirname(os.path.abspath(sys.modules[type(self).__module__].__file__))
@@ -41,6 +45,7 @@ class ScriptedLoadableModuleWidget:
 
 class ScriptedLoadableModuleLogic:
     def __init__(self, parent=None):
+        super().__init__()
         self.moduleName = type(self).__name__[: -len("Logic")]
 
     def getParameterNode(self):

@@ -1,0 +1,144 @@
+"""The RepUXSegment workflow for the module and the Python console, without Qt: :class:`SegmentLogic`.
+
+``RepUXSegment.RepUXSegmentLogic`` is this class plus Slicer's ScriptedLoadableModuleLogic (parameter node).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .dependencies import ensureDependencies
+from .models import listModels, removeModel, storeFolder
+from .mrml import MRMLContext, roiBoundsInVolumeSpace
+from .segmentation import SegmentationError, SegmentationJob, SegmentationOptions
+from .widgethelpers import startRepuxCommand
+
+__all__ = ["SegmentLogic"]
+
+
+class SegmentLogic:
+    """Scripting entry points of RepUX Segment: dependencies, models, background commands, segmentation.
+
+    Example (Python console)::
+
+        import RepUXSegment
+        logic = RepUXSegment.RepUXSegmentLogic()
+        logic.setupPythonRequirements()  # once: PyTorch (PyTorch extension) and MONAI & co. (pip), asks first
+        segmentation = logic.segment(slicer.util.getNode("CTAAbdomenPanoramix"), model="repux-amos", device="auto")
+    """
+
+    def __init__(self, context: Any = None, pythonExecutable: str | None = None) -> None:
+        self._context = context
+        #: interpreter for ``-m repux`` (None: PythonSlicer)
+        self.pythonExecutable = pythonExecutable
+
+    @property
+    def context(self) -> MRMLContext:
+        return self._context if self._context is not None else MRMLContext.fromSlicer()
+
+    @staticmethod
+    def requirementsPath() -> str:
+        """RepUXSegment's Resources/requirements.txt (the engine's Python packages besides PyTorch)."""
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "requirements.txt")
+
+    def setupPythonRequirements(self, askConfirmation: bool = True) -> None:
+        """Install PyTorch (PyTorch extension) and the packages of Resources/requirements.txt when missing."""
+        ensureDependencies(self.requirementsPath(), askConfirmation=askConfirmation, requester="RepUX")
+
+    # models
+    def models(self) -> list[Any]:
+        """Built-in, installed, downloadable and official models (list of RepUXSegmentLib.models.ModelInfo)."""
+        return listModels()
+
+    def removeModel(self, modelId: str) -> Any:
+        return removeModel(modelId)
+
+    def modelStoreFolder(self, create: bool = False) -> Any:
+        return storeFolder(create=create)
+
+    # background commands
+    def startRepuxCommand(self, arguments: Any, onProgress: Any = None, onLog: Any = None, onFinished: Any = None) -> Any:
+        """Start ``<python> -m repux <arguments>`` in the background; pump it with ``processEvents()``."""
+        return startRepuxCommand(arguments, self.pythonExecutable, onProgress=onProgress, onLog=onLog, onFinished=onFinished)
+
+    def runRepuxCommand(self, arguments: Any, timeout: float | None = None) -> Any:
+        """Run ``<python> -m repux <arguments>`` and wait; returns the finished ProcessRunner."""
+        runner = self.startRepuxCommand(arguments)
+        runner.wait(timeout=timeout)
+        return runner
+
+    # segmentation
+    def _options(self, model: Any, device: str, quality: str, roiNode: Any, volumeNode: Any, largestComponent: bool, organs: Any = None) -> SegmentationOptions:
+        if model is None:
+            from repux.store import DEFAULT_MODEL
+
+            model = DEFAULT_MODEL
+        roi = tuple(roiBoundsInVolumeSpace(roiNode, volumeNode)) if roiNode is not None else None
+        return SegmentationOptions(
+            model=str(model), device=device, quality=quality, roiRAS=roi, largestComponent=largestComponent, organs=tuple(organs) if organs else None
+        )
+
+    def startSegmentation(
+        self,
+        inputVolume: Any,
+        model: Any = None,
+        device: str = "auto",
+        quality: str = "standard",
+        roiNode: Any = None,
+        largestComponent: bool = False,
+        outputSegmentation: Any = None,
+        onProgress: Any = None,
+        onLog: Any = None,
+        onFinished: Any = None,
+        organs: Any = None,
+    ) -> SegmentationJob:
+        """Start segmenting ``inputVolume`` in the background; returns the running SegmentationJob.
+
+        Call ``job.processEvents()`` periodically (or ``job.wait()``); ``onFinished`` gets the outcome.
+        ``organs``: names of the model's organs to segment (default: all).
+        """
+        job = SegmentationJob(
+            inputVolume,
+            self._options(model, device, quality, roiNode, inputVolume, largestComponent, organs),
+            outputSegmentation=outputSegmentation,
+            context=self.context,
+            pythonExecutable=self.pythonExecutable,
+            onProgress=onProgress,
+            onLog=onLog,
+            onFinished=onFinished,
+        )
+        job.start()
+        return job
+
+    def segment(
+        self,
+        inputVolume: Any,
+        model: Any = None,
+        device: str = "auto",
+        quality: str = "standard",
+        roiNode: Any = None,
+        largestComponent: bool = False,
+        outputSegmentation: Any = None,
+        onProgress: Any = None,
+        onLog: Any = None,
+        timeout: float | None = None,
+        organs: Any = None,
+    ) -> Any:
+        """Segment ``inputVolume`` and return the segmentation node (blocks until done).
+
+        :param model: installed model id, built-in model id or model folder.
+        :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        :param quality: ``fast``, ``standard`` or ``best``.
+        :param roiNode: optional markups ROI: only this box is processed.
+        :param outputSegmentation: segmentation node to fill (segments replaced), or None for a new one.
+        :param organs: organ names of the model to segment (default: all).
+        :raises RepUXSegmentLib.segmentation.SegmentationError: the engine failed or was cancelled.
+        """
+        job = self.startSegmentation(
+            inputVolume, model, device, quality, roiNode, largestComponent, outputSegmentation, onProgress, onLog, organs=organs
+        )
+        outcome = job.wait(timeout=timeout)
+        if not outcome.succeeded:
+            raise SegmentationError(f"Segmentation {outcome.status}: {outcome.errorMessage or outcome.status}", outcome)
+        return outcome.segmentationNode
