@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelFileError, did_you_mean
+from .ids import MODEL_ID_RULE, check_model_id, is_model_id
 from .modelfile import CARD_FILE, ModelCard, read_model_card, sha256_file, verify_model
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "safe_extract_zip",
     "DEFAULT_MODEL",
     "list_models",
+    "check_model_id",
+    "MODEL_ID_RULE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -258,6 +261,7 @@ class ModelStore:
         return [cards[k] for k in sorted(cards)]
 
     def path(self, model_id: str) -> Path:
+        check_model_id(model_id)
         for c in self.available():
             if c.id == model_id:
                 assert c.path is not None
@@ -278,6 +282,7 @@ class ModelStore:
 
     # ------------------------------------------------------------ installation
     def _unique_dest(self, model_id: str, replace: bool) -> Path:
+        check_model_id(model_id)
         dest = self.models_dir / model_id
         if dest.exists() and not replace:
             raise ModelFileError(f"a model with id {model_id!r} is already installed at {dest}; remove it first or import under another --id.")
@@ -286,6 +291,8 @@ class ModelStore:
     def import_model(self, source: str | Path, *, model_id: str | None = None, replace: bool = False) -> ModelCard:
         """Install a model folder or a ``.zip`` of one into the store (verified, atomic)."""
         src = Path(source)
+        if model_id is not None:
+            check_model_id(model_id, "--id")
         if not src.exists():
             raise ModelFileError(f"{str(src)!r} does not exist.")
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -302,6 +309,8 @@ class ModelStore:
                 found = tmp / "x"
             card = verify_model(found)
             new_id = model_id or card.id
+            if model_id is None and not is_model_id(new_id):
+                raise ModelFileError(f"the model's id {new_id!r} (in {CARD_FILE}) is not allowed as a store name; import it under another id with --id (use {MODEL_ID_RULE}).")
             if model_id and model_id != card.id:
                 data = json.loads((found / CARD_FILE).read_text())
                 data["id"] = model_id
@@ -317,6 +326,7 @@ class ModelStore:
 
     def install(self, model_id: str, *, progress: Callable[[int, int], None] | None = None, cancel=None, replace: bool = False) -> ModelCard:
         """Download a catalog model, verify it and install it."""
+        check_model_id(model_id)
         catalog = {e.id: e for e in load_catalog()}
         if model_id not in catalog:
             raise ModelFileError(f"model {model_id!r} is not in the catalog; available: {', '.join(catalog) or 'none'}.{did_you_mean(model_id, catalog)}")
@@ -331,6 +341,7 @@ class ModelStore:
 
     def remove(self, model_id: str) -> Path:
         """Delete an installed model (built-in models cannot be removed)."""
+        check_model_id(model_id)
         dest = self.models_dir / model_id
         if not (dest / CARD_FILE).is_file():
             if any(c.id == model_id for c in self.builtin()):
@@ -342,6 +353,7 @@ class ModelStore:
 
     def new_model_dir(self, model_id: str) -> Path:
         """A free folder path for a new model id (never overwrites)."""
+        check_model_id(model_id)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         dest = self.models_dir / model_id
         if dest.exists():

@@ -126,6 +126,9 @@ def _resolve_out(out: str, overwrite_check: bool = True) -> tuple[Path, str, boo
     if "/" in out or "\\" in out or out.startswith("."):
         p = Path(out)
         return p, p.name, False
+    from ..ids import check_model_id
+
+    check_model_id(out, "--output")
     store = ModelStore()
     return store.models_dir / out, out, True
 

@@ -36,6 +36,7 @@ __all__ = [
     "csv_floats",
     "device_name",
     "fraction",
+    "model_id",
     "non_negative_float",
     "non_negative_int",
     "open_fraction",
@@ -184,6 +185,15 @@ def device_name(text: str) -> str:
     if value.startswith("cuda:") and value[5:].isdigit():
         return value
     raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+
+
+def model_id(text: str) -> str:
+    """A model id of the store (see :mod:`repux.ids`)."""
+    from ..ids import MODEL_ID_RULE, is_model_id
+
+    if not is_model_id(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed as a model id: use {MODEL_ID_RULE}")
+    return text
 
 
 # ----------------------------------------------------------------------------------------------
