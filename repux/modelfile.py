@@ -30,22 +30,23 @@ from pathlib import Path
 from typing import Any
 
 from .config import InferenceSettings, Preprocessing
-from .errors import ModelFileError
+from .errors import ModelFileError, OutputError
+from .fileio import default_file_mode, os_error_message
 from .labels import LabelSet
 
 __all__ = [
+    "CARD_FILE",
     "FORMAT",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
-    "CARD_FILE",
     "ModelCard",
-    "save_model",
-    "load_model",
-    "read_model_card",
-    "verify_model",
-    "sha256_file",
     "deploy_state_dict",
     "is_model_dir",
+    "load_model",
+    "read_model_card",
+    "save_model",
+    "sha256_file",
+    "verify_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ def save_model(
     Raises:
         ModelFileError: if the folder exists (and not ``overwrite``) or labels do not fit.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from ._version import __version__
@@ -251,28 +253,94 @@ def save_model(
         provenance=prov,
         deploy=True,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder gets the usual permissions
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as err:
+        raise OutputError(os_error_message(out, err)) from err
+    mode = default_file_mode()
+    try:
+        os.chmod(tmp, mode | ((mode & 0o444) >> 2))  # mkdtemp makes 0700; a model folder gets the usual permissions (x where r)
         wpath = tmp / WEIGHTS_FILE
         state = deploy_state_dict(model)
         if weights_dtype == "float16":
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        save_file(state, str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE, "dtype": weights_dtype})
-        os.chmod(wpath, 0o666 & ~umask)
+        try:
+            save_file(state, str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE, "dtype": weights_dtype})
+            check_safetensors_file(wpath)
+        except (SafetensorError, ModelFileError) as err:
+            raise OutputError(f"cannot write the model weights to {str(out)!r}: {str(err).splitlines()[0][:200]}; nothing was saved.") from err
+        os.chmod(wpath, mode)
         card.sha256 = sha256_file(wpath)
         card.size_bytes = wpath.stat().st_size
-        (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+        text = json.dumps(card.to_dict(), indent=2) + "\n"
+        (tmp / CARD_FILE).write_text(text)
+        if (tmp / CARD_FILE).stat().st_size != len(text.encode()):
+            raise OutputError(f"cannot write {str(out / CARD_FILE)!r}: the file is incomplete (is the disk full?); nothing was saved.")
+        os.chmod(tmp / CARD_FILE, mode)
         _replace_dir(tmp, out, overwrite)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(os_error_message(out, err) + " Nothing was saved; an existing model there is unchanged.") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     card.path = out
     logger.info("saved model %s (%s, sha256 %s) to %s", card.id, _human_size(card.size_bytes), card.sha256[:12], out)
     return card
+
+
+#: dtypes RepUX model weights may have
+SAFETENSORS_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "BOOL": 1, "U8": 1}
+#: refuse a safetensors header larger than this (a real one is a few hundred KB)
+MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
+
+
+def check_safetensors_file(path: str | Path) -> dict[str, Any]:
+    """Check a ``.safetensors`` file's structure without loading it; returns its header.
+
+    The header must be JSON, every tensor's dtype one RepUX uses, its byte range
+    consistent with its shape and inside the file, and the file exactly as long as
+    the header says (a truncated or padded file is refused).
+
+    Raises:
+        ModelFileError: naming what is wrong.
+    """
+    import struct
+
+    p = Path(path)
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelFileError(f"{str(p)!r} is not a safetensors file: only {size} bytes.")
+        n = struct.unpack("<Q", head)[0]
+        if n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+            raise ModelFileError(f"{str(p)!r} is truncated or not a safetensors file: header of {n} bytes in a file of {size} bytes.")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ModelFileError(f"{str(p)!r} has a corrupted safetensors header: {err}") from err
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{str(p)!r} has a corrupted safetensors header.")
+    end = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= set(t):
+            raise ModelFileError(f"{str(p)!r}: tensor {name!r} has a corrupted header entry.")
+        if t["dtype"] not in SAFETENSORS_DTYPES:
+            raise ModelFileError(f"{str(p)!r}: tensor {name!r} has dtype {t['dtype']}; RepUX weights use {', '.join(SAFETENSORS_DTYPES)}.")
+        start, stop = (int(v) for v in t["data_offsets"])
+        count = 1
+        for d in t["shape"]:
+            count *= int(d)
+        if stop - start != count * SAFETENSORS_DTYPES[t["dtype"]] or start < 0:
+            raise ModelFileError(f"{str(p)!r}: tensor {name!r} of shape {t['shape']} has an inconsistent byte range {start}..{stop}.")
+        end = max(end, stop)
+    if 8 + n + end != size:
+        raise ModelFileError(f"{str(p)!r} is {size} bytes but its header describes {8 + n + end}; the file is truncated or corrupted.")
+    return header
 
 
 def _replace_dir(src: Path, dst: Path, overwrite: bool) -> None:

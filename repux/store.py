@@ -310,7 +310,9 @@ class ModelStore:
             card = verify_model(found)
             new_id = model_id or card.id
             if model_id is None and not is_model_id(new_id):
-                raise ModelFileError(f"the model's id {new_id!r} (in {CARD_FILE}) is not allowed as a store name; import it under another id with --id (use {MODEL_ID_RULE}).")
+                raise ModelFileError(
+                    f"the model's id {new_id!r} (in {CARD_FILE}) is not allowed as a store name; import it under another id with --id (use {MODEL_ID_RULE})."
+                )
             if model_id and model_id != card.id:
                 data = json.loads((found / CARD_FILE).read_text())
                 data["id"] = model_id

@@ -43,6 +43,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "roi_size",
+    "thread_count",
     "warn_deprecated_spellings",
 ]
 
@@ -95,8 +96,15 @@ def _number(text: str, kind: Callable[[str], Any], what: str) -> Any:
     return value
 
 
+#: the largest integer any option takes (a C int): larger values are typos or attacks
+MAX_INT = 2**31 - 1
+
+
 def _int(text: str) -> int:
-    return _number(text, int, "an integer")
+    value = _number(text, int, "an integer")
+    if abs(value) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large: use an integer below {MAX_INT + 1:,}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -177,6 +185,14 @@ def csv_floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
     return parse
 
 
+def thread_count(text: str) -> int:
+    """An integer from 1 to 1024 (CPU threads)."""
+    value = _int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: use an integer from 1 to 1024")
+    return value
+
+
 def device_name(text: str) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (availability is checked later, when the job starts)."""
     value = str(text).strip().lower()
@@ -223,7 +239,7 @@ def add_device_options(
     g.add_argument(
         "--device", type=device_name, default=default_device, help=f"auto, cpu, cuda, cuda:N or mps (default: {default_device}; auto = GPU when present)"
     )
-    g.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    g.add_argument("--threads", type=thread_count, help="CPU threads, 1 to 1024 (default: all cores)")
     if precision:
         g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
     if algorithm:

@@ -34,7 +34,7 @@ from typing import Any
 from ..errors import DatasetError
 from ..labels import LabelSet
 
-__all__ = ["Case", "Dataset", "MANIFEST", "load_dataset", "write_manifest", "split_cases", "dataset_fingerprint"]
+__all__ = ["MANIFEST", "Case", "Dataset", "dataset_fingerprint", "load_dataset", "split_cases", "write_manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,6 @@ def _load_nnunet(root: Path, data: dict[str, Any]) -> Dataset:
 def write_manifest(root: str | Path, labels: LabelSet, cases: Iterable[Case], name: str | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write ``repux-dataset.json`` atomically."""
     r = Path(root)
-    r.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "format": FORMAT,
         "format_version": 1,
@@ -186,10 +185,9 @@ def write_manifest(root: str | Path, labels: LabelSet, cases: Iterable[Case], na
     }
     if extra:
         data.update(extra)
-    tmp = r / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(r / MANIFEST)
-    return r / MANIFEST
+    from ..fileio import atomic_write_text
+
+    return atomic_write_text(r / MANIFEST, json.dumps(data, indent=2) + "\n")
 
 
 def split_cases(cases: Sequence[Case], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Case], list[Case]]:
