@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument("--labels", required=True, help="'flare' (4 organs), 'amos' (15 organs) or a label JSON file")
     add_output_option(p, help="model folder to write", metavar="FOLDER")
     p.add_argument("--id", dest="model_id", type=model_id, help="model id (default: the folder name)")
-    p.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)"), help="target spacing x,y,z in mm (default: the official recipe of the label set)")
+    p.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)", positive=True), help="target spacing x,y,z in mm (default: the official recipe of the label set)")
     p.add_argument("--install", action="store_true", help="also install the result into the model store")
     add_overwrite_option(p, help="replace an existing output folder")
     add_common(p, progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .options import add_common, add_device_options, add_output_option, add_overwrite_option, add_window_options, csv_floats, model_id, positive_int
+from .options import add_common, add_device_options, add_output_option, add_overwrite_option, add_window_options, csv_floats, model_id, non_negative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
         help="segment a synthetic abdominal CT phantom with the built-in model (no download) and write a PNG overlay",
     )
     add_output_option(p, help="output folder (default: ./repux-demo)", required=False, default="repux-demo", metavar="FOLDER")
-    p.add_argument("--seed", type=int, default=7, help="phantom seed (default: 7)")
+    p.add_argument("--seed", type=non_negative_int, default=7, help="phantom seed (default: 7)")
     p.add_argument("-m", "--model", default=None, help="model to use (default: the built-in demo model)")
     add_inference_options(p)
     add_common(p)

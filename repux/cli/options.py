@@ -35,6 +35,7 @@ __all__ = [
     "add_window_options",
     "csv_floats",
     "device_name",
+    "duration",
     "fraction",
     "model_id",
     "non_negative_float",
@@ -168,8 +169,8 @@ def roi_size(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a window size: use one integer (96) or three (96,96,64), multiples of 16, at least 32") from None
 
 
-def csv_floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
-    """A type for ``count`` comma-separated finite numbers (``what`` names them in the message)."""
+def csv_floats(count: int, what: str, positive: bool = False) -> Callable[[str], tuple[float, ...]]:
+    """A type for ``count`` comma-separated finite numbers (``what`` names them in the message), each > 0 when ``positive``."""
 
     def parse(text: str) -> tuple[float, ...]:
         parts = [p.strip() for p in str(text).split(",")]
@@ -179,10 +180,27 @@ def csv_floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
             values = ()
         if len(values) != count or not all(math.isfinite(v) for v in values):
             raise argparse.ArgumentTypeError(f"{text!r} is not {count} comma-separated numbers {what}")
+        if positive and not all(v > 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {what} must all be > 0")
         return values
 
     parse.__name__ = what
+    parse.csv_count = count  # type: ignore[attr-defined]  (read by the argument fuzz test)
+    parse.positive = positive  # type: ignore[attr-defined]
     return parse
+
+
+def duration(text: str) -> float:
+    """``900``, ``90s``, ``15m`` or ``1.5h`` -> seconds (> 0)."""
+    s = str(text).strip().lower()
+    unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1:], None)
+    try:
+        value = float(s[:-1]) * unit if unit else float(s)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use a positive number of seconds or e.g. 90s, 15m, 1.5h")
+    return value
 
 
 def thread_count(text: str) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, InputImageError, OutputError
 
-__all__ = ["COMMAND_RULES", "validate_args", "check_input", "command_key"]
+__all__ = ["COMMAND_RULES", "check_input", "command_key", "validate_args"]
 
 #: kinds of checks
 IN_ANY, IN_FILE, IN_DIR, OUT_FILE, OUT_DIR, OUT_LOCATION, OUT_PREFIX, MODEL, MODEL_OUT = (
@@ -148,6 +148,7 @@ def _check_one(v: str, kind: str, option: str, args: argparse.Namespace) -> None
     elif kind == OUT_FILE:
         check_output_location(v, what=option)
     elif kind == OUT_DIR:
+        _named_folder(v, option)
         check_output_location(v, what=option, folder=True)
     elif kind == OUT_LOCATION:
         if not v.strip():
@@ -165,6 +166,7 @@ def _check_one(v: str, kind: str, option: str, args: argparse.Namespace) -> None
         if not v.strip():
             raise ConfigError(f"{option} is empty; give a model id or a folder path.")
         if "/" in v or "\\" in v or v.startswith("."):
+            _named_folder(v, option)
             check_output_location(v, what=option, folder=True)
             if Path(v).exists() and not getattr(args, "overwrite", False):
                 raise ConfigError(f"{option} {v!r} already exists; choose another --output (models are never overwritten).")
@@ -177,3 +179,8 @@ def _check_one(v: str, kind: str, option: str, args: argparse.Namespace) -> None
             if (store.models_dir / v).exists():
                 raise ConfigError(f"{option} {v!r}: a model with this id is already installed; choose another id (models are never overwritten).")
             check_output_location(store.models_dir / v, what=option, folder=True)
+
+
+def _named_folder(v: str, option: str) -> None:
+    if v.strip() and Path(v).name in ("", ".", ".."):
+        raise OutputError(f"{option} {v!r} must end with a folder name (not '.' or '..').")
