@@ -80,3 +80,14 @@ def one_error_line(stderr: str) -> str:
 def leftovers(folder: Path) -> list[str]:
     """Temporary or partial files left in ``folder`` (recursively)."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".part"))
+
+
+@pytest.fixture(autouse=True)
+def restore_repux_logger():
+    """main() points the 'repux' logger at the current stderr; give the next test a clean logger."""
+    import logging
+
+    log = logging.getLogger("repux")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved[0], saved[1], saved[2]

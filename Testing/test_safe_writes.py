@@ -12,7 +12,13 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from hardening_helpers import REPO, leftovers, one_error_line, run_python
+from hardening_helpers import (
+    REPO,
+    leftovers,
+    one_error_line,
+    restore_repux_logger,  # noqa: F401 (autouse fixture)
+    run_python,
+)
 
 from repux.errors import ConfigError, OutputError
 from repux.fileio import atomic_path, atomic_write_text, check_output_location, default_file_mode
@@ -55,20 +61,17 @@ def test_verify_failure_keeps_previous_file(tmp_path):
     def bad(p):
         raise ValueError("checksum mismatch")
 
-    with pytest.raises(OutputError, match=r"does not read back \(checksum mismatch\).*previous file is unchanged"):
-        with atomic_path(target, verify=bad) as tmp:
-            tmp.write_text("new")
+    with pytest.raises(OutputError, match=r"does not read back \(checksum mismatch\).*previous file is unchanged"), atomic_path(target, verify=bad) as tmp:
+        tmp.write_text("new")
     assert target.read_text() == "previous"
-    with pytest.raises(OutputError, match="nothing was written"):
-        with atomic_path(target):
-            pass
+    with pytest.raises(OutputError, match="nothing was written"), atomic_path(target):
+        pass
     assert target.read_text() == "previous" and leftovers(tmp_path) == []
 
 
 def test_os_errors_in_the_body_become_one_line(tmp_path):
-    with pytest.raises(OutputError, match=r"cannot write .*No space left on device \(ENOSPC\); free some space"):
-        with atomic_path(tmp_path / "x.bin"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OutputError, match=r"cannot write .*No space left on device \(ENOSPC\); free some space"), atomic_path(tmp_path / "x.bin"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert leftovers(tmp_path) == []
 
 
