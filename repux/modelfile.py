@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -40,7 +41,10 @@ __all__ = [
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
     "ModelCard",
+    "check_model_args",
+    "check_safetensors_file",
     "deploy_state_dict",
+    "inspect_model",
     "is_model_dir",
     "load_model",
     "read_model_card",
@@ -159,9 +163,112 @@ class ModelCard:
             )
         except KeyError as err:
             raise ModelFileError(f"model card{where} lacks the required field {err.args[0]!r}.") from err
+        check_model_args(card.model_args, where)
         if card.num_classes != labels.num_classes:
             raise ModelFileError(f"model card{where}: out_channels={card.num_classes} but {len(labels)} labels + background = {labels.num_classes} classes.")
         return card
+
+
+#: bounds of model.json's architecture values (the paper's base model is far inside them)
+MODEL_ARG_BOUNDS = {
+    "in_channels": (1, 16),
+    "out_channels": (2, 1024),
+    "feature_sizes": (1, 4096),
+    "depths": (1, 64),
+    "kernel_size": (1, 63),
+    "hidden_size": (1, 16384),
+}
+#: refuse architectures with more parameters than this (4 GB of float32 weights)
+MAX_PARAMETERS = 1_000_000_000
+
+
+def check_model_args(args: Mapping[str, Any], where: str = "") -> None:
+    """Refuse absurd or malformed architecture values before any network is built (no allocation).
+
+    Raises:
+        ModelFileError: naming the field, the value and the allowed range.
+    """
+
+    def ints(name: str, value: Any, n: int | None) -> list[int]:
+        seq = value if isinstance(value, (list, tuple)) else [value]
+        if (n is not None and len(seq) != n) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seq):
+            shape = f"a list of {n} integers" if n else "an integer"
+            raise ModelFileError(f"model card{where}: model_args.{name} must be {shape}; got {value!r}.")
+        lo, hi = MODEL_ARG_BOUNDS[name]
+        bad = [v for v in seq if not lo <= v <= hi]
+        if bad:
+            raise ModelFileError(f"model card{where}: model_args.{name} = {value!r} is out of range; each value must be from {lo} to {hi}.")
+        return list(seq)
+
+    if not isinstance(args, Mapping):
+        raise ModelFileError(f"model card{where}: model_args must be an object; got {type(args).__name__}.")
+    for key in ("in_channels", "out_channels"):
+        if key in args:
+            ints(key, args[key], None)
+    feats = ints("feature_sizes", args["feature_sizes"], 4) if "feature_sizes" in args else [48, 96, 192, 384]
+    depths = ints("depths", args["depths"], 4) if "depths" in args else [2, 2, 2, 2]
+    k = ints("kernel_size", args["kernel_size"], None)[0] if "kernel_size" in args else 21
+    hidden = ints("hidden_size", args["hidden_size"], None)[0] if "hidden_size" in args else 768
+    if "bfm_alpha" in args:
+        a = args["bfm_alpha"]
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
+            raise ModelFileError(f"model card{where}: model_args.bfm_alpha must be a positive number; got {a!r}.")
+    estimate = sum(d * f * k**3 for d, f in zip(depths, feats)) + sum(27 * 8 * f * f for f in feats) + 27 * 2 * hidden * hidden
+    if estimate > MAX_PARAMETERS:
+        raise ModelFileError(
+            f"model card{where}: model_args describe a network of about {estimate:.2g} parameters (feature_sizes {feats}, hidden_size {hidden}, "
+            f"kernel_size {k}); RepUX refuses more than {MAX_PARAMETERS:.0e} (it would need {estimate * 4 / 1e9:.0f} GB)."
+        )
+
+
+def inspect_model(path: str | Path) -> ModelCard:
+    """Everything that can be checked about a model folder before it is installed or loaded.
+
+    The card is parsed (absurd architecture values refused), the weights' size and
+    sha256 verified, the safetensors layout checked, every tensor's name, shape and
+    dtype compared with the network the card describes (built on the ``meta``
+    device: no memory), and every value checked to be finite.
+
+    Raises:
+        ModelFileError: naming the file and what is wrong.
+    """
+    import torch
+
+    card = verify_model(path)
+    assert card.path is not None
+    wpath = card.path / WEIGHTS_FILE
+    header = check_safetensors_file(wpath)
+    from .nn import RepUXNet
+
+    try:
+        with torch.device("meta"):
+            net = RepUXNet(**card.model_args, deploy=card.deploy)
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(f"model {card.id!r}: model_args in model.json are invalid: {err}") from err
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = sorted(k for k in set(own) & set(tensors) if tuple(tensors[k]["shape"]) != own[k])
+    if missing or unexpected or shapes:
+        parts = [
+            f"{what} ({len(keys)}): {_abbrev(keys, 4)}" for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys
+        ]
+        raise ModelFileError(f"model {card.id!r}: {WEIGHTS_FILE} does not match the network in model.json: " + "; ".join(parts))
+    floats = {"F32", "F16", "BF16"}
+    wrong = sorted(k for k, t in tensors.items() if (t["dtype"] != "I64" if k.endswith("num_batches_tracked") else t["dtype"] not in floats))
+    if wrong:
+        raise ModelFileError(
+            f"model {card.id!r}: {WEIGHTS_FILE} has tensors of the wrong dtype ({len(wrong)}), e.g. {wrong[0]} is {tensors[wrong[0]]['dtype']}; weights must be F32, F16 or BF16."
+        )
+    from safetensors import safe_open
+
+    with safe_open(str(wpath), framework="pt") as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ModelFileError(f"model {card.id!r}: {WEIGHTS_FILE} holds NaN or infinite values (tensor {k}); the model is broken. Re-export it.")
+    return card
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -418,7 +525,7 @@ def load_model(path: str | Path, *, device: str = "cpu", verify: bool = True, al
 
     from .nn import RepUXNet
 
-    card = verify_model(path) if verify else read_model_card(path)
+    card = _read_consistently(path, verify)
     assert card.path is not None
     try:
         state = load_file(str(card.path / WEIGHTS_FILE), device="cpu")
@@ -431,6 +538,26 @@ def load_model(path: str | Path, *, device: str = "cpu", verify: bool = True, al
     load_state_dict_strict(model, state, source=f"model {card.id!r}")
     model.eval()
     return model.to(device), card
+
+
+def _read_consistently(path: str | Path, verify: bool) -> ModelCard:
+    """The card (verified against the weights): retried once if the folder was replaced by an install meanwhile."""
+    for attempt in (0, 1):
+        try:
+            before = os.stat(path).st_ino
+        except OSError:
+            before = None
+        try:
+            return verify_model(path) if verify else read_model_card(path)
+        except ModelFileError:
+            try:
+                replaced = before is not None and os.stat(path).st_ino != before
+            except OSError:
+                replaced = True
+            if attempt or not replaced:
+                raise
+            logger.info("model folder %s was replaced while it was read; reading it again", path)
+    raise AssertionError("unreachable")
 
 
 def load_state_dict_strict(model, state: Mapping[str, Any], source: str) -> None:

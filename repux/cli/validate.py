@@ -134,6 +134,24 @@ def validate_args(args: argparse.Namespace) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             _check_one(str(v), kind, option, args)
+    if command_key(args) in ("train", "finetune"):
+        _probe_run_lock(args)
+
+
+def _probe_run_lock(args: argparse.Namespace) -> None:
+    """Answer at once when another live process trains in the same run folder (the trainer takes the lock for real)."""
+    from ..locks import FileLock
+
+    out = str(getattr(args, "output", "") or "")
+    if getattr(args, "run_dir", None):
+        run = Path(args.run_dir)
+    else:
+        from ..store import store_root
+
+        run = store_root() / "runs" / Path(out).name
+    lock_file = run / "run.lock"  # repux.training.trainer.RUN_LOCK (not imported: torch)
+    if lock_file.is_file():
+        FileLock(lock_file, f"run folder {str(run)!r}").acquire().release()
 
 
 def _check_one(v: str, kind: str, option: str, args: argparse.Namespace) -> None:

@@ -43,14 +43,17 @@ from ..progress import CancelToken, ProgressCallback, ProgressTracker
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .transforms import AUGMENTATIONS, CROP_SAMPLING, deterministic_transforms, random_transforms
 
-__all__ = ["TrainConfig", "TrainResult", "train", "plan_labels", "adapt_output_head", "parse_duration", "KERNEL_MODES"]
+__all__ = ["KERNEL_MODES", "TrainConfig", "TrainResult", "adapt_output_head", "parse_duration", "plan_labels", "train"]
 
 logger = logging.getLogger(__name__)
 
 KERNEL_MODES = ("bfr", "plain")
 
+#: the lock file of a run folder
+RUN_LOCK = "run.lock"
 
-def parse_duration(text: str | float | int | None) -> float | None:
+
+def parse_duration(text: str | float | None) -> float | None:
     """``"90"``, ``"90s"``, ``"15m"``, ``"1.5h"`` -> seconds."""
     if text is None or text == "":
         return None
@@ -394,9 +397,68 @@ def train(
         progress: receives per-iteration events (``iteration``, ``loss``, ``lr``, ``val_dice``...).
         cancel: cancellation token; a checkpoint is written before :class:`Cancelled` propagates.
 
+    The run folder is locked for the whole run (:class:`repux.locks.FileLock` on
+    ``run_dir/run.lock``): a second process on the same folder gets a one-line
+    error naming the PID that holds it; a lock left by a killed process is taken over.
+
     Raises:
-        DatasetError, ConfigError, CheckpointError, Cancelled.
+        DatasetError, ConfigError, CheckpointError, Cancelled, LockedError.
     """
+    lock = lock_run_dir(run_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        return _train(
+            dataset,
+            out,
+            config,
+            run_dir=run_dir,
+            base_model=base_model,
+            resume=resume,
+            device=device,
+            threads=threads,
+            model=model,
+            model_id=model_id,
+            model_name=model_name,
+            description=description,
+            command=command,
+            overwrite=overwrite,
+            weights_dtype=weights_dtype,
+            progress=progress,
+            cancel=cancel,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_run_dir(run_dir: str | Path):
+    """Take the lock of a run folder (rank 0 only); raises :class:`repux.locks.LockedError` when a live process holds it."""
+    from ..locks import FileLock
+
+    run = Path(run_dir)
+    return FileLock(run / RUN_LOCK, f"run folder {str(run)!r}").acquire()
+
+
+def _train(
+    dataset,
+    out: str | Path | None,
+    config: TrainConfig,
+    *,
+    run_dir: str | Path,
+    base_model: str | Path | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    model: nn.Module | None = None,
+    model_id: str | None = None,
+    model_name: str = "",
+    description: str = "",
+    command: str | None = None,
+    overwrite: bool = False,
+    weights_dtype: str = "float32",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> TrainResult:
+    """The body of :func:`train` (the run folder is locked)."""
     from monai.losses import DiceCELoss
 
     from ..data.datasets import dataset_fingerprint, split_cases
