@@ -316,6 +316,8 @@ def _validate(
             y = torch.as_tensor(item["label"])[None].long()
 
             def predict(b: torch.Tensor) -> torch.Tensor:
+                if cancel is not None:
+                    cancel.check()  # per window: a stop never waits for a whole validation pass
                 if amp is not None:
                     with torch.autocast(device_type=device.type, dtype=amp):
                         return net(b).float()
@@ -434,8 +436,20 @@ def lock_run_dir(run_dir: str | Path):
     """Take the lock of a run folder (rank 0 only); raises :class:`repux.locks.LockedError` when a live process holds it."""
     from ..locks import FileLock
 
+    from ..errors import OutputError
+    from ..fileio import os_error_message
+
     run = Path(run_dir)
-    return FileLock(run / RUN_LOCK, f"run folder {str(run)!r}").acquire()
+    try:
+        lock = FileLock(run / RUN_LOCK, f"run folder {str(run)!r}").acquire()
+    except OSError as err:
+        raise OutputError(f"--run-dir: {os_error_message(run, err)}") from err
+    for stale in run.glob(".*.tmp*"):  # temporary files of a killed run (we hold the folder now)
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+    return lock
 
 
 def _train(
@@ -545,6 +559,7 @@ def _train(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     start_it = 0
+    val_pending = False  # the validation due at this iteration has not run yet (stopped before or during it)
     best: dict[str, Any] = {"mean": None, "dice": {}, "state": None, "iteration": 0}
     history: list[dict[str, Any]] = []
     elapsed_before = 0.0
@@ -563,6 +578,7 @@ def _train(
         best = {"mean": state["best"]["mean"], "dice": state["best"]["dice"], "state": state.get("best_model"), "iteration": state["best"]["iteration"]}
         history = list(state.get("history", []))
         elapsed_before = float(state.get("elapsed_s", 0.0))
+        val_pending = bool(state.get("validation_pending", False)) and val_ds is not None
         logger.info("resumed from %s at iteration %d", ckpt_path, start_it)
 
     t_start = time.monotonic() - elapsed_before
@@ -587,9 +603,23 @@ def _train(
                 "config": cfg.to_dict(),
                 "history": history,
                 "elapsed_s": time.monotonic() - t_start,
+                "validation_pending": val_pending,
             },
             ckpt_path,
         )
+
+    def validate(iteration: int) -> None:
+        nonlocal best, val_pending
+        dist.sync_buffers(net)
+        if dist.main:
+            dice = _validate(net, val_ds, labels, cfg, dev, amp, cancel)
+            mean = _mean(dice)
+            if mean is not None and (best["mean"] is None or mean > best["mean"]):
+                best = {"mean": mean, "dice": dice, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "iteration": iteration}
+            val_pending = False
+            emit("validate", iteration, val_dice=dice, val_mean_dice=None if mean is None else round(mean, 4), best_mean_dice=best["mean"])
+        val_pending = False
+        dist.barrier()
 
     def emit(stage: str, iteration: int, **extra: Any) -> None:
         elapsed = time.monotonic() - t_start
@@ -605,6 +635,8 @@ def _train(
     it = start_it
     encoder_frozen = None
     try:
+        if val_pending:  # resumed from a stop during (or just before) a validation: run it first
+            validate(it)
         while it < cfg.max_iterations:
             elapsed = time.monotonic() - t_start
             over_budget = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
@@ -645,17 +677,10 @@ def _train(
             loss_value = loss_sum / cfg.grad_accumulation
             if not math.isfinite(loss_value):
                 raise ConfigError(f"training diverged at iteration {it} (loss {loss_value}); lower --lr or use --precision fp32.")
+            val_pending = val_ds is not None and (it % cfg.val_interval == 0 or it == cfg.max_iterations)
             emit("train", it, loss=round(loss_value, 5), lr=float(scheduler.get_last_lr()[0]))
-            do_val = val_ds is not None and (it % cfg.val_interval == 0 or it == cfg.max_iterations)
-            if do_val:
-                dist.sync_buffers(net)
-                if dist.main:
-                    dice = _validate(net, val_ds, labels, cfg, dev, amp, cancel)
-                    mean = _mean(dice)
-                    if mean is not None and (best["mean"] is None or mean > best["mean"]):
-                        best = {"mean": mean, "dice": dice, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "iteration": it}
-                    emit("validate", it, val_dice=dice, val_mean_dice=None if mean is None else round(mean, 4), best_mean_dice=best["mean"])
-                dist.barrier()
+            if val_pending:
+                validate(it)
             if it % cfg.checkpoint_interval == 0 or it == cfg.max_iterations:
                 checkpoint(it)
     except Cancelled:
@@ -668,11 +693,13 @@ def _train(
     if stopped_by == "time_budget":
         logger.info("time budget reached at iteration %d", it)
         if val_ds is not None and dist.main and (not history or history[-1].get("stage") != "validate"):
-            dice = _validate(net, val_ds, labels, cfg, dev, amp, None)
-            mean = _mean(dice)
-            if mean is not None and (best["mean"] is None or mean > best["mean"]):
-                best = {"mean": mean, "dice": dice, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "iteration": it}
-            emit("validate", it, val_dice=dice, val_mean_dice=None if mean is None else round(mean, 4), best_mean_dice=best["mean"])
+            val_pending = True
+            try:
+                validate(it)
+            except Cancelled:
+                checkpoint(it)
+                dist.close()
+                raise Cancelled(f"training cancelled at iteration {it}; checkpoint saved to {ckpt_path}") from None
         checkpoint(it)
 
     weights_agree = None
