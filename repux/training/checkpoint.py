@@ -28,6 +28,8 @@ from ..fileio import atomic_path
 __all__ = ["CHECKPOINT", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT = "checkpoint.pt"
+#: what a resumable checkpoint must hold
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "rng", "iteration", "best", "labels", "model_args")
 
 
 def rng_state() -> dict[str, Any]:
@@ -126,4 +128,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from err
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise CheckpointError(f"{str(p)!r} is not a RepUX training checkpoint.")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"training checkpoint {str(p)!r} lacks {', '.join(missing)} (written by another program or edited); start a new run folder.")
+    if not isinstance(state["iteration"], int) or state["iteration"] < 0:
+        raise CheckpointError(f"training checkpoint {str(p)!r} has an invalid iteration {state['iteration']!r}.")
     return state

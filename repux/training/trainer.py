@@ -298,14 +298,33 @@ def _make_datasets(train_cases, val_cases, cfg: TrainConfig, labels: LabelSet, v
 def _validate(
     model: nn.Module, val_ds, labels: LabelSet, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None, cancel: CancelToken | None
 ) -> dict[str, float | None]:
-    from monai.inferers import sliding_window_inference
     from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
 
     net = _unwrap(model)
     was_training = net.training
     net.eval()
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    rows = []
+    try:
+        rows = _validation_rows(net, val_ds, labels, cfg, device, amp, cancel, metric)
+    finally:
+        if was_training:
+            net.train()
+    if not rows:
+        return {}
+    table = torch.stack(rows)  # (cases, organs), NaN where the organ is absent
+    out: dict[str, float | None] = {}
+    for j, lab in enumerate(labels):
+        col = table[:, j]
+        col = col[~torch.isnan(col)]
+        out[lab.name] = round(float(col.mean()), 4) if len(col) else None
+    return out
+
+
+def _validation_rows(net, val_ds, labels: LabelSet, cfg: TrainConfig, device: torch.device, amp, cancel: CancelToken | None, metric) -> list:
+    from monai.inferers import sliding_window_inference
+    from monai.networks.utils import one_hot
+
     rows = []
     with torch.inference_mode():
         for i in range(len(val_ds)):
@@ -327,17 +346,7 @@ def _validate(
             pred = logits.argmax(1, keepdim=True).cpu()
             n = labels.num_classes
             rows.append(metric(one_hot(pred, n), one_hot(y, n))[0])
-    if was_training:
-        net.train()
-    if not rows:
-        return {}
-    table = torch.stack(rows)  # (cases, organs), NaN where the organ is absent
-    out: dict[str, float | None] = {}
-    for j, lab in enumerate(labels):
-        col = table[:, j]
-        col = col[~torch.isnan(col)]
-        out[lab.name] = round(float(col.mean()), 4) if len(col) else None
-    return out
+    return rows
 
 
 def _weights_digest(net: nn.Module) -> torch.Tensor:
@@ -434,10 +443,9 @@ def train(
 
 def lock_run_dir(run_dir: str | Path):
     """Take the lock of a run folder (rank 0 only); raises :class:`repux.locks.LockedError` when a live process holds it."""
-    from ..locks import FileLock
-
     from ..errors import OutputError
     from ..fileio import os_error_message
+    from ..locks import FileLock
 
     run = Path(run_dir)
     try:
@@ -564,10 +572,21 @@ def _train(
     history: list[dict[str, Any]] = []
     elapsed_before = 0.0
     ckpt_path = run / CHECKPOINT
+    if not resume and ckpt_path.is_file() and dist.main:
+        logger.warning("starting a new run in %s: its earlier checkpoint will be replaced (use --resume to continue it instead)", run)
     if resume:
         state = load_checkpoint(ckpt_path)
-        if state.get("labels") != labels.to_list() or state.get("model_args") != net.config():
-            raise CheckpointError(f"checkpoint {ckpt_path} was written for another model or label set; start a new run folder instead of --resume.")
+        if state.get("labels") != labels.to_list():
+            was = ", ".join(str(d.get("name")) for d in state.get("labels") or [] if isinstance(d, dict))
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} was written for the organs [{was}], not [{', '.join(labels.names)}] of this dataset/model; "
+                "start a new run folder (--run-dir) instead of --resume."
+            )
+        if state.get("model_args") != net.config():
+            diff = sorted(k for k in set(state.get("model_args") or {}) | set(net.config()) if (state.get("model_args") or {}).get(k) != net.config().get(k))
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} was written for another network (differs in {', '.join(diff)}); start a new run folder (--run-dir) instead of --resume."
+            )
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
