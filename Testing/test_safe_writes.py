@@ -310,6 +310,12 @@ def test_main_turns_user_os_errors_into_one_line_but_keeps_bug_tracebacks(capsys
     monkeypatch.setattr(cli_main, "build_parser", patched(user_error))
     assert cli_main.main(["presets"]) == 1
     assert capsys.readouterr().err.strip() == "repux: error: cannot use '/data/ct.nii.gz': Permission denied (EACCES); choose a folder you can write to."
+    def disk_full(args, ctx):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli_main, "build_parser", patched(disk_full))
+    assert cli_main.main(["presets"]) == 1
+    assert capsys.readouterr().err.strip().startswith("repux: error: No space left on device (ENOSPC); free some space")
     monkeypatch.setattr(cli_main, "build_parser", patched(bug))
     with pytest.raises(OSError):
         cli_main.main(["presets"])

@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_location",
     "default_file_mode",
+    "describe_os_error",
     "is_user_os_error",
     "os_error_message",
 ]
@@ -58,9 +59,22 @@ USER_ERRNOS = {
 }
 
 
+#: errors about the disk itself: the user's environment even when no file is named
+DISK_ERRNOS = {_errno.ENOSPC, _errno.EFBIG, _errno.EROFS, getattr(_errno, "EDQUOT", _errno.ENOSPC)}
+
+
 def is_user_os_error(err: BaseException) -> bool:
-    """True for an ``OSError`` about a named file with an errno the user can act on (missing, read-only, full...)."""
-    return isinstance(err, OSError) and err.errno in USER_ERRNOS and err.filename is not None
+    """True for an ``OSError`` the user can act on: a named file that is missing, read-only..., or a full disk / size limit."""
+    if not isinstance(err, OSError):
+        return False
+    return err.errno in DISK_ERRNOS or (err.errno in USER_ERRNOS and err.filename is not None)
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a user's OSError: ``cannot use '/x': Permission denied (EACCES); ...`` or the disk error alone."""
+    if err.filename is not None:
+        return os_error_message(err.filename, err, "use")
+    return f"{_reason(err)}."
 
 
 _UMASK_LOCK = threading.Lock()

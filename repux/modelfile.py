@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import InferenceSettings, Preprocessing
-from .errors import ModelFileError, OutputError
+from .errors import ConfigError, ModelFileError, OutputError
 from .fileio import default_file_mode, os_error_message
 from .labels import LabelSet
 
@@ -163,6 +163,8 @@ class ModelCard:
             )
         except KeyError as err:
             raise ModelFileError(f"model card{where} lacks the required field {err.args[0]!r}.") from err
+        except (ConfigError, TypeError, ValueError, AttributeError) as err:
+            raise ModelFileError(f"model card{where} is invalid: {err}") from err
         check_model_args(card.model_args, where)
         if card.num_classes != labels.num_classes:
             raise ModelFileError(f"model card{where}: out_channels={card.num_classes} but {len(labels)} labels + background = {labels.num_classes} classes.")

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelFileError, did_you_mean
+from .errors import ConfigError, ModelFileError, OutputError, did_you_mean
+from .fileio import os_error_message
 from .ids import MODEL_ID_RULE, check_model_id, is_model_id
 from .modelfile import CARD_FILE, ModelCard, inspect_model, read_model_card, sha256_file
 
@@ -265,7 +266,11 @@ def download(
                 total = int(resp.headers.get("Content-Length", 0) or 0)
                 have = 0
                 mode = "wb"
-            with open(part, mode) as f:
+            try:
+                f = open(part, mode)  # noqa: SIM115 - closed below
+            except OSError as err:
+                raise OutputError(os_error_message(part, err)) from err
+            with f:
                 while True:
                     if cancel is not None:
                         cancel.check()
@@ -275,7 +280,10 @@ def download(
                         raise ModelFileError(f"download of {url} was interrupted after {have} bytes ({err}); run the same command again to resume.") from err
                     if not b:
                         break
-                    f.write(b)
+                    try:
+                        f.write(b)
+                    except OSError as err:
+                        raise OutputError(os_error_message(part, err) + " The partial download is kept; run the same command again to resume.") from err
                     have += len(b)
                     if progress is not None:
                         progress(have, total)

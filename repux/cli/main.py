@@ -22,8 +22,8 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import Cancelled, RepuxError
+from ..fileio import describe_os_error, is_user_os_error
 from ..progress import BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback
-from ..fileio import is_user_os_error, os_error_message
 from .options import RepuxArgumentParser, add_common, warn_deprecated_spellings
 from .validate import validate_args
 
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # not the user's environment: a bug, keep the traceback
         ctx.cleanup()
         close()
-        print(f"repux: error: {os_error_message(err.filename or '?', err, 'use')}", file=sys.stderr)
+        print(f"repux: error: {describe_os_error(err)}", file=sys.stderr)
         return 1
     finally:
         close()
