@@ -310,6 +310,7 @@ def test_main_turns_user_os_errors_into_one_line_but_keeps_bug_tracebacks(capsys
     monkeypatch.setattr(cli_main, "build_parser", patched(user_error))
     assert cli_main.main(["presets"]) == 1
     assert capsys.readouterr().err.strip() == "repux: error: cannot use '/data/ct.nii.gz': Permission denied (EACCES); choose a folder you can write to."
+
     def disk_full(args, ctx):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -319,3 +320,26 @@ def test_main_turns_user_os_errors_into_one_line_but_keeps_bug_tracebacks(capsys
     monkeypatch.setattr(cli_main, "build_parser", patched(bug))
     with pytest.raises(OSError):
         cli_main.main(["presets"])
+
+
+def test_model_folders_and_checkpoints_get_the_umask_mode(tmp_path, tiny_model_dir):
+    import torch
+
+    from repux.labels import FLARE
+    from repux.modelfile import save_model
+    from repux.nn import create_model
+    from repux.store import ModelStore
+    from repux.training.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        card = save_model(create_model("tiny", out_channels=FLARE.num_classes), tmp_path / "m", labels=FLARE)
+        assert stat.S_IMODE(card.path.stat().st_mode) == 0o755
+        assert {stat.S_IMODE(p.stat().st_mode) for p in card.path.iterdir()} == {0o644}
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "iteration": 0}, tmp_path / "run" / "checkpoint.pt")
+        assert stat.S_IMODE((tmp_path / "run" / "checkpoint.pt").stat().st_mode) == 0o644
+        installed = ModelStore().import_model(tiny_model_dir, model_id="mode-test")
+        assert stat.S_IMODE(installed.path.stat().st_mode) == 0o755
+        assert {stat.S_IMODE(p.stat().st_mode) for p in installed.path.iterdir()} == {0o644}
+    finally:
+        os.umask(old)
