@@ -32,6 +32,10 @@ def _tuple3(name: str, value: Any, kind: type = float, positive: bool = True) ->
     return out
 
 
+#: the largest window edge (voxels): 512^3 windows already need tens of GB
+MAX_ROI = 512
+
+
 def parse_roi_size(value: Any) -> tuple[int, int, int]:
     """Parse ``96``, ``"96"``, ``"96,96,64"`` or a sequence into a valid ``roi_size``.
 
@@ -40,10 +44,16 @@ def parse_roi_size(value: Any) -> tuple[int, int, int]:
     """
     if isinstance(value, str):
         parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
-        value = [int(p) for p in parts] if len(parts) > 1 else int(parts[0])
+        try:
+            value = [int(p) for p in parts] if len(parts) > 1 else int(parts[0])
+        except (ValueError, IndexError) as err:
+            raise ConfigError(f"roi_size {value!r} is not a window size: use one integer (96) or three (96,96,64).") from err
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in items):
+        raise ConfigError(f"roi_size {value!r} is not a window size: use integers.")
     roi = _tuple3("roi_size", value, int)
-    if any(r % 16 or r < 32 for r in roi):
-        raise ConfigError(f"roi_size {roi} is not allowed: each size must be a multiple of 16 and at least 32 (the network down-samples 4 times).")
+    if any(r % 16 or r < 32 or r > MAX_ROI for r in roi):
+        raise ConfigError(f"roi_size {roi} is not allowed: each size must be a multiple of 16 from 32 to {MAX_ROI} (the network down-samples 4 times).")
     return roi  # type: ignore[return-value]
 
 
@@ -145,7 +155,10 @@ class InferenceSettings:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InferenceSettings:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown inference keys {sorted(unknown)}; allowed: {sorted(known)}.")
+        return cls(**dict(d))
 
 
 #: GUI/CLI quality levels -> (overlap, tta)

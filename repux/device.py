@@ -93,11 +93,18 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if p == "bf16" else torch.float16
 
 
+#: the most CPU threads RepUX asks for
+MAX_THREADS = 1024
+
+
 def set_threads(threads: int | None) -> int:
-    """Use ``threads`` CPU threads (default: all cores)."""
-    n = threads or os.cpu_count() or 1
-    if n < 1:
-        raise ConfigError(f"--threads must be >= 1; got {threads}.")
+    """Use ``threads`` CPU threads (None: all cores; 0 or a negative number is refused, not read as "all")."""
+    if threads is None:
+        n = os.cpu_count() or 1
+    elif isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"--threads must be an integer from 1 to {MAX_THREADS} (or omitted for all cores); got {threads!r}.")
+    else:
+        n = threads
     torch.set_num_threads(n)
     return n
 

@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "InputImageError",
     "DatasetError",
+    "OutputError",
     "Cancelled",
     "did_you_mean",
 ]
@@ -44,6 +45,10 @@ class InputImageError(RepuxError):
 
 class DatasetError(RepuxError):
     """A training dataset is invalid."""
+
+
+class OutputError(RepuxError):
+    """A file or folder cannot be written (read-only place, full disk, file-size limit, truncated write)."""
 
 
 class Cancelled(RepuxError):

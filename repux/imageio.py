@@ -18,34 +18,34 @@ renamed into place, so a crash or a kill never leaves half a file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError
+from .errors import InputImageError, OutputError
+from .fileio import atomic_path, atomic_write_text, check_output_location
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
-    "read_image",
-    "list_dicom_series",
-    "check_image",
-    "write_image",
-    "write_segmentation_nrrd",
-    "read_segmentation_nrrd_labels",
     "atomic_path",
-    "ijk_to_ras",
+    "atomic_write_text",
+    "check_image",
+    "check_output_location",
     "geometry",
+    "ijk_to_ras",
+    "list_dicom_series",
+    "read_image",
+    "read_segmentation_nrrd_labels",
     "same_grid",
     "suffix_of",
+    "verify_image_file",
+    "write_image",
+    "write_segmentation_nrrd",
 ]
 
 logger = logging.getLogger(__name__)
@@ -252,31 +252,78 @@ def check_image(image: sitk.Image, *, max_voxels: int | None = None, ct: bool = 
     return warnings
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on success.
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Bytes a NIfTI-1 file (uncompressed stream) must hold, from its header; None when not NIfTI-1."""
+    import struct
 
-    On any exception - including cancellation - the temporary file is removed
-    and ``path`` is left untouched.
+    if len(header) < 348:
+        return None
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
+            n = max(1, min(int(dims[0]), 7))
+            return int(vox_offset) + math.prod(max(1, int(d)) for d in dims[1 : n + 1]) * bitpix // 8
+    return None
+
+
+def verify_image_file(path: str | Path, like: sitk.Image | None = None) -> None:
+    """Check that an image file is complete (raises otherwise).
+
+    NIfTI: the (decompressed) file holds the header's voxel count (ITK's NIfTI
+    reader accepts truncated files); other formats: read back completely.  With
+    ``like``, the size and number of components must match.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = suffix_of(target) or target.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    import gzip
+
+    p = Path(path)
+    suffix = suffix_of(p)
+    if suffix in (".nii", ".nii.gz"):
+        with open(p, "rb") as f:
+            magic = f.read(2)
+        opener = gzip.open if magic == b"\x1f\x8b" else open
+        with opener(p, "rb") as f:
+            header = f.read(348)
+            total = len(header)
+            while True:
+                b = f.read(1 << 22)
+                if not b:
+                    break
+                total += len(b)
+        expected = _nifti_expected_bytes(header)
+        if expected is None:
+            raise InputImageError(f"{str(p)!r} has no NIfTI-1 header")
+        if total < expected:
+            raise InputImageError(f"{str(p)!r} holds {total} of {expected} bytes")
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(p))
+        r.ReadImageInformation()
+        size = r.GetSize()
+    else:
+        img = sitk.ReadImage(str(p))
+        size = img.GetSize()
+    if like is not None and tuple(size) != tuple(like.GetSize()):
+        raise InputImageError(f"{str(p)!r} reads back with size {size}, not {like.GetSize()}")
+
+
+def _write_verified(image: sitk.Image, path: str | Path, compress: bool) -> None:
+    with atomic_path(path, verify=lambda tmp: verify_image_file(tmp, image)) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as err:
+            raise OutputError(
+                f"cannot write {str(path)!r}: {_first_line(err)}; is the disk full or a file-size limit reached? The previous file is unchanged."
+            ) from err
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
-    """Write an image atomically (format from the suffix)."""
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+    """Write an image atomically (format from the suffix), verified before the rename.
+
+    Raises:
+        OutputError: the file cannot be written completely (read-only place, full disk, size limit).
+    """
+    _write_verified(image, path, compress)
     return Path(path)
 
 
@@ -306,9 +353,8 @@ def write_segmentation_nrrd(label_image: sitk.Image, labels, path: str | Path, c
         img.SetMetaData(pre + "Layer", "0")
         img.SetMetaData(pre + "Extent", extent)
         img.SetMetaData(pre + "Tags", f"TerminologyEntry:{lab.slicer_terminology()}|")
-    with atomic_path(path) as tmp:
-        # SimpleITK picks the NRRD writer from the ".nrrd" ending of the temp name
-        sitk.WriteImage(img, str(tmp), compress)
+    # SimpleITK picks the NRRD writer from the ".nrrd" ending of the temp name
+    _write_verified(img, path, compress)
     return Path(path)
 
 

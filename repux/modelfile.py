@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -30,22 +31,26 @@ from pathlib import Path
 from typing import Any
 
 from .config import InferenceSettings, Preprocessing
-from .errors import ModelFileError
+from .errors import ConfigError, ModelFileError, OutputError
+from .fileio import default_file_mode, os_error_message
 from .labels import LabelSet
 
 __all__ = [
+    "CARD_FILE",
     "FORMAT",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
-    "CARD_FILE",
     "ModelCard",
-    "save_model",
+    "check_model_args",
+    "check_safetensors_file",
+    "deploy_state_dict",
+    "inspect_model",
+    "is_model_dir",
     "load_model",
     "read_model_card",
-    "verify_model",
+    "save_model",
     "sha256_file",
-    "deploy_state_dict",
-    "is_model_dir",
+    "verify_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -158,9 +163,114 @@ class ModelCard:
             )
         except KeyError as err:
             raise ModelFileError(f"model card{where} lacks the required field {err.args[0]!r}.") from err
+        except (ConfigError, TypeError, ValueError, AttributeError) as err:
+            raise ModelFileError(f"model card{where} is invalid: {err}") from err
+        check_model_args(card.model_args, where)
         if card.num_classes != labels.num_classes:
             raise ModelFileError(f"model card{where}: out_channels={card.num_classes} but {len(labels)} labels + background = {labels.num_classes} classes.")
         return card
+
+
+#: bounds of model.json's architecture values (the paper's base model is far inside them)
+MODEL_ARG_BOUNDS = {
+    "in_channels": (1, 16),
+    "out_channels": (2, 1024),
+    "feature_sizes": (1, 4096),
+    "depths": (1, 64),
+    "kernel_size": (1, 63),
+    "hidden_size": (1, 16384),
+}
+#: refuse architectures with more parameters than this (4 GB of float32 weights)
+MAX_PARAMETERS = 1_000_000_000
+
+
+def check_model_args(args: Mapping[str, Any], where: str = "") -> None:
+    """Refuse absurd or malformed architecture values before any network is built (no allocation).
+
+    Raises:
+        ModelFileError: naming the field, the value and the allowed range.
+    """
+
+    def ints(name: str, value: Any, n: int | None) -> list[int]:
+        seq = value if isinstance(value, (list, tuple)) else [value]
+        if (n is not None and len(seq) != n) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seq):
+            shape = f"a list of {n} integers" if n else "an integer"
+            raise ModelFileError(f"model card{where}: model_args.{name} must be {shape}; got {value!r}.")
+        lo, hi = MODEL_ARG_BOUNDS[name]
+        bad = [v for v in seq if not lo <= v <= hi]
+        if bad:
+            raise ModelFileError(f"model card{where}: model_args.{name} = {value!r} is out of range; each value must be from {lo} to {hi}.")
+        return list(seq)
+
+    if not isinstance(args, Mapping):
+        raise ModelFileError(f"model card{where}: model_args must be an object; got {type(args).__name__}.")
+    for key in ("in_channels", "out_channels"):
+        if key in args:
+            ints(key, args[key], None)
+    feats = ints("feature_sizes", args["feature_sizes"], 4) if "feature_sizes" in args else [48, 96, 192, 384]
+    depths = ints("depths", args["depths"], 4) if "depths" in args else [2, 2, 2, 2]
+    k = ints("kernel_size", args["kernel_size"], None)[0] if "kernel_size" in args else 21
+    hidden = ints("hidden_size", args["hidden_size"], None)[0] if "hidden_size" in args else 768
+    if "bfm_alpha" in args:
+        a = args["bfm_alpha"]
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
+            raise ModelFileError(f"model card{where}: model_args.bfm_alpha must be a positive number; got {a!r}.")
+    estimate = sum(d * f * k**3 for d, f in zip(depths, feats)) + sum(27 * 8 * f * f for f in feats) + 27 * 2 * hidden * hidden
+    if estimate > MAX_PARAMETERS:
+        raise ModelFileError(
+            f"model card{where}: model_args describe a network of about {estimate:.2g} parameters (feature_sizes {feats}, hidden_size {hidden}, "
+            f"kernel_size {k}); RepUX refuses more than {MAX_PARAMETERS:.0e} (it would need {estimate * 4 / 1e9:.0f} GB)."
+        )
+
+
+def inspect_model(path: str | Path) -> ModelCard:
+    """Everything that can be checked about a model folder before it is installed or loaded.
+
+    The card is parsed (absurd architecture values refused), the weights' size and
+    sha256 verified, the safetensors layout checked, every tensor's name, shape and
+    dtype compared with the network the card describes (built on the ``meta``
+    device: no memory), and every value checked to be finite.
+
+    Raises:
+        ModelFileError: naming the file and what is wrong.
+    """
+    import torch
+
+    card = verify_model(path)
+    assert card.path is not None
+    wpath = card.path / WEIGHTS_FILE
+    header = check_safetensors_file(wpath)
+    from .nn import RepUXNet
+
+    try:
+        with torch.device("meta"):
+            net = RepUXNet(**card.model_args, deploy=card.deploy)
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(f"model {card.id!r}: model_args in model.json are invalid: {err}") from err
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = sorted(k for k in set(own) & set(tensors) if tuple(tensors[k]["shape"]) != own[k])
+    if missing or unexpected or shapes:
+        parts = [
+            f"{what} ({len(keys)}): {_abbrev(keys, 4)}" for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys
+        ]
+        raise ModelFileError(f"model {card.id!r}: {WEIGHTS_FILE} does not match the network in model.json: " + "; ".join(parts))
+    floats = {"F32", "F16", "BF16"}
+    wrong = sorted(k for k, t in tensors.items() if (t["dtype"] != "I64" if k.endswith("num_batches_tracked") else t["dtype"] not in floats))
+    if wrong:
+        raise ModelFileError(
+            f"model {card.id!r}: {WEIGHTS_FILE} has tensors of the wrong dtype ({len(wrong)}), e.g. {wrong[0]} is {tensors[wrong[0]]['dtype']}; weights must be F32, F16 or BF16."
+        )
+    from safetensors import safe_open
+
+    with safe_open(str(wpath), framework="pt") as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ModelFileError(f"model {card.id!r}: {WEIGHTS_FILE} holds NaN or infinite values (tensor {k}); the model is broken. Re-export it.")
+    return card
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -211,6 +321,7 @@ def save_model(
     Raises:
         ModelFileError: if the folder exists (and not ``overwrite``) or labels do not fit.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from ._version import __version__
@@ -251,28 +362,94 @@ def save_model(
         provenance=prov,
         deploy=True,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder gets the usual permissions
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as err:
+        raise OutputError(os_error_message(out, err)) from err
+    mode = default_file_mode()
+    try:
+        os.chmod(tmp, mode | ((mode & 0o444) >> 2))  # mkdtemp makes 0700; a model folder gets the usual permissions (x where r)
         wpath = tmp / WEIGHTS_FILE
         state = deploy_state_dict(model)
         if weights_dtype == "float16":
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        save_file(state, str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE, "dtype": weights_dtype})
-        os.chmod(wpath, 0o666 & ~umask)
+        try:
+            save_file(state, str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE, "dtype": weights_dtype})
+            check_safetensors_file(wpath)
+        except (SafetensorError, ModelFileError) as err:
+            raise OutputError(f"cannot write the model weights to {str(out)!r}: {str(err).splitlines()[0][:200]}; nothing was saved.") from err
+        os.chmod(wpath, mode)
         card.sha256 = sha256_file(wpath)
         card.size_bytes = wpath.stat().st_size
-        (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+        text = json.dumps(card.to_dict(), indent=2) + "\n"
+        (tmp / CARD_FILE).write_text(text)
+        if (tmp / CARD_FILE).stat().st_size != len(text.encode()):
+            raise OutputError(f"cannot write {str(out / CARD_FILE)!r}: the file is incomplete (is the disk full?); nothing was saved.")
+        os.chmod(tmp / CARD_FILE, mode)
         _replace_dir(tmp, out, overwrite)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(os_error_message(out, err) + " Nothing was saved; an existing model there is unchanged.") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     card.path = out
     logger.info("saved model %s (%s, sha256 %s) to %s", card.id, _human_size(card.size_bytes), card.sha256[:12], out)
     return card
+
+
+#: dtypes RepUX model weights may have
+SAFETENSORS_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "BOOL": 1, "U8": 1}
+#: refuse a safetensors header larger than this (a real one is a few hundred KB)
+MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
+
+
+def check_safetensors_file(path: str | Path) -> dict[str, Any]:
+    """Check a ``.safetensors`` file's structure without loading it; returns its header.
+
+    The header must be JSON, every tensor's dtype one RepUX uses, its byte range
+    consistent with its shape and inside the file, and the file exactly as long as
+    the header says (a truncated or padded file is refused).
+
+    Raises:
+        ModelFileError: naming what is wrong.
+    """
+    import struct
+
+    p = Path(path)
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelFileError(f"{str(p)!r} is not a safetensors file: only {size} bytes.")
+        n = struct.unpack("<Q", head)[0]
+        if n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+            raise ModelFileError(f"{str(p)!r} is truncated or not a safetensors file: header of {n} bytes in a file of {size} bytes.")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ModelFileError(f"{str(p)!r} has a corrupted safetensors header: {err}") from err
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{str(p)!r} has a corrupted safetensors header.")
+    end = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= set(t):
+            raise ModelFileError(f"{str(p)!r}: tensor {name!r} has a corrupted header entry.")
+        if t["dtype"] not in SAFETENSORS_DTYPES:
+            raise ModelFileError(f"{str(p)!r}: tensor {name!r} has dtype {t['dtype']}; RepUX weights use {', '.join(SAFETENSORS_DTYPES)}.")
+        start, stop = (int(v) for v in t["data_offsets"])
+        count = 1
+        for d in t["shape"]:
+            count *= int(d)
+        if stop - start != count * SAFETENSORS_DTYPES[t["dtype"]] or start < 0:
+            raise ModelFileError(f"{str(p)!r}: tensor {name!r} of shape {t['shape']} has an inconsistent byte range {start}..{stop}.")
+        end = max(end, stop)
+    if 8 + n + end != size:
+        raise ModelFileError(f"{str(p)!r} is {size} bytes but its header describes {8 + n + end}; the file is truncated or corrupted.")
+    return header
 
 
 def _replace_dir(src: Path, dst: Path, overwrite: bool) -> None:
@@ -350,7 +527,7 @@ def load_model(path: str | Path, *, device: str = "cpu", verify: bool = True, al
 
     from .nn import RepUXNet
 
-    card = verify_model(path) if verify else read_model_card(path)
+    card = _read_consistently(path, verify)
     assert card.path is not None
     try:
         state = load_file(str(card.path / WEIGHTS_FILE), device="cpu")
@@ -363,6 +540,26 @@ def load_model(path: str | Path, *, device: str = "cpu", verify: bool = True, al
     load_state_dict_strict(model, state, source=f"model {card.id!r}")
     model.eval()
     return model.to(device), card
+
+
+def _read_consistently(path: str | Path, verify: bool) -> ModelCard:
+    """The card (verified against the weights): retried once if the folder was replaced by an install meanwhile."""
+    for attempt in (0, 1):
+        try:
+            before = os.stat(path).st_ino
+        except OSError:
+            before = None
+        try:
+            return verify_model(path) if verify else read_model_card(path)
+        except ModelFileError:
+            try:
+                replaced = before is not None and os.stat(path).st_ino != before
+            except OSError:
+                replaced = True
+            if attempt or not replaced:
+                raise
+            logger.info("model folder %s was replaced while it was read; reading it again", path)
+    raise AssertionError("unreachable")
 
 
 def load_state_dict_strict(model, state: Mapping[str, Any], source: str) -> None:

@@ -23,26 +23,31 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelFileError, did_you_mean
-from .modelfile import CARD_FILE, ModelCard, read_model_card, sha256_file, verify_model
+from .errors import ConfigError, ModelFileError, OutputError, did_you_mean
+from .fileio import os_error_message
+from .ids import MODEL_ID_RULE, check_model_id, is_model_id
+from .modelfile import CARD_FILE, ModelCard, inspect_model, read_model_card, sha256_file
 
 __all__ = [
-    "ModelStore",
-    "CatalogEntry",
-    "store_root",
-    "builtin_models_dir",
-    "load_catalog",
-    "resolve_model",
-    "download",
-    "safe_extract_zip",
     "DEFAULT_MODEL",
-    "official_checkpoints",
+    "MODEL_ID_RULE",
+    "CatalogEntry",
+    "ModelStore",
+    "builtin_models_dir",
+    "check_model_id",
+    "download",
     "list_models",
+    "load_catalog",
+    "official_checkpoints",
+    "resolve_model",
+    "safe_extract_zip",
+    "store_root",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,7 +56,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "repux-tiny-phantom"
 
 #: refuse archives that unpack to more than this (zip-bomb guard)
-MAX_UNPACKED_BYTES = 20 * 1024**3
+MAX_UNPACKED_BYTES = 8 * 1024**3
 
 
 def store_root() -> Path:
@@ -113,7 +118,7 @@ def load_catalog(location: str | None = None) -> list[CatalogEntry]:
     loc = location or _catalog_location()
     try:
         if loc.startswith(("http://", "https://")):
-            with urllib.request.urlopen(loc, timeout=30) as r:  # noqa: S310 - http(s) only
+            with urllib.request.urlopen(loc, timeout=30) as r:
                 data = json.loads(r.read().decode("utf-8"))
         else:
             if not Path(loc).is_file():
@@ -125,27 +130,91 @@ def load_catalog(location: str | None = None) -> list[CatalogEntry]:
     return [CatalogEntry.from_dict(d) for d in items]
 
 
+#: refuse archives with more members than this (a model folder holds a handful of files)
+MAX_ARCHIVE_MEMBERS = 1000
+#: refuse members compressed more than this (zip bombs; real weights compress about 1.1:1)
+MAX_COMPRESSION_RATIO = 200
+
+
 def safe_extract_zip(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> None:
-    """Extract ``archive`` into ``dest``, refusing absolute paths, ``..``, links and zip bombs."""
+    """Extract ``archive`` into ``dest``, refusing anything unsafe before writing a byte.
+
+    Refused: absolute paths, drive letters, ``..``, backslashes, duplicate names,
+    links and special files (only regular files and folders), more than
+    :data:`MAX_ARCHIVE_MEMBERS` members, a compression ratio above
+    :data:`MAX_COMPRESSION_RATIO` and more than ``max_bytes`` in total.  Members
+    are then streamed with the byte counts enforced (a member that unpacks to
+    more than it declares is refused too).
+    """
     dest = dest.resolve()
+    where = f"refusing to extract {str(archive)!r}"
     try:
         zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as err:
+    except (zipfile.BadZipFile, OSError) as err:
         raise ModelFileError(f"{str(archive)!r} is not a valid zip archive: {err}") from err
     with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_ARCHIVE_MEMBERS:
+            raise ModelFileError(f"{where}: it has {len(infos)} members; a model archive has a few (at most {MAX_ARCHIVE_MEMBERS}).")
         total = 0
-        for info in zf.infolist():
+        seen: set[str] = set()
+        for info in infos:
             name = info.filename
+            if "\\" in name or ":" in name or name.startswith("/") or "\x00" in name:
+                raise ModelFileError(f"{where}: member {name!r} has an absolute path, a drive letter or a backslash.")
             target = (dest / name).resolve()
-            if name.startswith(("/", "\\")) or ".." in Path(name).parts or (dest != target and dest not in target.parents):
-                raise ModelFileError(f"refusing to extract {str(archive)!r}: member {name!r} would be written outside the target folder.")
+            if ".." in Path(name).parts or (dest != target and dest not in target.parents):
+                raise ModelFileError(f"{where}: member {name!r} would be written outside the target folder.")
+            key = name.rstrip("/").lower()
+            if key in seen:
+                raise ModelFileError(f"{where}: member {name!r} appears twice.")
+            seen.add(key)
             mode = (info.external_attr >> 16) & 0o170000
             if mode == 0o120000:
-                raise ModelFileError(f"refusing to extract {str(archive)!r}: member {name!r} is a symbolic link.")
+                raise ModelFileError(f"{where}: member {name!r} is a symbolic link.")
+            if mode not in (0, 0o100000, 0o040000):
+                raise ModelFileError(f"{where}: member {name!r} is not a regular file or folder (a link, device or pipe).")
             total += info.file_size
             if total > max_bytes:
-                raise ModelFileError(f"refusing to extract {str(archive)!r}: it unpacks to more than {max_bytes / 1024**3:.0f} GB.")
-        zf.extractall(dest)
+                raise ModelFileError(f"{where}: it unpacks to more than {max_bytes / 1024**3:.1f} GB.")
+            if info.file_size > 1024 * 1024 and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size):
+                raise ModelFileError(
+                    f"{where}: member {name!r} is compressed {info.file_size / max(1, info.compress_size):.0f}:1 (a zip bomb?); at most {MAX_COMPRESSION_RATIO}:1 is accepted."
+                )
+        try:
+            _extract_members(zf, infos, dest, max_bytes, where)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise ModelFileError(f"{where}: it is corrupted ({err}).") from err
+
+
+def _extract_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], dest: Path, max_bytes: int, where: str) -> None:
+    written = 0
+    for info in infos:
+        target = dest / info.filename
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        n = 0
+        with zf.open(info) as src, open(target, "wb") as out:
+            while True:
+                b = src.read(1 << 20)
+                if not b:
+                    break
+                n += len(b)
+                written += len(b)
+                if n > info.file_size or written > max_bytes:
+                    raise ModelFileError(f"{where}: member {info.filename!r} unpacks to more than it declares.")
+                out.write(b)
+
+
+def _refuse_links(folder: Path) -> None:
+    """A model folder to import holds regular files only (no symbolic links that could point anywhere)."""
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            raise ModelFileError(f"refusing to import {str(folder)!r}: {str(p)!r} is a symbolic link; copy the real files into the model folder.")
+        if not (p.is_file() or p.is_dir()):
+            raise ModelFileError(f"refusing to import {str(folder)!r}: {str(p)!r} is not a regular file.")
 
 
 def _find_model_dir(root: Path) -> Path:
@@ -177,7 +246,7 @@ def download(
     if have:
         req.add_header("Range", f"bytes={have}-")
     try:
-        resp = urllib.request.urlopen(req, timeout=60)  # noqa: S310 - catalog URLs only
+        resp = urllib.request.urlopen(req, timeout=60)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # already complete
             resp = None
@@ -198,7 +267,11 @@ def download(
                 total = int(resp.headers.get("Content-Length", 0) or 0)
                 have = 0
                 mode = "wb"
-            with open(part, mode) as f:
+            try:
+                f = open(part, mode)  # noqa: SIM115 - closed below
+            except OSError as err:
+                raise OutputError(os_error_message(part, err)) from err
+            with f:
                 while True:
                     if cancel is not None:
                         cancel.check()
@@ -208,7 +281,10 @@ def download(
                         raise ModelFileError(f"download of {url} was interrupted after {have} bytes ({err}); run the same command again to resume.") from err
                     if not b:
                         break
-                    f.write(b)
+                    try:
+                        f.write(b)
+                    except OSError as err:
+                        raise OutputError(os_error_message(part, err) + " The partial download is kept; run the same command again to resume.") from err
                     have += len(b)
                     if progress is not None:
                         progress(have, total)
@@ -259,6 +335,7 @@ class ModelStore:
         return [cards[k] for k in sorted(cards)]
 
     def path(self, model_id: str) -> Path:
+        check_model_id(model_id)
         for c in self.available():
             if c.id == model_id:
                 assert c.path is not None
@@ -279,18 +356,41 @@ class ModelStore:
 
     # ------------------------------------------------------------ installation
     def _unique_dest(self, model_id: str, replace: bool) -> Path:
+        check_model_id(model_id)
         dest = self.models_dir / model_id
         if dest.exists() and not replace:
             raise ModelFileError(f"a model with id {model_id!r} is already installed at {dest}; remove it first or import under another --id.")
         return dest
 
+    def lock(self, model_id: str):
+        """The lock that serializes installing, replacing and removing ``model_id`` (see :class:`repux.locks.FileLock`)."""
+        from .locks import FileLock
+
+        return FileLock(self.models_dir / f".{model_id}.lock", f"model id {model_id!r}")
+
     def import_model(self, source: str | Path, *, model_id: str | None = None, replace: bool = False) -> ModelCard:
-        """Install a model folder or a ``.zip`` of one into the store (verified, atomic)."""
+        """Install a model folder or a ``.zip`` of one into the store.
+
+        The archive is checked before anything is written (see :func:`safe_extract_zip`), the
+        model is inspected completely (:func:`repux.modelfile.inspect_model`: card values,
+        sha256, tensor names, shapes, dtypes, finite values) in a temporary folder, and only
+        then moved into place under the id's lock: of two imports of the same id at once,
+        exactly one wins and the other gets a clear error; a replaced model is swapped in
+        with renames (a reader never sees a half-written folder).
+        """
         src = Path(source)
+        if model_id is not None:
+            check_model_id(model_id, "--id")
         if not src.exists():
             raise ModelFileError(f"{str(src)!r} does not exist.")
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=self.models_dir))
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=self.models_dir))
+        except OSError as err:
+            from .errors import OutputError
+            from .fileio import os_error_message
+
+            raise OutputError(os_error_message(self.models_dir, err)) from err
         try:
             if src.is_file():
                 if not zipfile.is_zipfile(src):
@@ -299,18 +399,25 @@ class ModelStore:
                 found = _find_model_dir(tmp / "x")
             else:
                 found = _find_model_dir(src)
-                shutil.copytree(found, tmp / "x")
+                _refuse_links(found)
+                shutil.copytree(found, tmp / "x", symlinks=True)
                 found = tmp / "x"
-            card = verify_model(found)
+            card = inspect_model(found)
             new_id = model_id or card.id
+            if model_id is None and not is_model_id(new_id):
+                raise ModelFileError(
+                    f"the model's id {new_id!r} (in {CARD_FILE}) is not allowed as a store name; import it under another id with --id (use {MODEL_ID_RULE})."
+                )
             if model_id and model_id != card.id:
                 data = json.loads((found / CARD_FILE).read_text())
                 data["id"] = model_id
                 (found / CARD_FILE).write_text(json.dumps(data, indent=2) + "\n")
-            dest = self._unique_dest(new_id, replace)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(found, dest)
+            with self.lock(new_id):
+                dest = self._unique_dest(new_id, replace)
+                if dest.exists():
+                    old = tmp / "old"
+                    os.replace(dest, old)  # readers holding files of the old model keep them
+                os.replace(found, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("installed model %s in %s", new_id, dest)
@@ -318,6 +425,7 @@ class ModelStore:
 
     def install(self, model_id: str, *, progress: Callable[[int, int], None] | None = None, cancel=None, replace: bool = False) -> ModelCard:
         """Download a catalog model, verify it and install it."""
+        check_model_id(model_id)
         catalog = {e.id: e for e in load_catalog()}
         if model_id not in catalog:
             raise ModelFileError(f"model {model_id!r} is not in the catalog; available: {', '.join(catalog) or 'none'}.{did_you_mean(model_id, catalog)}")
@@ -332,17 +440,22 @@ class ModelStore:
 
     def remove(self, model_id: str) -> Path:
         """Delete an installed model (built-in models cannot be removed)."""
+        check_model_id(model_id)
         dest = self.models_dir / model_id
         if not (dest / CARD_FILE).is_file():
             if any(c.id == model_id for c in self.builtin()):
                 raise ModelFileError(f"model {model_id!r} is built into RepUX and cannot be removed.")
             raise ModelFileError(self._unknown_message(model_id))
-        shutil.rmtree(dest)
+        with self.lock(model_id):
+            trash = Path(tempfile.mkdtemp(prefix=".remove-", dir=self.models_dir))
+            os.replace(dest, trash / "x")  # one rename: the id disappears at once
+            shutil.rmtree(trash, ignore_errors=True)
         logger.info("removed model %s", model_id)
         return dest
 
     def new_model_dir(self, model_id: str) -> Path:
         """A free folder path for a new model id (never overwrites)."""
+        check_model_id(model_id)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         dest = self.models_dir / model_id
         if dest.exists():

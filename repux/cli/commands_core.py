@@ -8,7 +8,7 @@ import logging
 import platform
 from typing import Any
 
-from .options import add_common, add_output_option, add_overwrite_option, csv_floats, positive_int, roi_size
+from .options import add_common, add_output_option, add_overwrite_option, csv_floats, model_id, positive_int, roi_size
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def register(sub: Any) -> None:
     p.add_argument("checkpoint", help="official .pth file (e.g. best_metric_model.pth)")
     p.add_argument("--labels", required=True, help="'flare' (4 organs), 'amos' (15 organs) or a label JSON file")
     add_output_option(p, help="model folder to write", metavar="FOLDER")
-    p.add_argument("--id", dest="model_id", help="model id (default: the folder name)")
-    p.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)"), help="target spacing x,y,z in mm (default: the official recipe of the label set)")
+    p.add_argument("--id", dest="model_id", type=model_id, help="model id (default: the folder name)")
+    p.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)", positive=True), help="target spacing x,y,z in mm (default: the official recipe of the label set)")
     p.add_argument("--install", action="store_true", help="also install the result into the model store")
     add_overwrite_option(p, help="replace an existing output folder")
     add_common(p, progress=False)

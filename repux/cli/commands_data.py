@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="phantom i uses seed + i (default: 0)")
     p.add_argument("--val-fraction", type=fraction, default=0.2, help="held-out fraction (default: 0.2)")
-    p.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)"), help="voxel spacing x,y,z in mm (default: random anisotropic per phantom)")
+    p.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)", positive=True), help="voxel spacing x,y,z in mm (default: random anisotropic per phantom)")
     p.add_argument(
         "--orientation",
         default="random",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .options import add_common, add_device_options, add_output_option, add_overwrite_option, add_window_options, csv_floats, positive_int
+from .options import add_common, add_device_options, add_output_option, add_overwrite_option, add_window_options, csv_floats, model_id, non_negative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -56,22 +56,22 @@ def register(sub: Any) -> None:
     add_common(q, progress=False)
     q.set_defaults(func=cmd_models_list)
     q = msub.add_parser("install", help="download a catalog model (resumable, sha256-verified)")
-    q.add_argument("model_id")
+    q.add_argument("model_id", type=model_id)
     add_overwrite_option(q, help="replace an installed model with the same id")
     add_common(q)
     q.set_defaults(func=cmd_models_install)
     q = msub.add_parser("import", help="install a model folder or .zip")
     q.add_argument("source", help="model folder or zip")
-    q.add_argument("--id", dest="model_id", help="install under this id")
+    q.add_argument("--id", dest="model_id", type=model_id, help="install under this id")
     add_overwrite_option(q, help="replace an installed model with the same id")
     add_common(q, progress=False)
     q.set_defaults(func=cmd_models_import)
     q = msub.add_parser("remove", help="delete an installed model")
-    q.add_argument("model_id")
+    q.add_argument("model_id", type=model_id)
     add_common(q, progress=False)
     q.set_defaults(func=cmd_models_remove)
     q = msub.add_parser("path", help="print the store folder, or a model's folder")
-    q.add_argument("model_id", nargs="?")
+    q.add_argument("model_id", nargs="?", type=model_id)
     add_common(q, progress=False)
     q.set_defaults(func=cmd_models_path)
 
@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
         help="segment a synthetic abdominal CT phantom with the built-in model (no download) and write a PNG overlay",
     )
     add_output_option(p, help="output folder (default: ./repux-demo)", required=False, default="repux-demo", metavar="FOLDER")
-    p.add_argument("--seed", type=int, default=7, help="phantom seed (default: 7)")
+    p.add_argument("--seed", type=non_negative_int, default=7, help="phantom seed (default: 7)")
     p.add_argument("-m", "--model", default=None, help="model to use (default: the built-in demo model)")
     add_inference_options(p)
     add_common(p)

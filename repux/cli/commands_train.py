@@ -16,6 +16,7 @@ from .options import (
     add_device_options,
     add_output_option,
     csv_floats,
+    duration,
     non_negative_float,
     non_negative_int,
     open_fraction,
@@ -42,7 +43,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     )
     g = p.add_argument_group("schedule")
     g.add_argument("--max-iterations", type=positive_int, default=300 if finetune else 1000, help="iterations (default: %(default)s)")
-    g.add_argument("--time-budget", help="stop after this long, e.g. 900, 15m, 1.5h (the best model so far is exported)")
+    g.add_argument("--time-budget", type=duration, help="stop after this long, e.g. 900, 15m, 1.5h (the best model so far is exported)")
     g.add_argument("--lr", type=positive_float, default=2e-4 if finetune else 1e-3, help="peak AdamW learning rate (default: %(default)g)")
     g.add_argument("--weight-decay", type=non_negative_float, default=1e-5, help="AdamW weight decay (default: %(default)g)")
     g.add_argument(
@@ -72,7 +73,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         )
     else:
         g.add_argument("--preset", default="tiny", help="network preset: base (the paper), small, tiny (default: tiny)")
-        g.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)"), help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)")
+        g.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)", positive=True), help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)")
         g.add_argument(
             "--kernel-mode", choices=("bfr", "plain"), default="bfr", help="bfr: Bayesian frequency re-parameterized kernels (default); plain: ablation"
         )
@@ -126,6 +127,9 @@ def _resolve_out(out: str, overwrite_check: bool = True) -> tuple[Path, str, boo
     if "/" in out or "\\" in out or out.startswith("."):
         p = Path(out)
         return p, p.name, False
+    from ..ids import check_model_id
+
+    check_model_id(out, "--output")
     store = ModelStore()
     return store.models_dir / out, out, True
 

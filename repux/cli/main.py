@@ -30,8 +30,10 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import Cancelled, RepuxError
+from ..fileio import describe_os_error, is_user_os_error
 from ..progress import BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback, ProgressEvent
 from .options import RepuxArgumentParser, add_common, warn_deprecated_spellings
+from .validate import validate_args
 
 __all__ = ["JobContext", "add_common", "build_parser", "main"]
 
@@ -264,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     callback, mode, close = _progress_callback(args)
     ctx = JobContext(progress=callback, cancel=CancelToken(), progress_mode=mode)
     try:
+        validate_args(args)  # paths, ids, output places: before heavy imports and long work
         return _run_cancellable(args.func, args, ctx)
     except RepuxError as err:
         ctx.cleanup()
@@ -274,6 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx.cleanup()
         close()
         print("repux: error: out of memory; try a smaller --sw-batch-size, --device cpu, or a lower --max-voxels budget.", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if not is_user_os_error(err):
+            raise  # not the user's environment: a bug, keep the traceback
+        ctx.cleanup()
+        close()
+        print(f"repux: error: {describe_os_error(err)}", file=sys.stderr)
         return 1
     finally:
         close()

@@ -35,13 +35,16 @@ __all__ = [
     "add_window_options",
     "csv_floats",
     "device_name",
+    "duration",
     "fraction",
+    "model_id",
     "non_negative_float",
     "non_negative_int",
     "open_fraction",
     "positive_float",
     "positive_int",
     "roi_size",
+    "thread_count",
     "warn_deprecated_spellings",
 ]
 
@@ -94,8 +97,15 @@ def _number(text: str, kind: Callable[[str], Any], what: str) -> Any:
     return value
 
 
+#: the largest integer any option takes (a C int): larger values are typos or attacks
+MAX_INT = 2**31 - 1
+
+
 def _int(text: str) -> int:
-    return _number(text, int, "an integer")
+    value = _number(text, int, "an integer")
+    if abs(value) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large: use an integer below {MAX_INT + 1:,}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -159,8 +169,8 @@ def roi_size(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a window size: use one integer (96) or three (96,96,64), multiples of 16, at least 32") from None
 
 
-def csv_floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
-    """A type for ``count`` comma-separated finite numbers (``what`` names them in the message)."""
+def csv_floats(count: int, what: str, positive: bool = False) -> Callable[[str], tuple[float, ...]]:
+    """A type for ``count`` comma-separated finite numbers (``what`` names them in the message), each > 0 when ``positive``."""
 
     def parse(text: str) -> tuple[float, ...]:
         parts = [p.strip() for p in str(text).split(",")]
@@ -170,10 +180,35 @@ def csv_floats(count: int, what: str) -> Callable[[str], tuple[float, ...]]:
             values = ()
         if len(values) != count or not all(math.isfinite(v) for v in values):
             raise argparse.ArgumentTypeError(f"{text!r} is not {count} comma-separated numbers {what}")
+        if positive and not all(v > 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {what} must all be > 0")
         return values
 
     parse.__name__ = what
+    parse.csv_count = count  # type: ignore[attr-defined]  (read by the argument fuzz test)
+    parse.positive = positive  # type: ignore[attr-defined]
     return parse
+
+
+def duration(text: str) -> float:
+    """``900``, ``90s``, ``15m`` or ``1.5h`` -> seconds (> 0)."""
+    s = str(text).strip().lower()
+    unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1:], None)
+    try:
+        value = float(s[:-1]) * unit if unit else float(s)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use a positive number of seconds or e.g. 90s, 15m, 1.5h")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """An integer from 1 to 1024 (CPU threads)."""
+    value = _int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: use an integer from 1 to 1024")
+    return value
 
 
 def device_name(text: str) -> str:
@@ -184,6 +219,15 @@ def device_name(text: str) -> str:
     if value.startswith("cuda:") and value[5:].isdigit():
         return value
     raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+
+
+def model_id(text: str) -> str:
+    """A model id of the store (see :mod:`repux.ids`)."""
+    from ..ids import MODEL_ID_RULE, is_model_id
+
+    if not is_model_id(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed as a model id: use {MODEL_ID_RULE}")
+    return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +265,7 @@ def add_device_options(
     g.add_argument(
         "--device", type=device_name, default=default_device, help=f"auto, cpu, cuda, cuda:N or mps (default: {default_device}; auto = GPU when present)"
     )
-    g.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    g.add_argument("--threads", type=thread_count, help="CPU threads, 1 to 1024 (default: all cores)")
     if precision:
         g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
     if algorithm:

@@ -34,7 +34,7 @@ from typing import Any
 from ..errors import DatasetError
 from ..labels import LabelSet
 
-__all__ = ["Case", "Dataset", "MANIFEST", "load_dataset", "write_manifest", "split_cases", "dataset_fingerprint"]
+__all__ = ["MANIFEST", "Case", "Dataset", "dataset_fingerprint", "load_dataset", "split_cases", "write_manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +120,7 @@ def load_dataset(path: str | Path) -> Dataset:
         data = _read_json(manifest)
         if data.get("format") != FORMAT:
             raise DatasetError(f"{manifest} is not a RepUX dataset manifest (format {data.get('format')!r}).")
-        labels = LabelSet.from_list(data.get("labels", []), name=str(data.get("name", root.name)))
-        cases = [
-            Case(str(c["id"]), root / c["image"], root / c["label"], c.get("split"), {k: v for k, v in c.items() if k not in ("id", "image", "label", "split")})
-            for c in data.get("cases", [])
-        ]
+        labels, cases = _parse_manifest(manifest, root, data)
         return Dataset(root, labels, cases, str(data.get("name", root.name)), "repux", {lab.name: lab.value for lab in labels})
     dj = p if p.is_file() else root / "dataset.json"
     if not dj.is_file():
@@ -139,11 +135,49 @@ def load_dataset(path: str | Path) -> Dataset:
     raise DatasetError(f"{dj} is neither an MSD (has 'training') nor an nnU-Net v2 (has 'channel_names' and 'file_ending') dataset.json.")
 
 
+def _parse_manifest(manifest: Path, root: Path, data: dict[str, Any]) -> tuple[LabelSet, list[Case]]:
+    """Labels and cases of a ``repux-dataset.json``, every field checked (a hand-edited file gets a precise message)."""
+    where = str(manifest)
+    raw_labels = data.get("labels")
+    if not isinstance(raw_labels, list) or not raw_labels or not all(isinstance(d, dict) for d in raw_labels):
+        raise DatasetError(f"{where}: 'labels' must be a non-empty list of label objects (value, name...); got {_short(raw_labels)}.")
+    try:
+        labels = LabelSet.from_list(raw_labels, name=str(data.get("name", root.name)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{where}: 'labels' is invalid: {err}") from err
+    raw_cases = data.get("cases")
+    if not isinstance(raw_cases, list):
+        raise DatasetError(f"{where}: 'cases' must be a list of case objects; got {_short(raw_cases)}.")
+    cases = []
+    seen: set[str] = set()
+    for i, c in enumerate(raw_cases):
+        if not isinstance(c, dict):
+            raise DatasetError(f"{where}: case {i + 1} must be an object with id, image and label; got {_short(c)}.")
+        missing = [k for k in ("id", "image", "label") if not isinstance(c.get(k), str) or not c.get(k)]
+        if missing:
+            raise DatasetError(f"{where}: case {i + 1} ({c.get('id', '?')!r}) lacks {', '.join(missing)} (non-empty text).")
+        if c["id"] in seen:
+            raise DatasetError(f"{where}: case id {c['id']!r} appears twice.")
+        seen.add(c["id"])
+        split = c.get("split")
+        if split not in (None, "train", "val", "test"):
+            raise DatasetError(f"{where}: case {c['id']!r} has split {split!r}; use train, val, test or leave it out.")
+        cases.append(Case(c["id"], root / c["image"], root / c["label"], split, {k: v for k, v in c.items() if k not in ("id", "image", "label", "split")}))
+    return labels, cases
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _read_json(p: Path) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DatasetError(f"cannot parse {p}: {err}") from err
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"cannot parse {p}: {err} (the file is truncated or was edited by hand; restore it or re-create the dataset).") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot read {p}: {err}") from err
     if not isinstance(data, dict):
         raise DatasetError(f"{p} must hold a JSON object.")
     return data
@@ -175,7 +209,6 @@ def _load_nnunet(root: Path, data: dict[str, Any]) -> Dataset:
 def write_manifest(root: str | Path, labels: LabelSet, cases: Iterable[Case], name: str | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write ``repux-dataset.json`` atomically."""
     r = Path(root)
-    r.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "format": FORMAT,
         "format_version": 1,
@@ -186,10 +219,9 @@ def write_manifest(root: str | Path, labels: LabelSet, cases: Iterable[Case], na
     }
     if extra:
         data.update(extra)
-    tmp = r / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(r / MANIFEST)
-    return r / MANIFEST
+    from ..fileio import atomic_write_text
+
+    return atomic_write_text(r / MANIFEST, json.dumps(data, indent=2) + "\n")
 
 
 def split_cases(cases: Sequence[Case], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Case], list[Case]]:

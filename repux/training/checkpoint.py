@@ -13,10 +13,8 @@ a torn one.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputError
+from ..fileio import atomic_path
 
-__all__ = ["CHECKPOINT", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CHECKPOINT", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT = "checkpoint.pt"
+#: what a resumable checkpoint must hold
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "rng", "iteration", "best", "labels", "model_args")
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,29 +64,53 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically to ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+class _RecordingWriter:
+    """A binary file that remembers the operating-system error behind a failed write.
+
+    ``torch.save`` turns an ``OSError`` of ``write()`` into a ``RuntimeError``
+    ("unexpected pos"); the recorded error gives the user the real reason.
+    """
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, b: Any) -> int:
         try:
-            dfd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            return self._f.write(b)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def _verify_checkpoint_file(path: Path) -> None:
+    with zipfile.ZipFile(path) as z:  # a truncated file has no central directory
+        if not any(n.endswith("data.pkl") for n in z.namelist()):
+            raise CheckpointError(f"{str(path)!r} lacks data.pkl")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` atomically to ``path`` (verified, fsynced; the previous checkpoint stays intact on failure).
+
+    Raises:
+        OutputError: the folder is read-only, the disk is full or a file-size limit is reached.
+    """
+    target = Path(path)
+    with atomic_path(target, verify=_verify_checkpoint_file, fsync=True) as tmp, open(tmp, "wb") as f:
+        w = _RecordingWriter(f)
+        try:
+            torch.save(state, w)
+            f.flush()
+        except RuntimeError as err:
+            if w.error is not None:
+                raise w.error from err
+            raise OutputError(f"cannot write checkpoint {str(target)!r}: {str(err).splitlines()[0][:160]}; the previous checkpoint is unchanged.") from err
     return target
 
 
@@ -103,4 +128,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from err
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise CheckpointError(f"{str(p)!r} is not a RepUX training checkpoint.")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"training checkpoint {str(p)!r} lacks {', '.join(missing)} (written by another program or edited); start a new run folder.")
+    if not isinstance(state["iteration"], int) or state["iteration"] < 0:
+        raise CheckpointError(f"training checkpoint {str(p)!r} has an invalid iteration {state['iteration']!r}.")
     return state

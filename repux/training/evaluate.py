@@ -9,6 +9,7 @@ and the dataset's label sets.  HD95 is in millimetres (voxel spacing aware).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -22,10 +23,10 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import DatasetError
-from ..imageio import atomic_path, read_image
+from ..imageio import atomic_write_text, read_image
 from ..progress import CancelToken, ProgressCallback, ProgressTracker
 
-__all__ = ["evaluate", "dice_hd95", "format_table"]
+__all__ = ["dice_hd95", "evaluate", "format_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +113,14 @@ def write_reports(report: Mapping[str, Any], out_prefix: str | Path) -> tuple[Pa
     csv_path = prefix.with_name(prefix.name + ".csv")
     json_path = prefix.with_name(prefix.name + ".json")
     cols = ["case"] + [f"{o}/{m}" for o in report["organs"] for m in ("dice", "hd95_mm")]
-    with atomic_path(csv_path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            for r in report["cases"]:
-                w.writerow(r)
-            w.writerow({"case": "mean", **{k: v for k, v in report["mean"].items() if k in cols}})
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in report["cases"]:
+        w.writerow(r)
+    w.writerow({"case": "mean", **{k: v for k, v in report["mean"].items() if k in cols}})
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     return csv_path, json_path
 
 

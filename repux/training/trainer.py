@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import logging
 import math
 import os
@@ -41,16 +40,20 @@ from ..labels import Label, LabelSet
 from ..modelfile import ModelCard, save_model
 from ..progress import CancelToken, ProgressCallback, ProgressTracker
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import Distributed, ranks_agree
 from .transforms import AUGMENTATIONS, CROP_SAMPLING, deterministic_transforms, random_transforms
 
-__all__ = ["TrainConfig", "TrainResult", "train", "plan_labels", "adapt_output_head", "parse_duration", "KERNEL_MODES"]
+__all__ = ["KERNEL_MODES", "TrainConfig", "TrainResult", "adapt_output_head", "parse_duration", "plan_labels", "train"]
 
 logger = logging.getLogger(__name__)
 
 KERNEL_MODES = ("bfr", "plain")
 
+#: the lock file of a run folder
+RUN_LOCK = "run.lock"
 
-def parse_duration(text: str | float | int | None) -> float | None:
+
+def parse_duration(text: str | float | None) -> float | None:
     """``"90"``, ``"90s"``, ``"15m"``, ``"1.5h"`` -> seconds."""
     if text is None or text == "":
         return None
@@ -228,47 +231,6 @@ def _iteration_seed(seed: int, iteration: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + iteration * 7_919 + micro * 104_729 + rank * 15_485_863) % (2**31 - 1)
 
 
-class _Distributed:
-    def __init__(self, device_type: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-        if self.enabled and not torch.distributed.is_initialized():
-            backend = "nccl" if device_type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend=backend, timeout=_dt.timedelta(minutes=30))
-            logger.info("distributed training: rank %d of %d (%s)", self.rank, self.world, backend)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def any(self, flag: bool) -> bool:
-        if not self.enabled:
-            return flag
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item())
-
-    def sync_buffers(self, net: nn.Module) -> None:
-        """Average floating-point buffers (BatchNorm running statistics) over ranks."""
-        if not self.enabled:
-            return
-        for b in net.buffers():
-            if b.is_floating_point():
-                torch.distributed.all_reduce(b.data, op=torch.distributed.ReduceOp.SUM)
-                b.data /= self.world
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.enabled and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
-
-
 def _make_datasets(train_cases, val_cases, cfg: TrainConfig, labels: LabelSet, value_map: dict[int, int], run_dir: Path):
     from monai.data import CacheDataset, Dataset, PersistentDataset
     from monai.transforms import Compose
@@ -295,35 +257,18 @@ def _make_datasets(train_cases, val_cases, cfg: TrainConfig, labels: LabelSet, v
 def _validate(
     model: nn.Module, val_ds, labels: LabelSet, cfg: TrainConfig, device: torch.device, amp: torch.dtype | None, cancel: CancelToken | None
 ) -> dict[str, float | None]:
-    from monai.inferers import sliding_window_inference
     from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
 
     net = _unwrap(model)
     was_training = net.training
     net.eval()
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     rows = []
-    with torch.inference_mode():
-        for i in range(len(val_ds)):
-            if cancel is not None:
-                cancel.check()
-            item = val_ds[i]
-            x = torch.as_tensor(item["image"])[None].to(device)
-            y = torch.as_tensor(item["label"])[None].long()
-
-            def predict(b: torch.Tensor) -> torch.Tensor:
-                if amp is not None:
-                    with torch.autocast(device_type=device.type, dtype=amp):
-                        return net(b).float()
-                return net(b)
-
-            logits = sliding_window_inference(x, cfg.roi_size, 1, predict, overlap=cfg.val_overlap, mode="gaussian")
-            pred = logits.argmax(1, keepdim=True).cpu()
-            n = labels.num_classes
-            rows.append(metric(one_hot(pred, n), one_hot(y, n))[0])
-    if was_training:
-        net.train()
+    try:
+        rows = _validation_rows(net, val_ds, labels, cfg, device, amp, cancel, metric)
+    finally:
+        if was_training:
+            net.train()
     if not rows:
         return {}
     table = torch.stack(rows)  # (cases, organs), NaN where the organ is absent
@@ -335,24 +280,32 @@ def _validate(
     return out
 
 
-def _weights_digest(net: nn.Module) -> torch.Tensor:
-    """Order-dependent float64 checksum of all parameters and buffers."""
-    total = torch.zeros(2, dtype=torch.float64)
-    for i, t in enumerate(net.state_dict().values()):
-        v = t.detach().double().cpu().flatten()
-        if v.numel():
-            total[0] += v.sum() * (i + 1)
-            total[1] += (v * torch.linspace(0.5, 1.5, v.numel(), dtype=torch.float64)).sum()
-    return total
+def _validation_rows(net, val_ds, labels: LabelSet, cfg: TrainConfig, device: torch.device, amp, cancel: CancelToken | None, metric) -> list:
+    from monai.inferers import sliding_window_inference
+    from monai.networks.utils import one_hot
 
+    rows = []
+    with torch.inference_mode():
+        for i in range(len(val_ds)):
+            if cancel is not None:
+                cancel.check()
+            item = val_ds[i]
+            x = torch.as_tensor(item["image"])[None].to(device)
+            y = torch.as_tensor(item["label"])[None].long()
 
-def _ranks_agree(net: nn.Module) -> bool:
-    mine = _weights_digest(net)
-    if torch.distributed.get_backend() == "nccl":
-        mine = mine.to(next(net.parameters()).device)
-    gathered = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(gathered, mine)
-    return all(torch.equal(g, gathered[0]) for g in gathered)
+            def predict(b: torch.Tensor) -> torch.Tensor:
+                if cancel is not None:
+                    cancel.check()  # per window: a stop never waits for a whole validation pass
+                if amp is not None:
+                    with torch.autocast(device_type=device.type, dtype=amp):
+                        return net(b).float()
+                return net(b)
+
+            logits = sliding_window_inference(x, cfg.roi_size, 1, predict, overlap=cfg.val_overlap, mode="gaussian")
+            pred = logits.argmax(1, keepdim=True).cpu()
+            n = labels.num_classes
+            rows.append(metric(one_hot(pred, n), one_hot(y, n))[0])
+    return rows
 
 
 def _mean(d: Mapping[str, float | None]) -> float | None:
@@ -394,9 +347,243 @@ def train(
         progress: receives per-iteration events (``iteration``, ``loss``, ``lr``, ``val_dice``...).
         cancel: cancellation token; a checkpoint is written before :class:`Cancelled` propagates.
 
+    The run folder is locked for the whole run (:class:`repux.locks.FileLock` on
+    ``run_dir/run.lock``): a second process on the same folder gets a one-line
+    error naming the PID that holds it; a lock left by a killed process is taken over.
+
     Raises:
-        DatasetError, ConfigError, CheckpointError, Cancelled.
+        DatasetError, ConfigError, CheckpointError, Cancelled, LockedError.
     """
+    lock = lock_run_dir(run_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        return _train(
+            dataset,
+            out,
+            config,
+            run_dir=run_dir,
+            base_model=base_model,
+            resume=resume,
+            device=device,
+            threads=threads,
+            model=model,
+            model_id=model_id,
+            model_name=model_name,
+            description=description,
+            command=command,
+            overwrite=overwrite,
+            weights_dtype=weights_dtype,
+            progress=progress,
+            cancel=cancel,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_run_dir(run_dir: str | Path):
+    """Take the lock of a run folder (rank 0 only); raises :class:`repux.locks.LockedError` when a live process holds it."""
+    from ..errors import OutputError
+    from ..fileio import os_error_message
+    from ..locks import FileLock
+
+    run = Path(run_dir)
+    try:
+        lock = FileLock(run / RUN_LOCK, f"run folder {str(run)!r}").acquire()
+    except OSError as err:
+        raise OutputError(f"--run-dir: {os_error_message(run, err)}") from err
+    for stale in run.glob(".*.tmp*"):  # temporary files of a killed run (we hold the folder now)
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+    return lock
+
+
+@dataclass
+class _Run:
+    """One training run: what setup prepared and the state the loop updates (``step``, ``validate``, ``checkpoint``, ``export``)."""
+
+    cfg: TrainConfig
+    run: Path
+    dev: torch.device
+    dist: Distributed
+    dataset: Any
+    labels: LabelSet
+    train_cases: list
+    val_cases: list
+    fingerprint: str
+    train_ds: Any
+    val_ds: Any
+    train_transform: Any
+    net: nn.Module
+    ddp_net: nn.Module
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    loss_fn: Any
+    amp: torch.dtype | None
+    memory_format: torch.memory_format
+    tracker: ProgressTracker
+    progress: ProgressCallback | None
+    cancel: CancelToken | None
+    base_card: ModelCard | None = None
+    iteration: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"mean": None, "dice": {}, "state": None, "iteration": 0})
+    history: list[dict[str, Any]] = field(default_factory=list)
+    t_start: float = 0.0
+    #: the validation due at this iteration has not run yet (stopped before or during it)
+    val_pending: bool = False
+    encoder_frozen: bool | None = None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run / CHECKPOINT
+
+    # ------------------------------------------------------------------ reporting
+    def emit(self, stage: str, iteration: int, **extra: Any) -> None:
+        """Record an event in the history and report it (the tracker raises :class:`Cancelled` after a stop request)."""
+        cfg = self.cfg
+        elapsed = time.monotonic() - self.t_start
+        frac_it = iteration / cfg.max_iterations
+        frac_t = elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0
+        event = {"iteration": iteration, "max_iterations": cfg.max_iterations, "elapsed_s": round(elapsed, 1), **extra}
+        if self.dist.main:
+            self.history.append({"stage": stage, **event})
+        if self.progress is not None or self.cancel is not None:
+            self.tracker.update("train", max(frac_it, frac_t), _message(stage, iteration, cfg.max_iterations, extra), **event)
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint(self) -> None:
+        """Write the resumable checkpoint (rank 0; atomic, verified)."""
+        if not self.dist.main:
+            return
+        net = self.net
+        save_checkpoint(
+            {
+                "format": "repux-train-checkpoint",
+                "iteration": self.iteration,
+                "model": net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "rng": rng_state(),
+                "best": {"mean": self.best["mean"], "dice": self.best["dice"], "iteration": self.best["iteration"]},
+                "best_model": self.best["state"],
+                "labels": self.labels.to_list(),
+                "model_args": net.config(),
+                "config": self.cfg.to_dict(),
+                "history": self.history,
+                "elapsed_s": time.monotonic() - self.t_start,
+                "validation_pending": self.val_pending,
+            },
+            self.ckpt_path,
+        )
+
+    def restore(self) -> None:
+        """Continue from the run folder's checkpoint (same organs and network required)."""
+        ckpt_path, labels, net = self.ckpt_path, self.labels, self.net
+        state = load_checkpoint(ckpt_path)
+        if state.get("labels") != labels.to_list():
+            was = ", ".join(str(d.get("name")) for d in state.get("labels") or [] if isinstance(d, dict))
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} was written for the organs [{was}], not [{', '.join(labels.names)}] of this dataset/model; "
+                "start a new run folder (--run-dir) instead of --resume."
+            )
+        if state.get("model_args") != net.config():
+            diff = sorted(k for k in set(state.get("model_args") or {}) | set(net.config()) if (state.get("model_args") or {}).get(k) != net.config().get(k))
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} was written for another network (differs in {', '.join(diff)}); start a new run folder (--run-dir) instead of --resume."
+            )
+        net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+        b = state["best"]
+        self.best = {"mean": b["mean"], "dice": b["dice"], "state": state.get("best_model"), "iteration": b["iteration"]}
+        self.history = list(state.get("history", []))
+        self.t_start = time.monotonic() - float(state.get("elapsed_s", 0.0))
+        self.val_pending = bool(state.get("validation_pending", False)) and self.val_ds is not None
+        logger.info("resumed from %s at iteration %d", ckpt_path, self.iteration)
+
+    # ------------------------------------------------------------------ step and validation
+    def step(self) -> float:
+        """One optimizer step (with gradient accumulation); returns the mean loss.  Crops are seeded by (seed, iteration, rank)."""
+        cfg, net, dist, it = self.cfg, self.net, self.dist, self.iteration
+        freeze = it < cfg.freeze_encoder_iterations
+        if freeze != self.encoder_frozen:
+            for p in net.repuxnet_3d.parameters():
+                p.requires_grad_(not freeze)
+            self.encoder_frozen = freeze
+            if freeze:
+                logger.info("encoder frozen for the first %d iterations", cfg.freeze_encoder_iterations)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        n_train = len(self.train_ds)
+        for micro in range(cfg.grad_accumulation):
+            s = _iteration_seed(cfg.seed, it, micro, dist.rank)
+            rng = np.random.default_rng(s)
+            idx = int(rng.integers(n_train))
+            self.train_transform.set_random_state(seed=s)
+            torch.manual_seed(s)
+            crops = self.train_ds[idx]
+            crops = crops if isinstance(crops, list) else [crops]
+            x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(self.dev).contiguous(memory_format=self.memory_format)
+            y = torch.stack([torch.as_tensor(c["label"]) for c in crops]).to(self.dev)
+            if self.amp is not None:
+                with torch.autocast(device_type=self.dev.type, dtype=self.amp):
+                    loss = self.loss_fn(self.ddp_net(x).float(), y)
+            else:
+                loss = self.loss_fn(self.ddp_net(x), y)
+            self.scaler.scale(loss / cfg.grad_accumulation).backward()
+            loss_sum += float(loss.detach())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.iteration += 1
+        loss_value = loss_sum / cfg.grad_accumulation
+        if not math.isfinite(loss_value):
+            raise ConfigError(f"training diverged at iteration {self.iteration} (loss {loss_value}); lower --lr or use --precision fp32.")
+        return loss_value
+
+    def validate(self) -> None:
+        """Sliding-window Dice on the validation cases (rank 0); keeps the best weights.  Stops within one window when cancelled."""
+        dist, net, it = self.dist, self.net, self.iteration
+        dist.sync_buffers(net)
+        if dist.main:
+            dice = _validate(net, self.val_ds, self.labels, self.cfg, self.dev, self.amp, self.cancel)
+            mean = _mean(dice)
+            if mean is not None and (self.best["mean"] is None or mean > self.best["mean"]):
+                self.best = {"mean": mean, "dice": dice, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "iteration": it}
+            self.val_pending = False
+            self.emit("validate", it, val_dice=dice, val_mean_dice=None if mean is None else round(mean, 4), best_mean_dice=self.best["mean"])
+        self.val_pending = False
+        dist.barrier()
+
+    def stop_cancelled(self) -> None:
+        """Write the checkpoint and raise :class:`Cancelled` (the run can be resumed)."""
+        self.checkpoint()
+        self.dist.close()
+        logger.warning("training stopped at iteration %d; resume with --resume (checkpoint %s)", self.iteration, self.ckpt_path)
+        raise Cancelled(f"training cancelled at iteration {self.iteration}; checkpoint saved to {self.ckpt_path}")
+
+
+def _setup(
+    dataset,
+    config: TrainConfig,
+    *,
+    run_dir: str | Path,
+    base_model: str | Path | None,
+    resume: bool,
+    device: str,
+    threads: int | None,
+    model: nn.Module | None,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> _Run:
+    """Device, process group, labels, data, network, optimizer; restores the checkpoint when resuming."""
     from monai.losses import DiceCELoss
 
     from ..data.datasets import dataset_fingerprint, split_cases
@@ -407,15 +594,12 @@ def train(
     dev = resolve_device(device)
     if dev.type == "cpu":
         set_threads(threads)
-    dist = _Distributed(dev.type)
+    dist = Distributed(dev.type)
     if dist.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(dev)
     if not dist.main:
         progress = None
-    out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists() and not overwrite and dist.main:
-        raise ConfigError(f"output model folder {str(out_path)!r} already exists; choose another --output (models are never overwritten).")
 
     # ---- labels and data
     base_card = None
@@ -480,199 +664,157 @@ def train(
         [{"params": body_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_iterations, cfg.max_iterations))
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
-    start_it = 0
-    best: dict[str, Any] = {"mean": None, "dice": {}, "state": None, "iteration": 0}
-    history: list[dict[str, Any]] = []
-    elapsed_before = 0.0
-    ckpt_path = run / CHECKPOINT
+    r = _Run(
+        cfg=cfg, run=run, dev=dev, dist=dist, dataset=dataset, labels=labels, train_cases=train_cases, val_cases=val_cases, fingerprint=fingerprint,
+        train_ds=train_ds, val_ds=val_ds, train_transform=train_transform, net=net, ddp_net=ddp_net, optimizer=optimizer, scheduler=scheduler,
+        scaler=scaler, loss_fn=DiceCELoss(to_onehot_y=True, softmax=True), amp=amp, memory_format=memory_format, tracker=tracker, progress=progress,
+        cancel=cancel, base_card=base_card,
+    )  # fmt: skip
+    if not resume and r.ckpt_path.is_file() and dist.main:
+        logger.warning("starting a new run in %s: its earlier checkpoint will be replaced (use --resume to continue it instead)", run)
+    r.t_start = time.monotonic()
     if resume:
-        state = load_checkpoint(ckpt_path)
-        if state.get("labels") != labels.to_list() or state.get("model_args") != net.config():
-            raise CheckpointError(f"checkpoint {ckpt_path} was written for another model or label set; start a new run folder instead of --resume.")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_it = int(state["iteration"])
-        best = {"mean": state["best"]["mean"], "dice": state["best"]["dice"], "state": state.get("best_model"), "iteration": state["best"]["iteration"]}
-        history = list(state.get("history", []))
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        logger.info("resumed from %s at iteration %d", ckpt_path, start_it)
+        r.restore()
+    return r
 
-    t_start = time.monotonic() - elapsed_before
-    n_train = len(train_ds)
 
-    def checkpoint(iteration: int) -> None:
-        if not dist.main:
-            return
-        save_checkpoint(
-            {
-                "format": "repux-train-checkpoint",
-                "iteration": iteration,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": rng_state(),
-                "best": {"mean": best["mean"], "dice": best["dice"], "iteration": best["iteration"]},
-                "best_model": best["state"],
-                "labels": labels.to_list(),
-                "model_args": net.config(),
-                "config": cfg.to_dict(),
-                "history": history,
-                "elapsed_s": time.monotonic() - t_start,
-            },
-            ckpt_path,
-        )
-
-    def emit(stage: str, iteration: int, **extra: Any) -> None:
-        elapsed = time.monotonic() - t_start
-        frac_it = iteration / cfg.max_iterations
-        frac_t = elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0
-        event = {"iteration": iteration, "max_iterations": cfg.max_iterations, "elapsed_s": round(elapsed, 1), **extra}
-        if dist.main:
-            history.append({"stage": stage, **event})
-        if progress is not None or cancel is not None:
-            tracker.update("train", max(frac_it, frac_t), _message(stage, iteration, cfg.max_iterations, extra), **event)
-
+def _loop(r: _Run) -> str:
+    """Iterate until max_iterations, the time budget or a stop request; returns what stopped it (raises Cancelled after checkpointing)."""
+    cfg, dist, cancel = r.cfg, r.dist, r.cancel
     stopped_by = "max_iterations"
-    it = start_it
-    encoder_frozen = None
     try:
-        while it < cfg.max_iterations:
-            elapsed = time.monotonic() - t_start
+        if r.val_pending:  # resumed from a stop during (or just before) a validation: run it first
+            r.validate()
+        while r.iteration < cfg.max_iterations:
+            elapsed = time.monotonic() - r.t_start
             over_budget = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
             cancelled = cancel is not None and cancel.cancelled
             if dist.any(over_budget or cancelled):
                 stopped_by = "cancelled" if dist.any(cancelled) else "time_budget"
                 break
-            freeze = it < cfg.freeze_encoder_iterations
-            if freeze != encoder_frozen:
-                for p in net.repuxnet_3d.parameters():
-                    p.requires_grad_(not freeze)
-                encoder_frozen = freeze
-                if freeze:
-                    logger.info("encoder frozen for the first %d iterations", cfg.freeze_encoder_iterations)
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for micro in range(cfg.grad_accumulation):
-                s = _iteration_seed(cfg.seed, it, micro, dist.rank)
-                rng = np.random.default_rng(s)
-                idx = int(rng.integers(n_train))
-                train_transform.set_random_state(seed=s)
-                torch.manual_seed(s)
-                crops = train_ds[idx]
-                crops = crops if isinstance(crops, list) else [crops]
-                x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(dev).contiguous(memory_format=memory_format)
-                y = torch.stack([torch.as_tensor(c["label"]) for c in crops]).to(dev)
-                if amp is not None:
-                    with torch.autocast(device_type=dev.type, dtype=amp):
-                        loss = loss_fn(ddp_net(x).float(), y)
-                else:
-                    loss = loss_fn(ddp_net(x), y)
-                scaler.scale(loss / cfg.grad_accumulation).backward()
-                loss_sum += float(loss.detach())
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            it += 1
-            loss_value = loss_sum / cfg.grad_accumulation
-            if not math.isfinite(loss_value):
-                raise ConfigError(f"training diverged at iteration {it} (loss {loss_value}); lower --lr or use --precision fp32.")
-            emit("train", it, loss=round(loss_value, 5), lr=float(scheduler.get_last_lr()[0]))
-            do_val = val_ds is not None and (it % cfg.val_interval == 0 or it == cfg.max_iterations)
-            if do_val:
-                dist.sync_buffers(net)
-                if dist.main:
-                    dice = _validate(net, val_ds, labels, cfg, dev, amp, cancel)
-                    mean = _mean(dice)
-                    if mean is not None and (best["mean"] is None or mean > best["mean"]):
-                        best = {"mean": mean, "dice": dice, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "iteration": it}
-                    emit("validate", it, val_dice=dice, val_mean_dice=None if mean is None else round(mean, 4), best_mean_dice=best["mean"])
-                dist.barrier()
+            loss_value = r.step()
+            it = r.iteration
+            r.val_pending = r.val_ds is not None and (it % cfg.val_interval == 0 or it == cfg.max_iterations)
+            r.emit("train", it, loss=round(loss_value, 5), lr=float(r.scheduler.get_last_lr()[0]))
+            if r.val_pending:
+                r.validate()
             if it % cfg.checkpoint_interval == 0 or it == cfg.max_iterations:
-                checkpoint(it)
+                r.checkpoint()
     except Cancelled:
         stopped_by = "cancelled"
     if stopped_by == "cancelled":
-        checkpoint(it)
-        dist.close()
-        logger.warning("training stopped at iteration %d; resume with --resume (checkpoint %s)", it, ckpt_path)
-        raise Cancelled(f"training cancelled at iteration {it}; checkpoint saved to {ckpt_path}")
+        r.stop_cancelled()
     if stopped_by == "time_budget":
-        logger.info("time budget reached at iteration %d", it)
-        if val_ds is not None and dist.main and (not history or history[-1].get("stage") != "validate"):
-            dice = _validate(net, val_ds, labels, cfg, dev, amp, None)
-            mean = _mean(dice)
-            if mean is not None and (best["mean"] is None or mean > best["mean"]):
-                best = {"mean": mean, "dice": dice, "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "iteration": it}
-            emit("validate", it, val_dice=dice, val_mean_dice=None if mean is None else round(mean, 4), best_mean_dice=best["mean"])
-        checkpoint(it)
+        logger.info("time budget reached at iteration %d", r.iteration)
+        if r.val_ds is not None and dist.main and (not r.history or r.history[-1].get("stage") != "validate"):
+            r.val_pending = True
+            try:
+                r.validate()
+            except Cancelled:
+                r.stop_cancelled()
+        r.checkpoint()
+    return stopped_by
 
+
+def _export(
+    r: _Run, out_path: Path, stopped_by: str, weights_agree: bool | None, *, model_id, model_name, description, command, overwrite, weights_dtype
+) -> ModelCard:
+    """Save the best weights (deploy form) as a model folder with full provenance."""
+    cfg, base_card, dataset, best = r.cfg, r.base_card, r.dataset, r.best
+    r.tracker.update("export", 0.0, "exporting the best model")
+    export = copy.deepcopy(_unwrap(r.net)).cpu().eval()
+    if best["state"] is not None:
+        export.load_state_dict(best["state"])
+    prov: dict[str, Any] = {
+        "source": "repux finetune" if base_card else "repux train",
+        "dataset": {
+            "name": dataset.name,
+            "fingerprint": r.fingerprint,
+            "train_cases": len(r.train_cases),
+            "val_cases": len(r.val_cases),
+            "layout": dataset.layout,
+        },
+        "iterations": r.iteration,
+        "best_iteration": best["iteration"],
+        "validation_dice": best["dice"],
+        "validation_mean_dice": best["mean"],
+        "train_config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "stopped_by": stopped_by,
+        "elapsed_s": round(time.monotonic() - r.t_start, 1),
+        "device": str(r.dev),
+    }
+    if command:
+        prov["command"] = command
+    if base_card is not None:
+        prov["base_model"] = {"id": base_card.id, "version": base_card.version, "sha256": base_card.sha256}
+    if r.dist.enabled:
+        prov["world_size"] = r.dist.world
+        prov["ranks_agree_on_weights"] = weights_agree
+    card = save_model(
+        export,
+        out_path,
+        labels=r.labels,
+        preprocessing=cfg.preprocessing,
+        inference=replace(base_card.inference, roi_size=cfg.roi_size) if base_card else _default_inference(cfg),
+        model_id=model_id,
+        name=model_name,
+        description=description,
+        preset=None if base_card else cfg.preset,
+        provenance=prov,
+        overwrite=overwrite,
+        weights_dtype=weights_dtype,
+    )
+    r.tracker.done(
+        f"saved {card.id}", iteration=r.iteration, max_iterations=cfg.max_iterations, model=str(card.path), best_mean_dice=best["mean"], val_dice=best["dice"]
+    )
+    return card
+
+
+def _train(
+    dataset,
+    out: str | Path | None,
+    config: TrainConfig,
+    *,
+    run_dir: str | Path,
+    base_model: str | Path | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    model: nn.Module | None = None,
+    model_id: str | None = None,
+    model_name: str = "",
+    description: str = "",
+    command: str | None = None,
+    overwrite: bool = False,
+    weights_dtype: str = "float32",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> TrainResult:
+    """The body of :func:`train` (the run folder is locked): setup, loop (step, validation, checkpoints), export."""
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.exists() and not overwrite and int(os.environ.get("RANK", "0")) == 0:
+        raise ConfigError(f"output model folder {str(out_path)!r} already exists; choose another --output (models are never overwritten).")
+    r = _setup(
+        dataset, config, run_dir=run_dir, base_model=base_model, resume=resume, device=device, threads=threads, model=model, progress=progress, cancel=cancel
+    )
+    stopped_by = _loop(r)
     weights_agree = None
-    if dist.enabled:
-        dist.sync_buffers(net)
-        weights_agree = _ranks_agree(net)
+    if r.dist.enabled:
+        r.dist.sync_buffers(r.net)
+        weights_agree = ranks_agree(r.net)
         if not weights_agree:
             raise RuntimeError("distributed ranks ended with different weights; this is a bug, please report it.")
-        logger.info("all %d ranks agree on the final weights", dist.world)
-
-    # ---- export
+        logger.info("all %d ranks agree on the final weights", r.dist.world)
     card = None
-    if dist.main and out_path is not None:
-        tracker.update("export", 0.0, "exporting the best model")
-        export = copy.deepcopy(_unwrap(net)).cpu().eval()
-        if best["state"] is not None:
-            export.load_state_dict(best["state"])
-        prov: dict[str, Any] = {
-            "source": "repux finetune" if base_card else "repux train",
-            "dataset": {
-                "name": dataset.name,
-                "fingerprint": fingerprint,
-                "train_cases": len(train_cases),
-                "val_cases": len(val_cases),
-                "layout": dataset.layout,
-            },
-            "iterations": it,
-            "best_iteration": best["iteration"],
-            "validation_dice": best["dice"],
-            "validation_mean_dice": best["mean"],
-            "train_config": cfg.to_dict(),
-            "seed": cfg.seed,
-            "stopped_by": stopped_by,
-            "elapsed_s": round(time.monotonic() - t_start, 1),
-            "device": str(dev),
-        }
-        if command:
-            prov["command"] = command
-        if base_card is not None:
-            prov["base_model"] = {"id": base_card.id, "version": base_card.version, "sha256": base_card.sha256}
-        if dist.enabled:
-            prov["world_size"] = dist.world
-            prov["ranks_agree_on_weights"] = weights_agree
-        card = save_model(
-            export,
-            out_path,
-            labels=labels,
-            preprocessing=cfg.preprocessing,
-            inference=replace(base_card.inference, roi_size=cfg.roi_size) if base_card else _default_inference(cfg),
-            model_id=model_id,
-            name=model_name,
-            description=description,
-            preset=None if base_card else cfg.preset,
-            provenance=prov,
-            overwrite=overwrite,
-            weights_dtype=weights_dtype,
-        )
-        tracker.done(
-            f"saved {card.id}", iteration=it, max_iterations=cfg.max_iterations, model=str(card.path), best_mean_dice=best["mean"], val_dice=best["dice"]
-        )
-    dist.close()
-    return TrainResult(card, it, best["dice"], best["mean"], history, stopped_by)
+    if r.dist.main and out_path is not None:
+        card = _export(
+            r, out_path, stopped_by, weights_agree, model_id=model_id, model_name=model_name, description=description, command=command,
+            overwrite=overwrite, weights_dtype=weights_dtype,
+        )  # fmt: skip
+    r.dist.close()
+    return TrainResult(card, r.iteration, r.best["dice"], r.best["mean"], r.history, stopped_by)
 
 
 def _default_inference(cfg: TrainConfig):
