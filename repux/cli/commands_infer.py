@@ -34,6 +34,11 @@ def register(sub: Any) -> None:
     add_output_option(p, help="output label map: .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
     p.add_argument("-m", "--model", default=None, help="installed model id or model folder (default: the built-in demo model)")
     p.add_argument("--series-uid", help="DICOM Series Instance UID when the folder holds several series (default: the largest)")
+    p.add_argument(
+        "--organs",
+        metavar="NAME,NAME",
+        help="only these organs of the model (comma-separated names, case-insensitive; default: all); the others become background",
+    )
     p.add_argument("--largest-component", action="store_true", help="keep each organ's largest connected component")
     p.add_argument("--uncertainty", metavar="PATH", help="also write the voxel-wise normalised entropy (0..1) to PATH")
     p.add_argument("--summary", metavar="PATH", help="write a JSON summary (organ volumes, timings, device, model)")
@@ -96,13 +101,21 @@ def _check_output(path: str) -> Path:
     return p
 
 
-def segmenter_from_args(args: argparse.Namespace, model: str | None, uncertainty: bool = False, largest_component: bool = False, max_voxels: int | None = None):
+def segmenter_from_args(
+    args: argparse.Namespace,
+    model: str | None,
+    uncertainty: bool = False,
+    largest_component: bool = False,
+    max_voxels: int | None = None,
+    organs: str | None = None,
+    device: str | None = None,
+):
     from ..inference import Segmenter
     from ..store import DEFAULT_MODEL
 
     return Segmenter(
         model or DEFAULT_MODEL,
-        device=args.device,
+        device=device or args.device,
         quality=args.quality,
         overlap=args.overlap,
         roi_size=args.roi_size,
@@ -115,6 +128,7 @@ def segmenter_from_args(args: argparse.Namespace, model: str | None, uncertainty
         max_voxels=max_voxels,
         algorithm=args.algorithm,
         crop_foreground=False if args.no_crop else None,
+        organs=organs,
     )
 
 
@@ -126,7 +140,7 @@ def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
     if unc_path is not None and not unc_path.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
         raise ConfigError(f"--uncertainty {args.uncertainty!r}: use a .nii.gz, .nii, .nrrd or .mha file name.")
     roi = list(args.roi_ras) if args.roi_ras else None
-    seg = segmenter_from_args(args, args.model, uncertainty=unc_path is not None, largest_component=args.largest_component, max_voxels=args.max_voxels)
+    seg = segmenter_from_args(args, args.model, uncertainty=unc_path is not None, largest_component=args.largest_component, max_voxels=args.max_voxels, organs=args.organs)
     result = seg.segment(args.input, series_uid=args.series_uid, roi_ras=roi, progress=ctx.progress, cancel=ctx.cancel)
     ctx.cancel.check()
     if ctx.progress:
