@@ -498,9 +498,12 @@ def run_batch(
             return [p, *statistics_paths(p)]
         return [p]
 
+    shown = [0.0]  # a case's completion is reported while the next one runs: keep the fraction monotone
+
     def emit(stage: str, frac: float, message: str, **extra: Any) -> None:
+        shown[0] = max(shown[0], min(1.0, max(0.0, frac)))
         if progress is not None:
-            progress(ProgressEvent(stage, min(1.0, max(0.0, frac)), message, None, extra))
+            progress(ProgressEvent(stage, shown[0], message, None, extra))
 
     # cases that need no network: discovery errors, format mismatches, complete outputs
     plan: list[tuple[Case, str | None]] = []  # (case, None=todo | status text)
@@ -594,6 +597,8 @@ def run_batch(
             r = CaseResult(i, n, c.name, c.input, str(output_path(out, c, format)), "failed", error=_one_line(err), device=device)
         yield record(r)
 
+    if report:
+        _write_report(paths, header, rows, stats_rows)  # an empty shard still leaves its (empty) report
     started = False
     try:
         for i, (c, status) in enumerate(plan, start=1):
