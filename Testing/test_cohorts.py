@@ -313,3 +313,28 @@ def test_cli_statistics_beside_the_output(tiny_model_dir, tmp_path):
     again = organ_statistics(sitk.ReadImage(str(inp)), sitk.ReadImage(str(out)), FLARE)
     assert [o["voxels"] for o in doc["organs"]] == [o["voxels"] for o in again]
     assert (tmp_path / "o.statistics.csv").read_text().count("\n") == 5
+
+
+# ------------------------------------------------------------------------------------ memory benchmark
+def test_benchmark_memory_section_reports_peak_rss(tmp_path):
+    from repux.benchmark import format_report, run_benchmark
+
+    rep = run_benchmark(presets=[], sections=("memory",), memory_size=(64, 64, 48), memory_models=("builtin",), threads=1)
+    (row,) = rep["memory"]
+    assert "error" not in row, row
+    assert row["input_size"] == [64, 64, 48] and row["windows"] >= 1
+    assert 100 < row["peak_rss_mb"] < 4000  # the process really ran (torch alone is > 100 MB) and stayed small
+    assert "peak RSS" in format_report(rep) and rep["memory_input"]["size"] == [64, 64, 48]
+    r = _run(["benchmark", "--sections", "memory,disk"])
+    assert r.returncode == 1 and "--sections must be a subset of window,train,volume,memory,batch" in r.stderr
+
+
+@pytest.mark.slow
+def test_large_ct_with_base_model_within_8_gb(tmp_path):
+    """512x512x1000 CT, base network on the AMOS grid (random weights, 2 windows through the network): peak < 8 GB."""
+    from repux.benchmark import run_benchmark
+
+    rep = run_benchmark(presets=[], sections=("memory",), memory_models=("builtin", "base"), network_windows=2)
+    for row in rep["memory"]:
+        assert "error" not in row, row
+        assert row["peak_rss_mb"] < 8 * 1024, row
