@@ -581,7 +581,18 @@ def run_batch(
             _write_report(paths, header, rows, stats_rows)
         if r.status == "failed":
             logger.error("case %s (%s) failed: %s", r.name, r.input, r.error)
-        emit("case", r.index / max(n, 1), f"case {r.index}/{n} {r.name}: {r.status}", case=r.name, case_index=r.index, case_count=n, status=r.status, error=r.error)
+        emit(
+            "case",
+            r.index / max(n, 1),
+            f"case {r.index}/{n} {r.name}: {r.status}",
+            case=r.name,
+            case_index=r.index,
+            case_count=n,
+            status=r.status,
+            error=r.error,
+            output=r.output,
+            volumes_ml=r.volumes_ml,
+        )
         return r
 
     def collect() -> Iterator[CaseResult]:
