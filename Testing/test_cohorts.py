@@ -217,6 +217,46 @@ def test_segment_many_api_yields_results_and_dicom_seg_refuses_non_dicom(tiny_mo
     assert [c.name for c in cases] == ["case0", "case1", "case0_2"]
 
 
+def test_write_failure_fails_only_that_case_and_leaves_no_partial_file(tiny_model_dir, tmp_path, monkeypatch):
+    import repux.batch as batch
+    import repux.imageio as imageio
+
+    paths = _cohort(tmp_path / "in", n=3, shape=(20, 24, 24))
+    real = imageio.sitk.WriteImage
+
+    def disk_full(image, name, *args):
+        if ".case1." in str(name):  # the writer had started the temporary file when the disk filled up
+            with open(name, "wb") as f:
+                f.write(b"NRRD0004\npartial")
+            raise RuntimeError("sitk::ERROR: Could not write file: No space left on device")
+        return real(image, name, *args)
+
+    monkeypatch.setattr(imageio.sitk, "WriteImage", disk_full)
+    rows = list(batch.segment_many(paths, tiny_model_dir, tmp_path / "out", device="cpu"))
+    assert [r.status for r in rows] == ["done", "failed", "done"]
+    assert "No space left on device" in rows[1].error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case0.seg.nrrd", "case2.seg.nrrd", "repux-batch.csv", "repux-batch.json"]
+
+
+@pytest.mark.realdata
+def test_folder_of_non_image_dicom_objects_is_its_own_failed_case(tmp_path):
+    import shutil
+
+    from helpers import shared_file
+
+    from repux.batch import discover_cases
+
+    (tmp_path / "seg_only").mkdir()
+    shutil.copy(shared_file("dicom-ct-3slice", "liver.dcm"), tmp_path / "seg_only" / "liver.dcm")
+    (tmp_path / "mixed").mkdir()
+    shutil.copytree(shared_file("dicom-ct-3slice", "series"), tmp_path / "mixed" / "ct")
+    shutil.copy(shared_file("dicom-ct-3slice", "liver.dcm"), tmp_path / "mixed" / "liver.dcm")
+    (seg_case,) = discover_cases([tmp_path / "seg_only"])
+    assert seg_case.error and "only non-image DICOM objects (SEG)" in seg_case.error
+    (ct_case,) = discover_cases([tmp_path / "mixed"])  # the SEG beside the series is not a case
+    assert ct_case.error is None and ct_case.is_dicom and len(ct_case.files) == 3 and ct_case.name.startswith("99000_")
+
+
 def test_torchrun_rank_maps_to_its_gpu(monkeypatch):
     import torch
 

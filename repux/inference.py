@@ -117,18 +117,11 @@ def select_organs(labels: LabelSet, organs: Sequence[str] | str | None) -> tuple
     Raises:
         ConfigError: an unknown name (the message lists the model's organs).
     """
-    if organs is None:
+    from .labels import resolve_organs
+
+    kept = resolve_organs(labels, organs)
+    if len(kept) == len(labels):
         return labels, None
-    names = [n.strip() for n in (organs.split(",") if isinstance(organs, str) else organs) if str(n).strip()]
-    if not names:
-        return labels, None
-    chosen: set[int] = set()
-    for n in names:
-        lab = labels.find(n)
-        if lab is None:
-            raise ConfigError(f"--organs: {n!r} is not an organ of this model; choose among {', '.join(labels.names)}.")
-        chosen.add(lab.value)
-    kept = [lab for lab in labels if lab.value in chosen]
     lut = np.zeros(max(256, labels.num_classes), dtype=np.uint8 if labels.num_classes < 256 else np.uint16)
     for new, lab in enumerate(kept, start=1):
         lut[lab.value] = new

@@ -98,12 +98,9 @@ def specsForOrgans(card: Any, specs: Sequence[SegmentSpec], organs: Sequence[str
     """
     if not organs:
         return list(specs)
-    chosen = set()
-    for name in organs:
-        label = card.labels.find(name)
-        if label is None:
-            raise ValueError(f"organ {name!r} is not in model {card.id}; choose among {', '.join(card.labels.names)}.")
-        chosen.add(label.value)
+    from repux.labels import resolve_organs  # ConfigError (a ValueError) names the organ and lists the model's
+
+    chosen = {label.value for label in resolve_organs(card.labels, list(organs))}
     kept = [s for s in sorted(specs, key=lambda s: s.value) if s.value in chosen]
     return [replace(s, value=i) for i, s in enumerate(kept, start=1)]
 

@@ -169,8 +169,19 @@ def segmenter_from_args(
     )
 
 
+def _check_organs(args: argparse.Namespace) -> None:
+    """--organs against the model card (light: no torch, no weights read)."""
+    if not args.organs:
+        return
+    from ..labels import resolve_organs
+    from ..store import DEFAULT_MODEL, resolve_model
+
+    resolve_organs(resolve_model(args.model or DEFAULT_MODEL).labels, args.organs)
+
+
 def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
     # argument and path checks first: no heavy import, no model load for a bad command line
+    _check_organs(args)
     shard = None
     if args.shard is not None:
         from ..batch import parse_shard
