@@ -28,6 +28,8 @@ the Cancel button calls ``cancel()``.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import re
 import shutil
@@ -43,7 +45,7 @@ from .mrml import MRMLContext, SegmentSpec, checkScalarVolume, importLabelmap, r
 from .process import LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand, waitForJob
 from .segmentation import MODEL_ATTRIBUTE, SegmentationOptions
 
-__all__ = ["BatchCaseResult", "BatchOutcome", "BatchSegmentationJob", "caseNames", "segmentVolumes", "specsForOrgans"]
+__all__ = ["BatchCaseResult", "BatchOutcome", "BatchSegmentationJob", "caseNames", "segmentVolumes", "specsForOrgans", "writeStatisticsCsv"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class BatchCaseResult:
     segmentationNode: Any = None
     volumesMl: dict[str, float] = field(default_factory=dict)
     errorMessage: str = ""
+    statistics: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +115,9 @@ class BatchSegmentationJob:
         volumeNodes: the input scalar volume nodes (at least one).
         options: :class:`~RepUXSegmentLib.segmentation.SegmentationOptions` (model, device, quality...).
         organs: only these organs (``--organs``); empty for all.
+        statistics: also compute per-organ statistics (``--statistics``): each done case's
+            ``statistics`` lists one row per organ (voxels, volume_ml, HU mean/std/median/min/max/p5/p95,
+            touches_border) for the module's *Statistics* table; :func:`writeStatisticsCsv` exports them.
         context, pythonExecutable, environment: as for :class:`~RepUXSegmentLib.segmentation.SegmentationJob`.
         onProgress: ``(fraction, stage, message, etaSeconds)`` (fraction of the whole batch).
         onCaseFinished: called with each :class:`BatchCaseResult` when its case ends (done or failed).
@@ -125,6 +131,7 @@ class BatchSegmentationJob:
         options: SegmentationOptions,
         *,
         organs: Sequence[str] = (),
+        statistics: bool = False,
         context: MRMLContext | None = None,
         pythonExecutable: str | None = None,
         environment: Mapping[str, str] | None = None,
@@ -141,6 +148,7 @@ class BatchSegmentationJob:
             checkScalarVolume(v)
         self.options = options
         self.organs = tuple(str(o).strip() for o in organs if str(o).strip())
+        self.statistics = bool(statistics)
         self.context = context or MRMLContext.fromSlicer()
         self.pythonExecutable = pythonExecutable
         self.environment = dict(environment) if environment is not None else None
@@ -184,6 +192,8 @@ class BatchSegmentationJob:
             args = self.options.commandArguments(inputs, self.tempDirectory / "out", self.modelCard.path) + ["--format", "nrrd"]
             if self.organs:
                 args += ["--organs", ",".join(self.organs)]
+            if self.statistics:
+                args.append("--statistics")
             command = repuxCommand(args, self.pythonExecutable or findPythonExecutable())
             env = self.environment if self.environment is not None else childEnvironment()
             self._log("INFO", f"batch of {len(self.cases)} volumes with model {self.modelCard.id} {self.modelCard.version}")
@@ -273,6 +283,12 @@ class BatchSegmentationJob:
             return
         if self.modelCard is not None:
             segNode.SetAttribute(MODEL_ATTRIBUTE, str(self.modelCard.id))
+        if self.statistics:
+            statisticsPath = labelsPath.with_name(labelsPath.name[: -len(".nrrd")] + ".statistics.json")
+            try:
+                case.statistics = list(json.loads(statisticsPath.read_text()).get("organs", []))
+            except (OSError, ValueError) as err:
+                self._log("WARNING", f"{case.volumeNode.GetName()}: no statistics ({err})")
         case.status = "done"
         case.segmentationNode = segNode
         case.volumesMl = {str(k): float(v) for k, v in volumesMl.items()}
@@ -311,6 +327,23 @@ class BatchSegmentationJob:
             self.onFinished(self.outcome)
 
 
+STATISTICS_COLUMNS = ("organ", "voxels", "volume_ml", "hu_mean", "hu_std", "hu_median", "hu_min", "hu_max", "hu_p5", "hu_p95", "touches_border")
+
+
+def writeStatisticsCsv(cases: Sequence[BatchCaseResult], path: str | Path) -> Path:
+    """Export the statistics of the done cases as one CSV (a row per volume and organ; volume = node name)."""
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("volume", *STATISTICS_COLUMNS))
+        for case in cases:
+            for row in case.statistics:
+                writer.writerow((case.volumeNode.GetName(), *("" if row.get(k) is None else row.get(k) for k in STATISTICS_COLUMNS)))
+    tmp.replace(out)
+    return out
+
+
 def segmentVolumes(volumeNodes: Sequence[Any], model: str, *, timeout: float | None = None, organs: Sequence[str] = (), **options: Any) -> BatchOutcome:
     """Blocking form: segment ``volumeNodes`` with ``model`` in one batch process; returns the :class:`BatchOutcome`.
 
@@ -319,5 +352,6 @@ def segmentVolumes(volumeNodes: Sequence[Any], model: str, *, timeout: float | N
     """
     jobKeys = ("context", "pythonExecutable", "environment", "onProgress", "onCaseFinished", "onLog", "onFinished")
     jobArgs = {k: options.pop(k) for k in list(options) if k in jobKeys}
-    job = BatchSegmentationJob(volumeNodes, SegmentationOptions(model=str(model), **options), organs=organs, **jobArgs)
+    statistics = bool(options.pop("statistics", False))
+    job = BatchSegmentationJob(volumeNodes, SegmentationOptions(model=str(model), **options), organs=organs, statistics=statistics, **jobArgs)
     return job.wait(timeout=timeout)

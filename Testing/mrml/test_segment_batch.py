@@ -23,7 +23,7 @@ def _volumes(mrml, n=2, shape=(24, 40, 48)):
 
 
 def test_batch_segments_every_volume_beside_it_and_reports_a_bad_one(mrml, tiny_model_dir, tmp_path):
-    from RepUXSegmentLib.batch import segmentVolumes
+    from RepUXSegmentLib.batch import segmentVolumes, writeStatisticsCsv
     from RepUXSegmentLib.mrml import writeVolumeNrrd
     from RepUXSegmentLib.testing import syntheticCTArray, syntheticIJKToRAS
 
@@ -36,6 +36,7 @@ def test_batch_segments_every_volume_beside_it_and_reports_a_bad_one(mrml, tiny_
         [good[0], bad, good[1]],
         str(tiny_model_dir),
         organs=("spleen", "liver"),
+        statistics=True,
         device="cpu",
         quality="fast",
         context=mrml.context(),
@@ -59,12 +60,17 @@ def test_batch_segments_every_volume_beside_it_and_reports_a_bad_one(mrml, tiny_
         segmentation = seg.GetSegmentation()
         assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["liver", "spleen"]
         assert set(case.volumesMl) == {"liver", "spleen"}
+        assert [row["organ"] for row in case.statistics] == ["liver", "spleen"]
+        assert [round(row["volume_ml"], 2) for row in case.statistics] == [case.volumesMl["liver"], case.volumesMl["spleen"]]
     # voxel for voxel what `repux segment` gives for that volume alone (left-handed, rotated: compared in physical space)
     exported = exportLabels(mrml, outcome.cases[2].segmentationNode, good[1])
     expected = sampleInPhysicalSpace(cli.result(), exported, ijkToRASArray(good[1]))
     assert np.count_nonzero(expected) > 100
     np.testing.assert_array_equal(exported, expected)
     assert os.listdir(mrml.tempDirectory) == []
+    table = writeStatisticsCsv(outcome.cases, tmp_path / "statistics.csv").read_text().splitlines()
+    assert table[0].startswith("volume,organ,voxels,volume_ml,hu_mean") and len(table) == 1 + 2 * 2
+    assert table[1].startswith("ct 0,liver,")
 
 
 def test_cancel_stops_after_the_current_case_and_keeps_it(mrml, tiny_model_dir):
