@@ -46,13 +46,13 @@ __all__ = [
     "format_for_output",
     "output_path",
     "parse_shard",
+    "report_paths",
     "run_batch",
     "segment_many",
     "select_shard",
     "shard_from_env",
     "torchrun_device",
     "write_result",
-    "report_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -357,7 +357,9 @@ def write_result(result: Any, path: str | Path, fmt: str, *, source_files: Seque
         if not source_files:
             raise InputImageError("--format dicom-seg needs a DICOM series input (the SEG references its instances); this input is not DICOM.")
         model = result.summary.get("model") or {}
-        return write_dicom_seg(result.labels, result.label_set, source_files, path, model_id=model.get("id", "custom"), model_version=model.get("version", "unknown"))
+        return write_dicom_seg(
+            result.labels, result.label_set, source_files, path, model_id=model.get("id", "custom"), model_version=model.get("version", "unknown")
+        )
     if fmt == "seg.nrrd":
         return write_segmentation_nrrd(result.labels, result.label_set, path)
     return write_image(result.labels, path)
@@ -373,7 +375,9 @@ def report_paths(out_dir: str | Path, shard: tuple[int, int] | None = None) -> t
 REPORT_FIELDS = ["case", "input", "output", "status", "error", "seconds", "device"]
 
 
-def _write_report(paths: tuple[Path, Path, Path], header: dict[str, Any], rows: list[CaseResult], stats_rows: list[tuple[str, list[dict[str, Any]]]] | None) -> None:
+def _write_report(
+    paths: tuple[Path, Path, Path], header: dict[str, Any], rows: list[CaseResult], stats_rows: list[tuple[str, list[dict[str, Any]]]] | None
+) -> None:
     from .imageio import atomic_path
     from .statistics import FIELDS, _fmt
 
@@ -528,7 +532,7 @@ def run_batch(
             t = time.perf_counter()
             try:
                 item = (c, segmenter.prepare(c.input, series_uid=c.series_uid, roi_ras=roi_ras), None)
-            except Exception as err:  # a bad case does not stop the batch: reported in its row
+            except Exception as err:  # noqa: BLE001 - a bad case does not stop the batch: reported in its row
                 item = (c, None, err)
             logger.debug("prefetched %s in %.2f s", c.name, time.perf_counter() - t)
             while not stop.is_set():
@@ -553,7 +557,9 @@ def run_batch(
             outputs.update(statistics_csv=str(csv_p), statistics_json=str(json_p))
         timings = dict(prepared.timings)
         timings["write"] = time.perf_counter() - t
-        return CaseResult(0, n, c.name, c.input, str(path), "done", device=device, timings=timings, volumes_ml=res.summary["volumes_ml"], statistics=stats, outputs=outputs)
+        return CaseResult(
+            0, n, c.name, c.input, str(path), "done", device=device, timings=timings, volumes_ml=res.summary["volumes_ml"], statistics=stats, outputs=outputs
+        )
 
     thread = threading.Thread(target=reader, name="repux-prefetch", daemon=True)
     writer = ThreadPoolExecutor(1, thread_name_prefix="repux-write")
@@ -604,7 +610,7 @@ def run_batch(
         try:
             r = fut.result()
             r.index = i
-        except Exception as err:  # reported in the case's row (disk full, unreadable geometry...)
+        except Exception as err:  # noqa: BLE001 - reported in the case row (disk full, unreadable geometry...)
             r = CaseResult(i, n, c.name, c.input, str(output_path(out, c, format)), "failed", error=_one_line(err), device=device)
         yield record(r)
 
@@ -630,7 +636,16 @@ def run_batch(
                 continue
 
             def case_progress(ev: Any, i: int = i, c: Case = c) -> None:
-                emit(ev.stage, (i - 1 + ev.fraction) / max(n, 1), f"case {i}/{n} {c.name}: {ev.message}", case=c.name, case_index=i, case_count=n, case_fraction=round(ev.fraction, 4), **ev.extra)
+                emit(
+                    ev.stage,
+                    (i - 1 + ev.fraction) / max(n, 1),
+                    f"case {i}/{n} {c.name}: {ev.message}",
+                    case=c.name,
+                    case_index=i,
+                    case_count=n,
+                    case_fraction=round(ev.fraction, 4),
+                    **ev.extra,
+                )
 
             tracker = ProgressTracker(case_progress, {"infer": 1.0}, cancel)
             try:

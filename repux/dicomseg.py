@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from .errors import InputImageError
 from .labels import Label, LabelSet
 
-__all__ = ["NON_IMAGE_MODALITIES", "dicom_source_files", "write_dicom_seg", "segment_descriptions"]
+__all__ = ["NON_IMAGE_MODALITIES", "dicom_source_files", "segment_descriptions", "write_dicom_seg"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def segment_descriptions(labels: LabelSet, model_id: str, model_version: str) ->
     from highdicom.seg import SegmentAlgorithmTypeValues, SegmentDescription
     from pydicom.sr.codedict import codes
 
-    algo = AlgorithmIdentificationSequence(name=f"RepUX {model_id}"[:64], family=codes.cid7162.ArtificialIntelligence, version=str(model_version)[:64] or "unknown")
+    algo = AlgorithmIdentificationSequence(
+        name=f"RepUX {model_id}"[:64], family=codes.cid7162.ArtificialIntelligence, version=str(model_version)[:64] or "unknown"
+    )
     out = []
     for lab in labels:
         out.append(
@@ -132,11 +134,15 @@ def write_dicom_seg(
     for n, ds in enumerate(sources):
         ipp = [float(v) for v in ds.ImagePositionPatient]
         idx = label_image.TransformPhysicalPointToContinuousIndex(ipp)
-        k = int(round(idx[2]))
+        k = round(idx[2])
         if abs(idx[0]) > 0.05 or abs(idx[1]) > 0.05 or abs(idx[2] - k) > 0.05 or not 0 <= k < arr.shape[0]:
-            raise InputImageError(f"DICOM SEG: source slice {ds.SOPInstanceUID} (position {ipp}) is not a plane of the label map; the label map must be on the series' grid.")
+            raise InputImageError(
+                f"DICOM SEG: source slice {ds.SOPInstanceUID} (position {ipp}) is not a plane of the label map; the label map must be on the series' grid."
+            )
         if (int(ds.Rows), int(ds.Columns)) != arr.shape[1:]:
-            raise InputImageError(f"DICOM SEG: source slice {ds.SOPInstanceUID} is {ds.Rows}x{ds.Columns}; the label map planes are {arr.shape[1]}x{arr.shape[2]}.")
+            raise InputImageError(
+                f"DICOM SEG: source slice {ds.SOPInstanceUID} is {ds.Rows}x{ds.Columns}; the label map planes are {arr.shape[1]}x{arr.shape[2]}."
+            )
         frames[n] = arr[k]
     first = sources[0]
     extra: dict[str, Any] = {}

@@ -39,7 +39,18 @@ from .modelfile import ModelCard
 from .preprocess import foreground_box, from_model_grid, scale_intensity, to_model_grid
 from .progress import CancelToken, ProgressCallback, ProgressTracker
 
-__all__ = ["Segmenter", "SegmentationResult", "PreparedCase", "segment", "stream_argmax", "select_organs", "count_windows", "keep_largest_components", "entropy_map", "PAIRED_ORGANS"]
+__all__ = [
+    "PAIRED_ORGANS",
+    "PreparedCase",
+    "SegmentationResult",
+    "Segmenter",
+    "count_windows",
+    "entropy_map",
+    "keep_largest_components",
+    "segment",
+    "select_organs",
+    "stream_argmax",
+]
 
 logger = logging.getLogger(__name__)
 

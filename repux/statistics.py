@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from .errors import InputImageError
 from .labels import LabelSet
 
-__all__ = ["FIELDS", "organ_statistics", "statistics_csv", "write_statistics", "statistics_paths"]
+__all__ = ["FIELDS", "organ_statistics", "statistics_csv", "statistics_paths", "write_statistics"]
 
 #: column order of the CSV files
 FIELDS = ["organ", "label", "voxels", "volume_ml", "hu_mean", "hu_std", "hu_median", "hu_min", "hu_max", "hu_p5", "hu_p95", "touches_border"]

@@ -235,7 +235,9 @@ class BatchSegmentationJob:
         """Block until the batch ends (starting it if needed)."""
         if self.state == IDLE:
             self.start()
-        waitForJob(self.processEvents, lambda: self.cancel(immediately=True), timeout, pollInterval, f"the batch did not finish within {timeout} s and was stopped.")
+        waitForJob(
+            self.processEvents, lambda: self.cancel(immediately=True), timeout, pollInterval, f"the batch did not finish within {timeout} s and was stopped."
+        )
         assert self.outcome is not None
         return self.outcome
 

@@ -17,7 +17,9 @@ def _volumes(mrml, n=2, shape=(24, 40, 48)):
     from RepUXSegmentLib.testing import syntheticCTArray, syntheticIJKToRAS
 
     return [
-        mrml.addVolumeFromArray(syntheticCTArray(shape, seed=i), syntheticIJKToRAS(spacing=(3.3, 3.1, 3.5), angleDegrees=15.0 * i, leftHanded=i == 1), f"ct {i}")
+        mrml.addVolumeFromArray(
+            syntheticCTArray(shape, seed=i), syntheticIJKToRAS(spacing=(3.3, 3.1, 3.5), angleDegrees=15.0 * i, leftHanded=i == 1), f"ct {i}"
+        )
         for i in range(n)
     ]
 
@@ -79,7 +81,9 @@ def test_cancel_stops_after_the_current_case_and_keeps_it(mrml, tiny_model_dir):
 
     volumes = _volumes(mrml, 3, shape=(40, 64, 64))
     nodesBefore = mrml.nodeIDs()
-    job = BatchSegmentationJob(volumes, SegmentationOptions(model=str(tiny_model_dir), device="cpu", quality="best"), context=mrml.context(), pythonExecutable=sys.executable)
+    job = BatchSegmentationJob(
+        volumes, SegmentationOptions(model=str(tiny_model_dir), device="cpu", quality="best"), context=mrml.context(), pythonExecutable=sys.executable
+    )
     inferring = []
     job.onProgress = lambda f, s, m, e: inferring.append(s) if s == "infer" else None
     job.start()
@@ -95,5 +99,7 @@ def test_cancel_stops_after_the_current_case_and_keeps_it(mrml, tiny_model_dir):
     assert statuses[0] == "done" and "cancelled" in statuses[1:] and outcome.cases[0].segmentationNode is not None
     new = mrml.nodeIDs() - nodesBefore
     kept = [c.segmentationNode.GetID() for c in outcome.done]
-    assert set(kept) <= new and all(mrml.scene.GetNodeByID(n).IsA("vtkMRMLSegmentationNode") or mrml.scene.GetNodeByID(n).IsA("vtkMRMLDisplayNode") for n in new)
+    assert set(kept) <= new and all(
+        mrml.scene.GetNodeByID(n).IsA("vtkMRMLSegmentationNode") or mrml.scene.GetNodeByID(n).IsA("vtkMRMLDisplayNode") for n in new
+    )
     assert job.runner.process.poll() is not None and os.listdir(mrml.tempDirectory) == []

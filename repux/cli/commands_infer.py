@@ -264,10 +264,14 @@ def _cmd_segment_batch(args: argparse.Namespace, ctx: Any, shard: tuple[int, int
     out = Path(args.output)
     fmt = args.format or "seg.nrrd"
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {args.output!r} is a file; with several cases --output is a folder (each case writes <folder>/<case>{OUTPUT_FORMATS[fmt]}).")
+        raise ConfigError(
+            f"--output {args.output!r} is a file; with several cases --output is a folder (each case writes <folder>/<case>{OUTPUT_FORMATS[fmt]})."
+        )
     for opt in ("uncertainty", "summary", "series_uid"):
         if getattr(args, opt):
-            raise ConfigError(f"--{opt.replace('_', '-')} is for a single case; a batch writes one report (repux-batch.json) and, with --statistics, per-case statistics.")
+            raise ConfigError(
+                f"--{opt.replace('_', '-')} is for a single case; a batch writes one report (repux-batch.json) and, with --statistics, per-case statistics."
+            )
     expand_inputs(args.input)  # a missing @list fails here, before the model is loaded
     device = args.device
     if shard is None:
