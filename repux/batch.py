@@ -450,7 +450,8 @@ def run_batch(
         overwrite: redo cases whose output exists (else they are skipped: resume).
         shard: ``(I, N)``: only this deterministic 1/N of the cases.
         statistics: also write per-organ statistics beside each output and a cohort CSV.
-        prefetch: cases read and preprocessed ahead of the network (1 or 2).
+        prefetch: cases read and preprocessed ahead of the network (1 or 2; at most ``prefetch + 2``
+            cases are in memory: the prefetched ones, the one in the network, the one being written).
         report: write ``repux-batch.json``/``.csv`` in ``out_dir`` after every case.
         progress: callback of :class:`~repux.progress.ProgressEvent` (overall fraction; extras
             ``case``, ``case_index`` (1-based), ``case_count``).
@@ -527,6 +528,10 @@ def run_batch(
 
     def reader() -> None:
         for c in todo:
+            # read the next case only when fewer than `prefetch` cases wait: at most prefetch + 2 cases in memory
+            # (the waiting ones, the one in the network, the one being written)
+            while q.qsize() >= max(1, int(prefetch)) and not stop.is_set():
+                time.sleep(0.05)
             if stop.is_set():
                 break
             t = time.perf_counter()
