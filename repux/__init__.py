@@ -31,6 +31,8 @@ __all__ = [
     "InferenceSettings",
     "segment",
     "Segmenter",
+    "segment_many",
+    "organ_statistics",
     "read_image",
     "write_image",
 ]
@@ -48,6 +50,8 @@ _LAZY = {
     "InferenceSettings": "repux.config",
     "segment": "repux.inference",
     "Segmenter": "repux.inference",
+    "segment_many": "repux.batch",
+    "organ_statistics": "repux.statistics",
     "read_image": "repux.imageio",
     "write_image": "repux.imageio",
 }

@@ -214,10 +214,156 @@ def _volume_job(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------- memory and batch sections
+#: the large CT of the memory section: 512x512x1000 at 0.75x0.75x1 mm (a whole-body scan)
+MEMORY_SIZE = (512, 512, 1000)
+MEMORY_SPACING = (0.75, 0.75, 1.0)
+
+
+def make_large_ct(path: str, size: tuple[int, int, int] = MEMORY_SIZE, spacing: tuple[float, float, float] = MEMORY_SPACING) -> str:
+    """Write a synthetic int16 CT (air, an elliptic body of soft tissue with brighter organs) slab by slab, uncompressed."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    nx, ny, nz = size
+    y, x = np.mgrid[0:ny, 0:nx]
+    body = ((x - nx / 2) / (nx * 0.42)) ** 2 + ((y - ny / 2) / (ny * 0.33)) ** 2 <= 1
+    organ = ((x - nx * 0.35) / (nx * 0.12)) ** 2 + ((y - ny * 0.45) / (ny * 0.1)) ** 2 <= 1
+    img = sitk.Image([int(s) for s in size], sitk.sitkInt16)
+    img.SetSpacing([float(s) for s in spacing])
+    rng = np.random.default_rng(0)
+    writer_arr = np.empty((nz, ny, nx), np.int16)  # filled below, one slice at a time
+    for k in range(nz):
+        sl = np.full((ny, nx), -1000, np.int16)
+        sl[body] = 40
+        if nz * 0.3 < k < nz * 0.6:
+            sl[organ] = 120
+        sl += rng.integers(-10, 11, sl.shape, dtype=np.int16)
+        writer_arr[k] = sl
+    out = sitk.GetImageFromArray(writer_arr)
+    del writer_arr
+    out.CopyInformation(img)
+    sitk.WriteImage(out, path, False)
+    return path
+
+
+def _memory_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Segment a large CT file end to end (read, preprocess, network, stitching, resample, write) and report the peak."""
+    import torch
+
+    from .config import InferenceSettings, Preprocessing
+    from .device import resolve_device, set_threads
+    from .inference import Segmenter
+    from .labels import AMOS
+    from .nn import create_model
+
+    device = resolve_device(spec["device"])
+    if device.type == "cpu":
+        set_threads(spec.get("threads"))
+    real = int(spec.get("real_windows", 0))
+    calls = {"real": 0, "standin": 0}
+    if spec["model"] == "base":
+        torch.manual_seed(0)
+        net = create_model("base", out_channels=AMOS.num_classes).eval()
+        net.reparameterize(fold_batchnorm=True)
+        net = net.to(device)
+
+        def predictor(x: torch.Tensor) -> torch.Tensor:
+            if real <= 0 or calls["real"] < real:
+                calls["real"] += x.shape[0]
+                return net(x)
+            # past the measured windows: a stand-in with the network's output shape (random weights say nothing
+            # about accuracy; the stitching buffers, the argmax and the resampling run unchanged)
+            calls["standin"] += x.shape[0]
+            return torch.zeros((x.shape[0], AMOS.num_classes, *x.shape[2:]), device=x.device)
+
+        seg = Segmenter(
+            None,
+            device=spec["device"],
+            predictor=predictor,
+            labels=AMOS,
+            preprocessing=Preprocessing(spacing=(1.5, 1.5, 2.0)),
+            settings=InferenceSettings(roi_size=(96, 96, 96), overlap=0.5, sw_batch_size=spec.get("sw_batch_size", 1)),
+            threads=spec.get("threads"),
+            max_voxels=10**10,
+        )
+    else:
+        seg = Segmenter(spec["model"], device=spec["device"], threads=spec.get("threads"), max_voxels=10**10)
+    t = time.perf_counter()
+    result = seg.segment(spec["input"])
+    result.save(spec["output"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t
+    return {
+        "seconds": seconds,
+        "peak_mb": _peak_memory_mb(device),
+        "peak_rss_mb": _peak_memory_mb(torch.device("cpu")),
+        "windows": result.summary["windows"],
+        "network_windows": calls["real"] if spec["model"] == "base" else result.summary["windows"],
+        "standin_windows": calls["standin"],
+        "model_grid_size": result.summary["model_grid_size"],
+        "processed_size": result.summary["processed_size"],
+        "input_size": result.summary["input_size"],
+        "timings_s": result.summary["timings_s"],
+    }
+
+
+def _batch_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Per-case wall time of a batch (prefetch + writer thread) vs its network time, and the same cases one after another."""
+    import SimpleITK as sitk
+
+    from .batch import run_batch
+    from .data.phantom import generate_phantom
+    from .inference import Segmenter
+
+    tmp = Path(spec["folder"])
+    inputs = []
+    for i in range(spec["cases"]):
+        p = tmp / "in" / f"case{i:02d}.nii.gz"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(generate_phantom(i, spacing=tuple(spec["spacing"]), orientation="axial").image, str(p))
+        inputs.append(str(p))
+    seg = Segmenter(spec["model"], device=spec["device"], threads=spec.get("threads"))
+    seg.segment(inputs[0])  # warm-up
+    t = time.perf_counter()
+    rows = list(run_batch(seg, inputs, tmp / "batch", format="seg.nrrd", report=False))
+    batch_total = time.perf_counter() - t
+    t = time.perf_counter()
+    single = []
+    for p in inputs:
+        t1 = time.perf_counter()
+        r = seg.segment(p)
+        r.save(tmp / "single" / (Path(p).name.replace(".nii.gz", ".seg.nrrd")))
+        single.append(time.perf_counter() - t1)
+    single_total = time.perf_counter() - t
+    steady = rows[1:] or rows  # the first case has nothing to overlap with
+    wall = statistics.median(r.seconds for r in steady)
+    net = statistics.median(r.timings.get("infer", 0.0) for r in steady)
+    return {
+        "cases": len(rows),
+        "failed": sum(r.status != "done" for r in rows),
+        "batch_total_s": batch_total,
+        "batch_case_wall_s": wall,
+        "batch_case_wall_all_s": [round(r.seconds, 3) for r in rows],
+        "batch_case_network_all_s": [round(r.timings.get("infer", 0.0), 3) for r in rows],
+        "sequential_case_all_s": [round(x, 3) for x in single],
+        "batch_case_network_s": net,
+        "wall_over_network": wall / net if net else None,
+        "sequential_total_s": single_total,
+        "sequential_case_s": statistics.median(single),
+        "input_size": list(sitk.ReadImage(inputs[0]).GetSize()),
+        "peak_mb": _peak_memory_mb(seg.device),
+    }
+
+
 def worker_main(spec_json: str) -> int:
     """Entry of a benchmark worker process: run one job, print its JSON result."""
     spec = json.loads(spec_json)
-    job = {"window": _window_job, "train": _train_job, "volume": _volume_job}[spec["kind"]]
+    if spec["kind"] == "make_ct":
+        print("REPUX_BENCH " + json.dumps({"path": make_large_ct(spec["output"], tuple(spec["size"]), tuple(spec["spacing"]))}), flush=True)
+        return 0
+    job = {"window": _window_job, "train": _train_job, "volume": _volume_job, "memory": _memory_job, "batch": _batch_job}[spec["kind"]]
     try:
         result = job(spec)
     except Exception as err:  # reported to the parent as a failed configuration
@@ -287,7 +433,7 @@ def run_benchmark(
     *,
     presets: list[str],
     device: str = "cpu",
-    sections: tuple[str, ...] = ("window", "train", "volume"),
+    sections: tuple[str, ...] = ("window", "train", "volume"),  # also "memory" and "batch"
     window_paths: tuple[str, ...] = WINDOW_PATHS,
     train_paths: tuple[str, ...] = TRAIN_PATHS,
     roi: int = 96,
@@ -300,6 +446,11 @@ def run_benchmark(
     timeout: float = 3600.0,
     reference_batch: int = 4,
     progress=None,
+    memory_size: tuple[int, int, int] = MEMORY_SIZE,
+    memory_spacing: tuple[float, float, float] = MEMORY_SPACING,
+    memory_models: tuple[str, ...] = ("builtin", "base"),
+    network_windows: int = 2,
+    batch_cases: int = 6,
 ) -> dict[str, Any]:
     """Run the benchmark; returns a JSON-serialisable report (see :func:`format_report`)."""
     from .progress import ProgressEvent
@@ -357,8 +508,49 @@ def run_benchmark(
                     },
                 )
             )
-    results: dict[str, list[dict[str, Any]]] = {"window": [], "train": [], "volume": []}
+    if "memory" in sections:
+        ct = str(tmp / "large_ct.mha")
+        made = _run_worker({"kind": "make_ct", "output": ct, "size": list(memory_size), "spacing": list(memory_spacing)}, timeout)
+        if "error" in made:
+            jobs.append(("memory", {"kind": "memory", "path": "make_ct", "model": "-", "skipped": made["error"]}))
+        for m in memory_models:
+            jobs.append(
+                (
+                    "memory",
+                    {
+                        "kind": "memory",
+                        "path": m,
+                        "model": (model or "repux-tiny-phantom") if m == "builtin" else m,
+                        "input": ct,
+                        "device": device,
+                        "threads": threads,
+                        "real_windows": network_windows,
+                        "output": str(tmp / f"m_{m}.seg.nrrd"),
+                    },
+                )
+            )
+        report["memory_input"] = {"size": list(memory_size), "spacing": list(memory_spacing), "dtype": "int16", "network_windows": network_windows}
+    if "batch" in sections:
+        jobs.append(
+            (
+                "batch",
+                {
+                    "kind": "batch",
+                    "path": "batch",
+                    "model": model or "repux-tiny-phantom",
+                    "cases": batch_cases,
+                    "spacing": [1.5, 1.5, 2.5],
+                    "device": device,
+                    "threads": threads,
+                    "folder": str(tmp / "batch"),
+                },
+            )
+        )
+    results: dict[str, list[dict[str, Any]]] = {"window": [], "train": [], "volume": [], "memory": [], "batch": []}
     for i, (kind, spec) in enumerate(jobs):
+        if "skipped" in spec:
+            results[kind].append({"path": spec["path"], "error": spec["skipped"]})
+            continue
         label = f"{kind} {spec.get('preset', '')} {spec['path']}".replace("  ", " ")
         if progress:
             progress(ProgressEvent("benchmark", i / len(jobs), label, None))
@@ -429,6 +621,32 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(
                     f"  {'':<10} Dice with the reference output: mean {d['mean']} (per label {d['per_label']}), voxel agreement {d['voxel_agreement']}"
                 )
+    if report.get("memory"):
+        mi = report.get("memory_input", {})
+        lines.append(
+            f"\nMemory: synthetic int16 CT {'x'.join(map(str, mi.get('size', [])))} at {mi.get('spacing')} mm, read from an .mha file, segmented end to end "
+            f"(read, preprocess, sliding window, argmax per slab, resample, .seg.nrrd written); peak resident memory of the whole process:"
+        )
+        for r in report["memory"]:
+            if "seconds" not in r:
+                lines.append(f"  {r['path']:<8} {r.get('error') or r.get('skipped')}")
+                continue
+            note = ""
+            if r.get("standin_windows"):
+                note = f"; network on the first {r['network_windows']} of {r['windows']} windows, the others a zero-logit stand-in of the same shape"
+            lines.append(
+                f"  {r['path']:<8} peak RSS {r['peak_rss_mb']:7.0f} MB  {r['seconds']:7.1f} s  model grid {r['model_grid_size']}, {r['windows']} windows{note}"
+            )
+    if report.get("batch"):
+        for r in report["batch"]:
+            if "cases" not in r:
+                lines.append(f"\nBatch: {r.get('error')}")
+                continue
+            lines.append(
+                f"\nBatch of {r['cases']} phantom CTs {'x'.join(map(str, r['input_size']))}: per case {r['batch_case_wall_s']:.2f} s wall vs "
+                f"{r['batch_case_network_s']:.2f} s network (ratio {r['wall_over_network']:.2f}); one after another without prefetch "
+                f"{r['sequential_case_s']:.2f} s per case; totals {r['batch_total_s']:.1f} s vs {r['sequential_total_s']:.1f} s"
+            )
     return "\n".join(lines)
 
 

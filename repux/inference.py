@@ -39,7 +39,18 @@ from .modelfile import ModelCard
 from .preprocess import foreground_box, from_model_grid, scale_intensity, to_model_grid
 from .progress import CancelToken, ProgressCallback, ProgressTracker
 
-__all__ = ["Segmenter", "SegmentationResult", "segment", "count_windows", "keep_largest_components", "entropy_map", "PAIRED_ORGANS"]
+__all__ = [
+    "PAIRED_ORGANS",
+    "PreparedCase",
+    "SegmentationResult",
+    "Segmenter",
+    "count_windows",
+    "entropy_map",
+    "keep_largest_components",
+    "segment",
+    "select_organs",
+    "stream_argmax",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +80,15 @@ class SegmentationResult:
     label_set: LabelSet
     summary: dict[str, Any]
     uncertainty: sitk.Image | None = None
+    image: sitk.Image | None = None
+
+    def statistics(self) -> list[dict[str, Any]]:
+        """Per-organ statistics on the input grid (see :func:`repux.statistics.organ_statistics`)."""
+        from .statistics import organ_statistics
+
+        if self.image is None:
+            raise ConfigError("statistics need the input image; this result was made without it.")
+        return organ_statistics(self.image, self.labels, self.label_set)
 
     def save(self, path: str | Path) -> Path:
         """Write the labels: ``.seg.nrrd`` as a Slicer segmentation, else a label map (``.nii.gz``, ``.nrrd``...)."""
@@ -80,6 +100,159 @@ class SegmentationResult:
     def array(self) -> np.ndarray:
         """Label array ``(k, j, i)`` in file order."""
         return sitk.GetArrayFromImage(self.labels)
+
+
+@dataclass
+class PreparedCase:
+    """A volume read, checked and on the model grid, waiting for (or back from) the network."""
+
+    image: sitk.Image
+    grid_image: sitk.Image
+    grid_shape: tuple[int, int, int]
+    crop: tuple[slice, ...]
+    x: torch.Tensor | None
+    warnings: list[str]
+    timings: dict[str, float]
+    processed_size: list[int] | None = None
+    windows: int = 0
+    label_crop: np.ndarray | None = None
+    entropy_crop: np.ndarray | None = None
+
+
+def select_organs(labels: LabelSet, organs: Sequence[str] | str | None) -> tuple[LabelSet, np.ndarray | None]:
+    """The label set restricted to ``organs`` (renumbered 1..k in the model's order) and the value lookup table.
+
+    Names match case-insensitively (and through the known aliases).  Returns ``(labels, None)``
+    when ``organs`` is empty or None (all organs).
+
+    Raises:
+        ConfigError: an unknown name (the message lists the model's organs).
+    """
+    from .labels import resolve_organs
+
+    kept = resolve_organs(labels, organs)
+    if len(kept) == len(labels):
+        return labels, None
+    lut = np.zeros(max(256, labels.num_classes), dtype=np.uint8 if labels.num_classes < 256 else np.uint16)
+    for new, lab in enumerate(kept, start=1):
+        lut[lab.value] = new
+    return LabelSet([lab.with_value(i) for i, lab in enumerate(kept, start=1)], name=labels.name), lut
+
+
+def label_counts(array: np.ndarray, num_classes: int, chunk: int = 1 << 24) -> np.ndarray:
+    """Voxels per label value, counted in chunks (``np.bincount`` on a whole uint8 volume makes an int64 copy)."""
+    flat = array.reshape(-1)
+    counts = np.zeros(max(num_classes, int(flat.max(initial=0)) + 1), dtype=np.int64)
+    for i in range(0, flat.size, chunk):
+        c = np.bincount(flat[i : i + chunk], minlength=counts.size)
+        counts[: c.size] += c
+    return counts
+
+
+def stream_argmax(
+    x: torch.Tensor,
+    predictor: Predictor,
+    *,
+    roi_size: Sequence[int],
+    overlap: float,
+    mode: str = "gaussian",
+    sw_batch_size: int = 1,
+    sw_device: torch.device | str = "cpu",
+    buffer_device: torch.device | str = "cpu",
+    entropy: bool = False,
+    dtype: Any = np.uint8,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """MONAI's sliding-window inference, stitched slab by slab: returns the argmax label array, not probabilities.
+
+    The windows, their order of blending and the importance map are MONAI's
+    (``dense_patch_slices``, ``compute_importance_map``, constant padding of
+    inputs smaller than ``roi_size``), so the labels equal
+    ``sliding_window_inference(...).argmax(1)``.  But the blended probabilities
+    only exist for one slab of ``roi_size[2]`` planes along the last axis (the
+    windows that share a start plane are processed together; planes before the
+    next start plane are final, so they are argmaxed and dropped).  The slab is
+    float32 (sums of up to 8 weighted probabilities: fp16 would flip near-ties);
+    for a 256x256 model grid with 16 classes it is 0.4 GB, whatever the length
+    of the scan.
+
+    Args:
+        x: ``(1, 1, X, Y, Z)`` network input.
+        predictor: ``(B, 1, x, y, z) -> (B, C, x, y, z)`` probabilities.
+        entropy: also return the normalised entropy (float32, ``(X, Y, Z)``).
+
+    Returns:
+        ``(labels, entropy)`` as ``(X, Y, Z)`` numpy arrays.
+    """
+    import torch.nn.functional as F
+    from monai.data.utils import compute_importance_map, dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    sw_device = torch.device(sw_device)
+    buffer_device = torch.device(buffer_device)
+    shape = [int(s) for s in x.shape[2:]]
+    roi = [int(r) for r in roi_size]
+    pad: list[int] = []
+    for k in (2, 1, 0):  # F.pad order: last axis first
+        diff = max(roi[k] - shape[k], 0)
+        pad += [diff // 2, diff - diff // 2]
+    if any(pad):
+        x = F.pad(x, pad, mode="constant", value=0.0)
+    size = [int(s) for s in x.shape[2:]]
+    scan = _get_scan_interval(size, roi, 3, (float(overlap),) * 3)
+    slices = dense_patch_slices(size, roi, scan)
+    weight = compute_importance_map(tuple(roi), mode=mode, sigma_scale=0.125, device=sw_device, dtype=torch.float32)
+    weight_z = weight.permute(2, 0, 1).to(buffer_device)  # (z, x, y)
+    groups: dict[int, list[tuple[slice, ...]]] = {}
+    for sl in slices:
+        groups.setdefault(int(sl[2].start), []).append(sl)
+    X, Y, Z = size
+    rz = roi[2]
+    labels = np.zeros((X, Y, Z), dtype=dtype)
+    ent = np.zeros((X, Y, Z), dtype=np.float32) if entropy else None
+    acc: torch.Tensor | None = None  # (rz, C, X, Y): planes base..base+rz of the blended sum
+    wsum = torch.zeros((rz, X, Y), dtype=torch.float32, device=buffer_device)
+    base = 0
+
+    def flush(upto: int) -> None:
+        nonlocal base
+        n = min(upto, Z) - base
+        if n <= 0 or acc is None:
+            return
+        a = acc[:n]
+        labels[:, :, base : base + n] = a.argmax(1).permute(1, 2, 0).to("cpu").numpy().astype(dtype, copy=False)
+        if ent is not None:
+            p = a / wsum[:n, None].clamp_min(1e-12)
+            ent[:, :, base : base + n] = entropy_map(p.transpose(0, 1)).permute(1, 2, 0).to("cpu").numpy()
+        keep = rz - n
+        for i in range(keep):  # shift the slab plane by plane (no second slab in memory)
+            acc[i].copy_(acc[n + i])
+            wsum[i].copy_(wsum[n + i])
+        acc[keep:] = 0
+        wsum[keep:] = 0
+        base += n
+
+    for z0 in sorted(groups):
+        flush(z0)
+        wins = groups[z0]
+        for i in range(0, len(wins), sw_batch_size):
+            chunk = wins[i : i + sw_batch_size]
+            batch = torch.cat([x[(slice(None), slice(None), *sl)] for sl in chunk]).to(sw_device)
+            probs = predictor(batch)
+            if acc is None:
+                acc = torch.zeros((rz, probs.shape[1], X, Y), dtype=torch.float32, device=buffer_device)
+            probs = probs.to(buffer_device, torch.float32)
+            for p, sl in zip(probs, chunk):
+                dz = sl[2].start - base
+                w = weight_z
+                acc[dz : dz + rz, :, sl[0], sl[1]] += p.permute(3, 0, 1, 2) * w[:, None]
+                wsum[dz : dz + rz, sl[0], sl[1]] += w
+            del probs, batch
+    flush(Z)
+    crop = (slice(pad[4], X - pad[5]), slice(pad[2], Y - pad[3]), slice(pad[0], Z - pad[1]))
+    labels = np.ascontiguousarray(labels[crop]) if any(pad) else labels
+    if ent is not None and any(pad):
+        ent = np.ascontiguousarray(ent[crop])
+    return labels, ent
 
 
 def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
@@ -125,6 +298,8 @@ class Segmenter:
         threads: CPU threads (default: all cores).
         largest_component: per-organ largest connected component clean-up.
         uncertainty: also compute the entropy map.
+        organs: only these organs of the model (names, case-insensitive; default all) become
+            labels, numbered 1..k in the model's order; the others become background.
         max_voxels: refuse inputs larger than this many voxels.
         predictor: replace the network by any callable ``(B, 1, x, y, z) -> (B, C, x, y, z)``
             (tests inject an oracle); then ``labels`` and ``preprocessing`` are required.
@@ -157,6 +332,7 @@ class Segmenter:
         compile: bool = False,
         crop_foreground: bool | None = None,
         fold_batchnorm: bool = True,
+        organs: Sequence[str] | str | None = None,
     ) -> None:
         self.device = resolve_device(device)
         if self.device.type == "cpu":
@@ -215,6 +391,8 @@ class Segmenter:
         self.settings = replace(base, **changes) if changes else base
         if crop_foreground is not None:
             self.preprocessing = replace(self.preprocessing, crop_foreground=crop_foreground)
+        self.model_labels = self.labels
+        self.labels, self.organ_lut = select_organs(self.model_labels, organs)
         self.channels_last = channels_last
         self.largest_component = largest_component
         self.uncertainty = uncertainty
@@ -241,9 +419,8 @@ class Segmenter:
         assert probs is not None
         return probs / len(flips)
 
-    def _sliding_window(self, x: torch.Tensor, tick: Callable[[int], None], cancel: CancelToken | None) -> torch.Tensor:
-        from monai.inferers import sliding_window_inference
-
+    def _stream(self, x: torch.Tensor, tick: Callable[[int], None], cancel: CancelToken | None, entropy: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sliding window with slab-wise stitching and argmax (see :func:`stream_argmax`), with the CUDA OOM fallbacks."""
         s = self.settings
         sw_batch = s.sw_batch_size
         sw_device: torch.device = self.device
@@ -259,15 +436,17 @@ class Segmenter:
                     return out
 
                 with torch.inference_mode():
-                    return sliding_window_inference(
-                        x.to(out_device),
+                    return stream_argmax(
+                        x,
+                        predictor,
                         roi_size=s.roi_size,
-                        sw_batch_size=sw_batch,
-                        predictor=predictor,
                         overlap=s.overlap,
                         mode=s.mode,
+                        sw_batch_size=sw_batch,
                         sw_device=sw_device,
-                        device=out_device,
+                        buffer_device=out_device,
+                        entropy=entropy,
+                        dtype=np.uint8 if self.model_labels.num_classes < 256 else np.uint16,
                     )
             except torch.OutOfMemoryError:
                 if sw_device.type != "cuda":
@@ -312,6 +491,14 @@ class Segmenter:
             InputImageError: for unusable inputs; Cancelled when cancelled.
         """
         tracker = ProgressTracker(progress, STAGES, cancel)
+        prepared = self.prepare(image, series_uid=series_uid, roi_ras=roi_ras, tracker=tracker)
+        return self.finish(self.infer(prepared, tracker=tracker, cancel=cancel), tracker=tracker)
+
+    def prepare(
+        self, image: sitk.Image | str | Path, *, series_uid: str | None = None, roi_ras: Sequence[float] | None = None, tracker: ProgressTracker | None = None
+    ) -> PreparedCase:
+        """Read, check and bring a volume onto the model grid (the part a batch prefetches in a thread)."""
+        tracker = tracker or ProgressTracker(None, STAGES)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         tracker.update("load", 0.0, "reading the image")
@@ -328,9 +515,16 @@ class Segmenter:
             start, end = self._intersect_roi(grid.image, roi_ras, start, end)
         crop = tuple(slice(a, b) for a, b in zip(start, end))
         x = torch.from_numpy(scale_intensity(grid.array[crop], prep))[None, None]
+        grid_image, grid_shape = grid.image, grid.shape
+        del grid  # the HU array on the model grid is not needed any more
         timings["preprocess"] = time.perf_counter() - t
-        tracker.update("preprocess", 1.0, f"model grid {grid.shape}, processing {tuple(x.shape[2:])}")
+        tracker.update("preprocess", 1.0, f"model grid {grid_shape}, processing {tuple(x.shape[2:])}")
+        return PreparedCase(img, grid_image, grid_shape, crop, x, warnings, timings)
 
+    def infer(self, prepared: PreparedCase, *, tracker: ProgressTracker | None = None, cancel: CancelToken | None = None) -> PreparedCase:
+        """Run the network over a prepared case: fills ``prepared.labels`` (model grid, uint8) and the entropy."""
+        tracker = tracker or ProgressTracker(None, STAGES, cancel)
+        x = prepared.x
         t = time.perf_counter()
         n_windows = count_windows(x.shape[2:], self.settings.roi_size, self.settings.overlap)
         done = [0]
@@ -343,38 +537,53 @@ class Segmenter:
             tracker.update("infer", done[0] / max(n_windows, 1), f"window {min(done[0], n_windows)}/{n_windows}", windows_done=done[0], windows_total=n_windows)
 
         tracker.update("infer", 0.0, f"{n_windows} windows of {self.settings.roi_size} on {self.device}", windows_done=0, windows_total=n_windows)
-        probs = self._sliding_window(x, tick, cancel)[0].float().cpu()
-        timings["infer"] = time.perf_counter() - t
+        label_crop, ent = self._stream(x, tick, cancel, entropy=self.uncertainty)
+        if self.organ_lut is not None:
+            label_crop = self.organ_lut[label_crop]
+        prepared.processed_size = list(x.shape[2:])
+        prepared.x = None  # free the network input
+        prepared.windows = n_windows
+        prepared.label_crop = label_crop
+        prepared.entropy_crop = ent
+        prepared.timings["infer"] = time.perf_counter() - t
+        return prepared
 
+    def finish(self, prepared: PreparedCase, *, tracker: ProgressTracker | None = None) -> SegmentationResult:
+        """Clean-up and resampling of an inferred case onto its input grid; the summary."""
+        tracker = tracker or ProgressTracker(None, STAGES)
+        img = prepared.image
+        timings = prepared.timings
         t = time.perf_counter()
         tracker.update("postprocess", 0.0, "argmax and clean-up")
-        label_crop = probs.argmax(0).numpy().astype(np.uint8 if self.labels.num_classes < 256 else np.uint16)
-        full = np.zeros(grid.shape, dtype=label_crop.dtype)
-        full[crop] = label_crop
+        label_crop = prepared.label_crop
+        assert label_crop is not None, "finish() needs an inferred case"
+        full = np.zeros(prepared.grid_shape, dtype=label_crop.dtype)
+        full[prepared.crop] = label_crop
         if self.largest_component:
             full = keep_largest_components(full, self.labels)
         unc_img = None
         mean_entropy = None
-        if self.uncertainty:
-            ent = entropy_map(probs).numpy().astype(np.float32)
+        if prepared.entropy_crop is not None:
+            ent = prepared.entropy_crop
             organ = label_crop > 0
             mean_entropy = float(ent[organ].mean()) if organ.any() else float(ent.mean())
-            ent_full = np.zeros(grid.shape, dtype=np.float32)
-            ent_full[crop] = ent
-            unc_img = from_model_grid(ent_full, grid.image, img, interpolator=sitk.sitkLinear)
-        del probs
-        labels_img = from_model_grid(full, grid.image, img)
+            ent_full = np.zeros(prepared.grid_shape, dtype=np.float32)
+            ent_full[prepared.crop] = ent
+            unc_img = from_model_grid(ent_full, prepared.grid_image, img, interpolator=sitk.sitkLinear)
+            del ent_full
+        labels_img = from_model_grid(full, prepared.grid_image, img)
+        del full
         tracker.update("postprocess", 1.0, "resampled to the input grid")
         timings["postprocess"] = time.perf_counter() - t
 
         voxel_ml = float(np.prod(img.GetSpacing())) / 1000.0
-        counts = np.bincount(sitk.GetArrayViewFromImage(labels_img).ravel(), minlength=self.labels.num_classes)
+        counts = label_counts(sitk.GetArrayViewFromImage(labels_img), self.labels.num_classes)
         summary: dict[str, Any] = {
             "input_size": list(img.GetSize()),
             "input_spacing": [round(s, 5) for s in img.GetSpacing()],
-            "model_grid_size": list(grid.shape),
-            "processed_size": list(x.shape[2:]),
-            "windows": n_windows,
+            "model_grid_size": list(prepared.grid_shape),
+            "processed_size": prepared.processed_size,
+            "windows": prepared.windows,
             "volumes_ml": {lab.name: round(float(counts[lab.value]) * voxel_ml, 2) for lab in self.labels},
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "device": str(self.device),
@@ -382,14 +591,22 @@ class Segmenter:
             "threads": self.threads,
             "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
             "settings": self.settings.to_dict(),
-            "warnings": warnings,
+            "warnings": prepared.warnings,
             "fallbacks": list(self.fallbacks),
         }
+        if self.labels is not self.model_labels:
+            summary["organs"] = self.labels.names
         if mean_entropy is not None:
             summary["mean_entropy"] = round(mean_entropy, 6)
         if self.card is not None:
             summary["model"] = {"id": self.card.id, "version": self.card.version, "sha256": self.card.sha256}
-        return SegmentationResult(labels_img, self.labels, summary, unc_img)
+        return SegmentationResult(labels_img, self.labels, summary, unc_img, image=img)
+
+    def segment_many(self, inputs: Sequence[str | Path] | str | Path, out_dir: str | Path, **options: Any):
+        """Segment a cohort with this loaded model; an iterator of per-case results (see :func:`repux.batch.segment_many`)."""
+        from .batch import run_batch
+
+        return run_batch(self, inputs, out_dir, **options)
 
     def _intersect_roi(self, grid_image: sitk.Image, roi_ras: Sequence[float], start, end):
         if len(roi_ras) != 6:

@@ -27,6 +27,7 @@ __all__ = [
     "get_label_set",
     "organ",
     "normalize_name",
+    "resolve_organs",
 ]
 
 
@@ -293,6 +294,28 @@ AMOS = LabelSet.from_names(
     name="amos",
 )
 LABEL_SETS: dict[str, LabelSet] = {"flare": FLARE, "amos": AMOS}
+
+
+def resolve_organs(labels: LabelSet, organs: Iterable[str] | str | None) -> list[Label]:
+    """The labels of ``organs`` (names or aliases, case-insensitive; a comma-separated string or a list), in the set's order.
+
+    An empty or None ``organs`` means all labels.
+
+    Raises:
+        ConfigError: a name the set does not have (the message lists the set's organs).
+    """
+    if organs is None:
+        return list(labels)
+    names = [str(n).strip() for n in (organs.split(",") if isinstance(organs, str) else organs) if str(n).strip()]
+    if not names:
+        return list(labels)
+    chosen: set[int] = set()
+    for n in names:
+        lab = labels.find(n)
+        if lab is None:
+            raise ConfigError(f"--organs: {n!r} is not an organ of this model; choose among {', '.join(labels.names)}.")
+        chosen.add(lab.value)
+    return [lab for lab in labels if lab.value in chosen]
 
 
 def get_label_set(spec: str | Path) -> LabelSet:

@@ -59,11 +59,14 @@ def _target_grid(img: sitk.Image, spacing: tuple[float, float, float]) -> tuple[
 
 def to_model_grid(image: sitk.Image, prep: Preprocessing, interpolator: int = sitk.sitkLinear) -> ModelGrid:
     """Re-orient and resample ``image`` onto the model grid (float32 HU)."""
-    img = sitk.DICOMOrient(sitk.Cast(image, sitk.sitkFloat32), prep.orientation)
+    # orient in the input's own pixel type and resample straight to float32: no full-resolution float copy
+    img = sitk.DICOMOrient(image, prep.orientation)
     if not np.allclose(img.GetSpacing(), prep.spacing, rtol=1e-3, atol=1e-4):
         size, origin, spacing = _target_grid(img, prep.spacing)
         fill = float(sitk.GetArrayViewFromImage(img).min())
         img = sitk.Resample(img, size, sitk.Transform(), interpolator, origin, spacing, img.GetDirection(), fill, sitk.sitkFloat32)
+    else:
+        img = sitk.Cast(img, sitk.sitkFloat32)
     arr = np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0))
     return ModelGrid(img, arr)
 

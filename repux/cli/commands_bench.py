@@ -18,7 +18,25 @@ def register(sub: Any) -> None:
         "overlap 0.7, sw_batch_size 4, no body crop (the official test script). Ratios and output differences are printed.",
     )
     p.add_argument("--presets", default="base,small,tiny", help="comma-separated presets for the window and training sections (default: base,small,tiny)")
-    p.add_argument("--sections", default="window,train,volume", help="any of window,train,volume (default: all)")
+    p.add_argument(
+        "--sections",
+        default="window,train,volume",
+        help="any of window,train,volume,memory,batch (default: window,train,volume); memory: peak RSS of a whole large CT "
+        "with the built-in model and a random-weights base model; batch: per-case wall vs network time of a cohort",
+    )
+    p.add_argument(
+        "--memory-size",
+        default="512,512,1000",
+        metavar="X,Y,Z",
+        help="voxels of the synthetic CT of the memory section (0.75x0.75x1 mm; default: 512,512,1000)",
+    )
+    p.add_argument(
+        "--network-windows",
+        type=positive_int,
+        default=2,
+        help="memory section, base model: windows run through the network (the rest through a stand-in of the same output shape; default: 2)",
+    )
+    p.add_argument("--batch-cases", type=positive_int, default=6, help="cases of the batch section (default: 6)")
     p.add_argument("-i", "--input", help="CT for the whole-volume section (default: none, section skipped)")
     p.add_argument("-m", "--model", help="model for the whole-volume section (default: the built-in model)")
     p.add_argument("--roi-size", "--roi", dest="roi_size", type=roi_size, default="96", help="inference window size (default: 96)")
@@ -57,8 +75,14 @@ def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
     if bad:
         raise ConfigError(f"--presets: unknown {bad}; choose from {', '.join(PRESETS)}.")
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
-    if set(sections) - {"window", "train", "volume"}:
-        raise ConfigError(f"--sections must be a subset of window,train,volume; got {args.sections!r}.")
+    if not sections or set(sections) - {"window", "train", "volume", "memory", "batch"}:
+        raise ConfigError(f"--sections must be a subset of window,train,volume,memory,batch; got {args.sections!r}.")
+    try:
+        memory_size = tuple(int(v) for v in args.memory_size.split(","))
+    except ValueError:
+        memory_size = ()
+    if len(memory_size) != 3 or min(memory_size) < 8:
+        raise ConfigError(f"--memory-size {args.memory_size!r}: give three voxel counts X,Y,Z, each at least 8, e.g. 512,512,1000.")
     report = run_benchmark(
         presets=presets,
         device=args.device,
@@ -72,6 +96,9 @@ def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
         threads=args.threads,
         reference_batch=args.sw_batch_size,
         progress=ctx.progress,
+        memory_size=memory_size,  # type: ignore[arg-type]
+        network_windows=args.network_windows,
+        batch_cases=args.batch_cases,
     )
     report["command"] = "repux benchmark " + " ".join(__import__("shlex").quote(a) for a in __import__("sys").argv[2:])
     if args.output:

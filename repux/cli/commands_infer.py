@@ -13,7 +13,9 @@ from .options import add_common, add_device_options, add_output_option, add_over
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
+#: --format values (same table as repux.batch.FORMATS, kept here so --help needs no heavy import)
+OUTPUT_FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom-seg": ".dcm"}
 DEFAULT_MAX_VOXELS = 600_000_000
 
 
@@ -26,17 +28,48 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "segment",
-        help="segment a CT volume (file or DICOM folder) into organs",
+        help="segment CT volumes (files, DICOM folders, whole cohorts) into organs",
         description="Segments a CT and writes a label map in the input's exact voxel grid: .seg.nrrd (3D Slicer segmentation with names, "
-        "colours and terminology), .nii.gz, .nrrd or .mha.",
+        "colours and terminology), .nii.gz, .nrrd, .mha or a DICOM SEG (.dcm, DICOM inputs). With several inputs, a folder tree or "
+        "@list.txt and an output folder, it segments a cohort with the model loaded once (resumable; see --shard for SLURM arrays and torchrun).",
     )
-    p.add_argument("-i", "--input", required=True, help="CT image (.nii.gz, .nrrd, .mha, ...) or DICOM series folder")
-    add_output_option(p, help="output label map: .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
+    p.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="CT image (.nii.gz, .nrrd, .mha, ...) or DICOM series folder; several paths, a folder tree (one case per image file "
+        "and per DICOM series) or @list.txt (one path per line) for a batch",
+    )
+    add_output_option(
+        p,
+        help="output file (.seg.nrrd, .nii.gz, .nii, .nrrd, .mha, .dcm), or a folder for a batch: each case writes FOLDER/<case>.<ext> "
+        "and the report FOLDER/repux-batch.json/.csv",
+    )
+    p.add_argument(
+        "--format",
+        choices=tuple(OUTPUT_FORMATS),
+        help="output format (default: from the output file name, else seg.nrrd); dicom-seg needs DICOM inputs",
+    )
     p.add_argument("-m", "--model", default=None, help="installed model id or model folder (default: the built-in demo model)")
     p.add_argument("--series-uid", help="DICOM Series Instance UID when the folder holds several series (default: the largest)")
+    p.add_argument(
+        "--organs",
+        metavar="NAME,NAME",
+        help="only these organs of the model (comma-separated names, case-insensitive; default: all); the others become background",
+    )
+    p.add_argument("--statistics", action="store_true", help="per-organ volume and HU statistics: CSV + JSON beside each output (and a cohort CSV)")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="only the deterministic I-th of N parts of the cases (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; "
+        "under torchrun each rank takes its part on its own GPU automatically",
+    )
+    add_overwrite_option(p, help="batch: redo cases whose output exists (default: skip them, so a rerun resumes)")
     p.add_argument("--largest-component", action="store_true", help="keep each organ's largest connected component")
-    p.add_argument("--uncertainty", metavar="PATH", help="also write the voxel-wise normalised entropy (0..1) to PATH")
-    p.add_argument("--summary", metavar="PATH", help="write a JSON summary (organ volumes, timings, device, model)")
+    p.add_argument("--uncertainty", metavar="PATH", help="also write the voxel-wise normalised entropy (0..1) to PATH (single case)")
+    p.add_argument("--summary", metavar="PATH", help="write a JSON summary (organ volumes, timings, device, model) (single case)")
     p.add_argument(
         "--roi-ras",
         type=csv_floats(6, "r0,a0,s0,r1,a1,s1 (RAS mm)"),
@@ -90,19 +123,36 @@ def register(sub: Any) -> None:
 def _check_output(path: str) -> Path:
     p = Path(path)
     if not p.name.lower().endswith(OUTPUT_SUFFIXES):
-        raise ConfigError(f"--output {path!r}: unsupported file type; use one of {', '.join(OUTPUT_SUFFIXES)}.")
+        raise ConfigError(f"--output {path!r}: unsupported file type; use one of {', '.join(OUTPUT_SUFFIXES)}, or a folder for a batch.")
     if p.exists() and p.is_dir():
         raise ConfigError(f"--output {path!r} is a folder; give a file name such as {p / 'segmentation.seg.nrrd'}.")
     return p
 
 
-def segmenter_from_args(args: argparse.Namespace, model: str | None, uncertainty: bool = False, largest_component: bool = False, max_voxels: int | None = None):
+def _is_batch(args: argparse.Namespace) -> bool:
+    """Several inputs, an @list, or an output that is (or names) a folder."""
+    if len(args.input) > 1 or any(str(i).startswith("@") for i in args.input):
+        return True
+    out = str(args.output)
+    p = Path(out)
+    return p.is_dir() or out.endswith(("/", "\\")) or not p.suffix
+
+
+def segmenter_from_args(
+    args: argparse.Namespace,
+    model: str | None,
+    uncertainty: bool = False,
+    largest_component: bool = False,
+    max_voxels: int | None = None,
+    organs: str | None = None,
+    device: str | None = None,
+):
     from ..inference import Segmenter
     from ..store import DEFAULT_MODEL
 
     return Segmenter(
         model or DEFAULT_MODEL,
-        device=args.device,
+        device=device or args.device,
         quality=args.quality,
         overlap=args.overlap,
         roi_size=args.roi_size,
@@ -115,31 +165,78 @@ def segmenter_from_args(args: argparse.Namespace, model: str | None, uncertainty
         max_voxels=max_voxels,
         algorithm=args.algorithm,
         crop_foreground=False if args.no_crop else None,
+        organs=organs,
     )
 
 
+def _check_organs(args: argparse.Namespace) -> None:
+    """--organs against the model card (light: no torch, no weights read)."""
+    if not args.organs:
+        return
+    from ..labels import resolve_organs
+    from ..store import DEFAULT_MODEL, resolve_model
+
+    resolve_organs(resolve_model(args.model or DEFAULT_MODEL).labels, args.organs)
+
+
 def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
-    from ..imageio import write_image
+    # argument and path checks first: no heavy import, no model load for a bad command line
+    _check_organs(args)
+    shard = None
+    if args.shard is not None:
+        from ..batch import parse_shard
+
+        shard = parse_shard(args.shard)
+    if _is_batch(args):
+        return _cmd_segment_batch(args, ctx, shard)
+    if shard is not None:
+        raise ConfigError("--shard splits a batch: give several inputs, a folder tree or @list.txt and an output folder.")
+    return _cmd_segment_one(args, ctx)
+
+
+def _cmd_segment_one(args: argparse.Namespace, ctx: Any) -> int:
+    from ..batch import format_for_output
 
     out = _check_output(args.output)
+    fmt = format_for_output(out, args.format)
+    source = args.input[0]
     unc_path = Path(args.uncertainty) if args.uncertainty else None
     if unc_path is not None and not unc_path.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
         raise ConfigError(f"--uncertainty {args.uncertainty!r}: use a .nii.gz, .nii, .nrrd or .mha file name.")
+    source_files = None
+    if fmt == "dicom-seg":
+        from ..dicomseg import dicom_source_files
+
+        if not Path(source).exists():
+            from ..errors import InputImageError
+
+            raise InputImageError(f"input {source!r} does not exist.")
+        source_files = dicom_source_files(source, args.series_uid)
     roi = list(args.roi_ras) if args.roi_ras else None
-    seg = segmenter_from_args(args, args.model, uncertainty=unc_path is not None, largest_component=args.largest_component, max_voxels=args.max_voxels)
-    result = seg.segment(args.input, series_uid=args.series_uid, roi_ras=roi, progress=ctx.progress, cancel=ctx.cancel)
+    seg = segmenter_from_args(
+        args, args.model, uncertainty=unc_path is not None, largest_component=args.largest_component, max_voxels=args.max_voxels, organs=args.organs
+    )
+    result = seg.segment(source, series_uid=args.series_uid, roi_ras=roi, progress=ctx.progress, cancel=ctx.cancel)
     ctx.cancel.check()
     if ctx.progress:
         from ..progress import ProgressEvent
 
         ctx.progress(ProgressEvent("write", 0.97, f"writing {out.name}", 0.0))
-    result.save(out)
+    from ..batch import write_result
+    from ..imageio import write_image
+
+    write_result(result, out, "nii.gz" if fmt == "nii" else fmt, source_files=source_files)
     outputs = {"labels": str(out)}
     if unc_path is not None and result.uncertainty is not None:
         write_image(result.uncertainty, unc_path)
         outputs["uncertainty"] = str(unc_path)
+    if args.statistics:
+        from ..statistics import write_statistics
+
+        csv_p, json_p = write_statistics(result.statistics(), out, {"input": str(source), "output": str(out)})
+        outputs.update(statistics_csv=str(csv_p), statistics_json=str(json_p))
     result.summary["outputs"] = outputs
-    result.summary["input"] = str(args.input)
+    result.summary["input"] = str(source)
     if args.summary:
         from ..imageio import atomic_path
 
@@ -156,6 +253,80 @@ def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
         vols = ", ".join(f"{k} {v:.0f} mL" for k, v in result.summary["volumes_ml"].items())
         t = sum(result.summary["timings_s"].values())
         print(f"wrote {out} in {t:.1f} s on {result.summary['device']} ({vols})")
+    return 0
+
+
+def _cmd_segment_batch(args: argparse.Namespace, ctx: Any, shard: tuple[int, int] | None) -> int:
+    import sys
+
+    from ..batch import expand_inputs, report_paths, run_batch, shard_from_env, torchrun_device
+
+    out = Path(args.output)
+    fmt = args.format or "seg.nrrd"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"--output {args.output!r} is a file; with several cases --output is a folder (each case writes <folder>/<case>{OUTPUT_FORMATS[fmt]})."
+        )
+    for opt in ("uncertainty", "summary", "series_uid"):
+        if getattr(args, opt):
+            raise ConfigError(
+                f"--{opt.replace('_', '-')} is for a single case; a batch writes one report (repux-batch.json) and, with --statistics, per-case statistics."
+            )
+    expand_inputs(args.input)  # a missing @list fails here, before the model is loaded
+    device = args.device
+    if shard is None:
+        shard = shard_from_env()
+        if shard is not None:
+            device = torchrun_device(args.device)
+            logger.info("torchrun rank %d of %d: shard %d/%d on %s", shard[0], shard[1], shard[0], shard[1], device)
+    seg = segmenter_from_args(args, args.model, largest_component=args.largest_component, max_voxels=args.max_voxels, organs=args.organs, device=device)
+    case_bar = None
+    if ctx.progress_mode == "bar":
+        from tqdm import tqdm
+
+        case_bar = tqdm(total=100, desc="case", unit="%", position=1, leave=False, file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def progress(ev: Any) -> None:
+        if ctx.progress is not None:
+            ctx.progress(ev)
+        if case_bar is not None and "case_fraction" in ev.extra:
+            case_bar.n = int(ev.extra["case_fraction"] * 100)
+            case_bar.set_description_str(f"case {ev.extra['case_index']}/{ev.extra['case_count']} {ev.extra['case']}"[:40])
+            case_bar.refresh()
+
+    counts: dict[str, int] = {}
+    try:
+        for r in run_batch(
+            seg,
+            args.input,
+            out,
+            format=fmt,
+            overwrite=args.overwrite,
+            shard=shard,
+            statistics=args.statistics,
+            roi_ras=list(args.roi_ras) if args.roi_ras else None,
+            progress=progress,
+            cancel=ctx.cancel,
+        ):
+            counts[r.status] = counts.get(r.status, 0) + 1
+            if r.status != "failed" and ctx.progress_mode not in ("json", "bar"):  # failures: one ERROR line logged by the batch
+                extra = f" in {r.seconds:.1f} s" if r.status == "done" else ""
+                print(f"{r.status} {r.name}: {r.output}{extra}", flush=True)
+    finally:
+        if case_bar is not None:
+            case_bar.close()
+    report = report_paths(out, shard)[0]
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no cases"
+    if ctx.progress:
+        from ..progress import ProgressEvent
+
+        ctx.progress(ProgressEvent("done", 1.0, f"batch finished: {summary}", 0.0, {"report": str(report), "counts": counts}))
+    if ctx.progress_mode != "json":
+        print(f"batch finished: {summary}; report {report}")
+    failed = counts.get("failed", 0)
+    if failed:
+        print(f"repux: error: {failed} of {sum(counts.values())} cases failed; see {report}", file=sys.stderr)
+        return 1
     return 0
 
 
