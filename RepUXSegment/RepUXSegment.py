@@ -15,8 +15,9 @@ import tempfile
 import qt
 import slicer
 from RepUXSegmentLib import selftest
-from RepUXSegmentLib.logic import SegmentLogic
+from RepUXSegmentLib.batch import STATISTICS_TABLE_HEADERS, BatchSegmentationJob, statisticsTableRows, writeStatisticsCsv
 from RepUXSegmentLib.dependencies import missingRequirements, readRequirements, torchStatus
+from RepUXSegmentLib.logic import SegmentLogic
 from RepUXSegmentLib.models import (
     LABEL_SET_CHOICES,
     convertOfficialArguments,
@@ -27,9 +28,9 @@ from RepUXSegmentLib.models import (
     suggestModelId,
 )
 from RepUXSegmentLib.widgethelpers import (
-    ModuleWidgetMixin,
     IMPORT_MODEL_ITEM,
     IMPORT_OFFICIAL_ITEM,
+    ModuleWidgetMixin,
     chosenOrgans,
     fillCombo,
     modelChoices,
@@ -122,6 +123,7 @@ class RepUXSegmentParameterNode:
 # RepUXSegmentWidget
 #
 
+
 class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel; all work is delegated to RepUXSegmentLogic / RepUXSegmentLib."""
 
@@ -137,6 +139,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._models = []
         self._lastSegmentation = None
         self._pollTimer = None
+        self._statisticsCases = []
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # ------------------------------------------------------------------ set-up
@@ -154,6 +157,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._fillBatchVolumes)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self._fillBatchVolumes)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
@@ -169,12 +174,18 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.checkInstallationButton.connect("clicked(bool)", self.onCheckInstallation)
         self.ui.modelsTable.connect("itemSelectionChanged()", self._updateModelButtons)
         self.ui.organsListWidget.connect("itemChanged(QListWidgetItem*)", self._onOrganToggled)
+        self.ui.batchVolumesListWidget.connect("itemChanged(QListWidgetItem*)", lambda item: self._checkCanApply())
+        self.ui.batchApplyButton.connect("clicked(bool)", self.onBatchApply)
+        self.ui.exportStatisticsButton.connect("clicked(bool)", self.onExportStatistics)
+        self.ui.statisticsTable.setColumnCount(len(STATISTICS_TABLE_HEADERS))
+        self.ui.statisticsTable.setHorizontalHeaderLabels([_(h) for h in STATISTICS_TABLE_HEADERS])
 
         self.ui.warningLabel.hide()
         self.ui.modelsTable.horizontalHeader().setStretchLastSection(True)
         self._setDeviceChoices([])
         self.refreshModels()
         self._updateDependenciesLabel()
+        self._fillBatchVolumes()
         self.initializeParameterNode()
         self._detectDevices()
 
@@ -243,6 +254,11 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             problems.append(_("Check at least one organ."))
         self.ui.applyButton.enabled = not problems
         self.ui.applyButton.toolTip = "\n".join(problems) if problems else _("Segment the organs of the input volume.")
+        batchProblems = [m for m in problems if m != _("Select an input volume.")]
+        if not self._checkedBatchVolumes():
+            batchProblems.append(_("Check at least one volume."))
+        self.ui.batchApplyButton.enabled = not batchProblems
+        self.ui.batchApplyButton.toolTip = "\n".join(batchProblems) if batchProblems else _("Segment every checked volume.")
 
     # ------------------------------------------------------------ combo boxes
     def onModelChanged(self, index):
@@ -435,7 +451,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 self._appendLog(line)
             self.ui.statusLabel.text = _("Installation check: OK.") if runner.succeeded else _("Installation check: problems found (see the log).")
             if not runner.succeeded and not runner.cancelled:
-                slicer.util.errorDisplay(_("The installation check found problems:\n\n{report}").format(report="\n".join(runner.stdoutLines[-8:]) or runner.errorMessage))
+                slicer.util.errorDisplay(
+                    _("The installation check found problems:\n\n{report}").format(report="\n".join(runner.stdoutLines[-8:]) or runner.errorMessage)
+                )
 
         self._appendLog(_("Checking the installation (repux doctor)..."))
         self._setTask(self.logic.startRepuxCommand(doctorArguments(), onLog=self._onRunnerLog, onFinished=onFinished), _("Checking the installation"))
@@ -454,6 +472,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.applyButton.enabled = True
         self.ui.applyButton.toolTip = _("Stop the running task.")
         self.ui.inputsCollapsibleButton.enabled = False
+        self.ui.batchApplyButton.enabled = False
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = title
         self._updateModelButtons()
@@ -556,6 +575,11 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def onCancel(self):
         if self._task is None:
             return
+        if isinstance(self._task, BatchSegmentationJob) and self._task.state != "stopping":
+            self._task.cancel()  # after the current volume; a second press stops at once
+            self.ui.applyButton.text = _("Stop now")
+            self.ui.statusLabel.text = _("Stopping after the current volume...")
+            return
         self.ui.applyButton.text = _("Cancelling...")
         self.ui.applyButton.enabled = False
         self._task.cancel()
@@ -570,6 +594,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             "done": _("Finishing"),
             "import": _("Importing the segments"),
             "download": _("Downloading"),
+            "case": _("Volume finished"),
         }
         text = stages.get(stage, stage)
         if message:
@@ -609,6 +634,82 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 _("Segmentation failed:\n{message}").format(message=outcome.errorMessage), detailedText=self.ui.logTextEdit.toPlainText()[-5000:]
             )
         self._checkCanApply()
+
+    # ------------------------------------------------------- several volumes
+    def _fillBatchVolumes(self, caller=None, event=None):
+        """The volume checklist of the batch section: every scalar volume of the scene, checked unless unchecked."""
+        widget = self.ui.batchVolumesListWidget
+        unchecked = {widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count) if widget.item(i).checkState() != qt.Qt.Checked}
+        widget.clear()
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.IsA("vtkMRMLLabelMapVolumeNode"):
+                continue
+            item = qt.QListWidgetItem(node.GetName())
+            item.setData(qt.Qt.UserRole, node.GetID())
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Unchecked if node.GetID() in unchecked else qt.Qt.Checked)
+            widget.addItem(item)
+
+    def _checkedBatchVolumes(self):
+        widget = self.ui.batchVolumesListWidget
+        ids = [widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count) if widget.item(i).checkState() == qt.Qt.Checked]
+        return [node for node in (slicer.mrmlScene.GetNodeByID(i) for i in ids) if node is not None]
+
+    def onBatchApply(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation of several volumes."), waitCursor=True):
+            self.logic.setupPythonRequirements(askConfirmation=True)
+            p = self._parameterNode
+            volumes = self._checkedBatchVolumes()
+            self._statisticsCases = []
+            self.ui.statisticsTable.setRowCount(0)
+            self.ui.exportStatisticsButton.enabled = False
+            job = self.logic.startBatchSegmentation(
+                volumes,
+                p.model,
+                device=p.device,
+                quality=p.quality.value,
+                largestComponent=p.largestComponent,
+                organs=chosenOrgans(self._organItems()),
+                statistics=self.ui.batchStatisticsCheckBox.checked,
+                onProgress=self._onProgress,
+                onCaseFinished=self._onBatchCaseFinished,
+                onLog=self._onLog,
+                onFinished=self._onBatchFinished,
+            )
+            self._setTask(job, _("Segmenting {count} volumes").format(count=len(volumes)))
+
+    def _onBatchCaseFinished(self, case):
+        if case.status != "done":
+            return
+        self._statisticsCases.append(case)
+        table = self.ui.statisticsTable
+        table.sortingEnabled = False
+        for row in statisticsTableRows([case]):
+            index = table.rowCount
+            table.insertRow(index)
+            for column, text in enumerate(row):
+                table.setItem(index, column, qt.QTableWidgetItem(text))
+        table.sortingEnabled = True
+        self.ui.exportStatisticsButton.enabled = any(c.statistics for c in self._statisticsCases)
+
+    def _onBatchFinished(self, outcome):
+        self._clearTask()
+        done = len(outcome.done)
+        self.ui.progressBar.value = 100 if done == len(outcome.cases) else self.ui.progressBar.value
+        self.ui.statusLabel.text = _("{done} of {count} volumes segmented in {seconds:.0f} s ({status}).").format(
+            done=done, count=len(outcome.cases), seconds=outcome.seconds, status=outcome.status
+        )
+        if outcome.status == "failed":
+            self.ui.logCollapsibleButton.collapsed = False
+            failed = "\n".join(f"{c.volumeNode.GetName()}: {c.errorMessage}" for c in outcome.cases if c.status == "failed")
+            slicer.util.errorDisplay(_("Some volumes could not be segmented:\n{failed}").format(failed=failed or outcome.errorMessage))
+
+    def onExportStatistics(self):
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export statistics"), "repux-statistics.csv", "CSV (*.csv)")
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Failed to export the statistics.")):
+                writeStatisticsCsv(self._statisticsCases, path)
+                self.ui.statusLabel.text = _("Statistics saved to {path}").format(path=path)
 
     # ---------------------------------------------------------------- results
     def _resultSegmentation(self):

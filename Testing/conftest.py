@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import REPO, SHARED_DATA, make_blob_dataset, shared_file  # noqa: F401 (re-exported for older imports)
+from helpers import REPO, SHARED_DATA, make_blob_dataset, shared_file
 
 
 @pytest.fixture(autouse=True)

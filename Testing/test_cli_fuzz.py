@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hardening_helpers import restore_repux_logger  # noqa: F401 (autouse fixture)
+from hardening_helpers import restore_repux_logger
 
 from repux.cli import main as cli_main
 from repux.cli import options as O

@@ -119,7 +119,7 @@ def test_batch_resume_bad_case_report_and_exit_code(tiny_model_dir, tmp_path):
     status = {c["case"]: c["status"] for c in rep["cases"]}
     assert status == {"case0": "done", "case1": "failed", "case2": "done", "case3": "done"}
     assert all(c["device"] == "cpu" and c["input"] for c in rep["cases"])
-    assert (out / "repux-batch.csv").read_text().splitlines()[0] == "case,input,output,status,error,seconds,device"
+    assert (out / "repux-batch.csv").read_text().splitlines()[0] == "case,input,output,status,error,warnings,seconds,device"
     events = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
     assert {e.get("case_count") for e in events if "case_index" in e} == {4}
     fr = [e["fraction"] for e in events]
@@ -181,11 +181,13 @@ def test_cli_shards_and_list_file_split_a_cohort(tiny_model_dir, tmp_path):
         (["--shard", "3/2"], "--shard '3/2'"),
         (["--uncertainty", "u.nii.gz"], "--uncertainty is for a single case"),
         (["-o", "FILE"], "is a file; with several cases --output is a folder"),
-        (["-i", "@missing.txt"], "cannot read the list file"),
+        (["-i", "@missing.txt"], "--input list file"),
     ],
 )
 def test_batch_argument_errors_are_one_line(extra, pattern, tmp_path, tiny_model_dir):
     (tmp_path / "FILE").write_text("x")
+    for name in ("a.nii.gz", "b.nii.gz"):  # exist (paths are checked first), never read: the argument error comes before
+        (tmp_path / name).write_bytes(b"not read")
     args = ["segment", "-i", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), "-m", str(tiny_model_dir), "-o", str(tmp_path / "out")]
     if extra[0] == "-o":
         args[args.index("-o") + 1] = str(tmp_path / "FILE")

@@ -177,6 +177,18 @@ def test_segment_dicom_series_folder(tiny_model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     ref = read_image(folder / "series")
     assert same_grid(read_image(out), ref) and ref.GetSize() == (512, 512, 3)
+    # 3 slices of 1 mm: far thinner than the model's window, so the user is warned (CLI log and summary)
+    assert "covers only" in r.stderr and "along S-I" in r.stderr and "unreliable" in r.stderr
+
+
+def test_thin_extent_warnings_name_the_axis_and_sizes():
+    from repux.config import Preprocessing
+    from repux.inference import thin_extent_warnings
+
+    prep = Preprocessing(spacing=(1.5, 1.5, 2.0))
+    assert thin_extent_warnings((200, 180, 150), (96, 96, 96), prep) == []
+    (w,) = thin_extent_warnings((200, 180, 2), (96, 96, 96), prep)
+    assert "covers only 4 mm along S-I" in w and "2 voxels" in w and "192 mm" in w
 
 
 def test_segment_jpeg2000_dicom_and_left_handed_nrrd(tiny_model_dir, tmp_path):

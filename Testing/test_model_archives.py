@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hardening_helpers import REPO, restore_repux_logger  # noqa: F401 (autouse fixture)
+from hardening_helpers import REPO, restore_repux_logger
 
 from repux.errors import ModelFileError
 from repux.locks import FileLock, LockedError
@@ -94,7 +94,7 @@ def test_total_size_limit_and_corrupted_archive(tmp_path, tiny_model_dir):
 
 def _variant(src: Path, dst: Path, *, card=None, state=None) -> Path:
     """A copy of a model folder with the card or the weights changed (sha256 and size updated so only the deep checks catch it)."""
-    import torch  # noqa: F401
+    import torch
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(src, dst)
@@ -220,7 +220,7 @@ def test_loading_a_model_while_it_is_replaced(tmp_path, tiny_model_dir):
                 replaced[0] += 1
             except LockedError:
                 pass
-            except BaseException as err:  # noqa: BLE001 - reported below
+            except BaseException as err:
                 errors.append(err)
 
     t = threading.Thread(target=replacer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hardening_helpers import restore_repux_logger  # noqa: F401 (autouse fixture)
+from hardening_helpers import restore_repux_logger
 
 from repux.cli.main import main
 from repux.errors import ConfigError, ModelFileError

@@ -16,7 +16,7 @@ from hardening_helpers import (
     REPO,
     leftovers,
     one_error_line,
-    restore_repux_logger,  # noqa: F401 (autouse fixture)
+    restore_repux_logger,
     run_python,
 )
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from hardening_helpers import REPO, leftovers, one_error_line, readonly_command, restore_repux_logger, run_python  # noqa: F401
+from hardening_helpers import REPO, leftovers, one_error_line, readonly_command, restore_repux_logger, run_python
 
 from repux.config import Preprocessing
 from repux.data.datasets import load_dataset

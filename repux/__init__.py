@@ -18,22 +18,22 @@ from typing import Any
 from ._version import __version__
 
 __all__ = [
-    "__version__",
-    "create_model",
-    "RepUXNet",
-    "bayesian_frequency_matrix",
-    "load_model",
-    "save_model",
-    "read_model_card",
-    "convert_official",
+    "InferenceSettings",
     "LabelSet",
     "Preprocessing",
-    "InferenceSettings",
-    "segment",
+    "RepUXNet",
     "Segmenter",
-    "segment_many",
+    "__version__",
+    "bayesian_frequency_matrix",
+    "convert_official",
+    "create_model",
+    "load_model",
     "organ_statistics",
     "read_image",
+    "read_model_card",
+    "save_model",
+    "segment",
+    "segment_many",
     "write_image",
 ]
 

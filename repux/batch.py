@@ -104,6 +104,7 @@ class CaseResult:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     statistics: list[dict[str, Any]] | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -116,6 +117,7 @@ class CaseResult:
             "device": self.device,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "volumes_ml": self.volumes_ml,
+            "warnings": "; ".join(self.warnings),
         }
         if self.outputs:
             d["outputs"] = self.outputs
@@ -372,7 +374,7 @@ def report_paths(out_dir: str | Path, shard: tuple[int, int] | None = None) -> t
     return d / f"{REPORT_NAME}{tag}.json", d / f"{REPORT_NAME}{tag}.csv", d / f"{STATISTICS_NAME}{tag}.csv"
 
 
-REPORT_FIELDS = ["case", "input", "output", "status", "error", "seconds", "device"]
+REPORT_FIELDS = ["case", "input", "output", "status", "error", "warnings", "seconds", "device"]
 
 
 def _write_report(
@@ -537,7 +539,7 @@ def run_batch(
             t = time.perf_counter()
             try:
                 item = (c, segmenter.prepare(c.input, series_uid=c.series_uid, roi_ras=roi_ras), None)
-            except Exception as err:  # noqa: BLE001 - a bad case does not stop the batch: reported in its row
+            except Exception as err:
                 item = (c, None, err)
             logger.debug("prefetched %s in %.2f s", c.name, time.perf_counter() - t)
             while not stop.is_set():
@@ -563,7 +565,18 @@ def run_batch(
         timings = dict(prepared.timings)
         timings["write"] = time.perf_counter() - t
         return CaseResult(
-            0, n, c.name, c.input, str(path), "done", device=device, timings=timings, volumes_ml=res.summary["volumes_ml"], statistics=stats, outputs=outputs
+            0,
+            n,
+            c.name,
+            c.input,
+            str(path),
+            "done",
+            device=device,
+            timings=timings,
+            volumes_ml=res.summary["volumes_ml"],
+            statistics=stats,
+            outputs=outputs,
+            warnings=list(res.summary.get("warnings", [])),
         )
 
     thread = threading.Thread(target=reader, name="repux-prefetch", daemon=True)
@@ -615,7 +628,7 @@ def run_batch(
         try:
             r = fut.result()
             r.index = i
-        except Exception as err:  # noqa: BLE001 - reported in the case row (disk full, unreadable geometry...)
+        except Exception as err:
             r = CaseResult(i, n, c.name, c.input, str(output_path(out, c, format)), "failed", error=_one_line(err), device=device)
         yield record(r)
 

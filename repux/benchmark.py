@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_benchmark", "worker_main", "format_report"]
+__all__ = ["format_report", "run_benchmark", "worker_main"]
 
 logger = logging.getLogger(__name__)
 

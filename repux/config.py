@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["IntensityWindow", "Preprocessing", "InferenceSettings", "QUALITY_PRESETS", "parse_roi_size"]
+__all__ = ["QUALITY_PRESETS", "InferenceSettings", "IntensityWindow", "Preprocessing", "parse_roi_size"]
 
 _AXES = {"R": "RL", "L": "RL", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
 

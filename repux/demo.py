@@ -22,7 +22,7 @@ from .imageio import atomic_path, write_image, write_segmentation_nrrd
 from .labels import LabelSet
 from .progress import CancelToken, ProgressCallback, ProgressEvent
 
-__all__ = ["run_demo", "overlay_png"]
+__all__ = ["overlay_png", "run_demo"]
 
 logger = logging.getLogger(__name__)
 

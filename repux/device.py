@@ -10,7 +10,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["resolve_device", "describe_devices", "cpu_features", "bf16_is_fast", "set_threads", "autocast_dtype"]
+__all__ = ["autocast_dtype", "bf16_is_fast", "cpu_features", "describe_devices", "resolve_device", "set_threads"]
 
 logger = logging.getLogger(__name__)
 

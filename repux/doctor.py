@@ -105,7 +105,7 @@ def diagnose(device: str = "auto", forward: bool = True, model: str | None = Non
         chosen = resolve_device(device)
         name = next((d["name"] for d in report["devices"] if d["device"] == str(chosen) or (chosen.type == "cpu" and d["device"] == "cpu")), str(chosen))
         report["device"] = {"requested": device, "device": str(chosen), "name": name, **_memory_gb(chosen)}
-    except Exception as err:  # noqa: BLE001 - reported, not raised
+    except Exception as err:
         problems.append(f"device {device!r}: {err}")
         chosen = None
     if forward and chosen is not None:
@@ -113,7 +113,7 @@ def diagnose(device: str = "auto", forward: bool = True, model: str | None = Non
 
         try:
             report["forward"] = {"ok": True, **_forward_pass(chosen, model or DEFAULT_MODEL, roi_size)}
-        except Exception as err:  # noqa: BLE001 - reported, not raised
+        except Exception as err:
             report["forward"] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
             problems.append(f"the forward pass on {chosen} failed: {err}")
     from .store import ModelStore, list_models
@@ -131,7 +131,7 @@ def diagnose(device: str = "auto", forward: bool = True, model: str | None = Non
         }
         if free is not None and free < 2.0:
             problems.append(f"only {free:.1f} GB free in {existing}: models and training checkpoints need a few GB.")
-    except Exception as err:  # noqa: BLE001 - reported, not raised
+    except Exception as err:
         problems.append(f"model store: {err}")
     return report
 

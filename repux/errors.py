@@ -11,14 +11,14 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
-    "RepuxError",
-    "ConfigError",
-    "ModelFileError",
-    "CheckpointError",
-    "InputImageError",
-    "DatasetError",
-    "OutputError",
     "Cancelled",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "InputImageError",
+    "ModelFileError",
+    "OutputError",
+    "RepuxError",
     "did_you_mean",
 ]
 

@@ -255,6 +255,31 @@ def stream_argmax(
     return labels, ent
 
 
+#: an input thinner than this fraction of the model's window along an axis gets a warning
+THIN_EXTENT_FRACTION = 0.25
+
+
+def thin_extent_warnings(grid_shape: Sequence[int], roi_size: Sequence[int], prep: Any, name: str = "input") -> list[str]:
+    """Warn (and log) when the volume covers far less than one model window along an axis.
+
+    A network trained on whole abdomens sees 96-voxel windows; a 3-slice DICOM
+    series is 1-2 voxels thick on the model grid, and what the model paints there
+    (liver over fat and air) is nonsense rather than a segmentation.
+    """
+    out = []
+    for axis, (n, roi, spacing, code) in enumerate(zip(grid_shape, roi_size, prep.spacing, prep.orientation)):
+        if n < roi * THIN_EXTENT_FRACTION:
+            direction = {"R": "R-L", "L": "R-L", "A": "A-P", "P": "A-P", "S": "S-I", "I": "S-I"}[code]
+            out.append(
+                f"{name} covers only {n * spacing:.0f} mm along {direction} ({n} voxels on the model grid, axis {axis}) while the model's window "
+                f"spans {roi * spacing:.0f} mm: the model was trained on whole volumes and its output on so thin a volume is unreliable; "
+                "segment the full series instead."
+            )
+    for w in out:
+        logger.warning(w)
+    return out
+
+
 def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
     """Number of sliding windows MONAI uses for an image (after padding to ``roi_size``)."""
     from monai.data.utils import dense_patch_slices
@@ -510,6 +535,7 @@ class Segmenter:
         tracker.update("preprocess", 0.0, "re-orienting and resampling")
         prep = self.preprocessing
         grid = to_model_grid(img, prep)
+        warnings += thin_extent_warnings(grid.shape, self.settings.roi_size, prep)
         start, end = foreground_box(grid.array, prep)
         if roi_ras is not None:
             start, end = self._intersect_roi(grid.image, roi_ras, start, end)

@@ -19,14 +19,14 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 
 __all__ = [
+    "LABEL_SETS",
+    "ORGANS",
     "Code",
     "Label",
     "LabelSet",
-    "ORGANS",
-    "LABEL_SETS",
     "get_label_set",
-    "organ",
     "normalize_name",
+    "organ",
     "resolve_organs",
 ]
 

@@ -30,12 +30,12 @@ from .modelfile import ModelCard, load_state_dict_strict, save_model, sha256_fil
 
 __all__ = [
     "OFFICIAL_PREPROCESSING",
+    "architecture_from_state_dict",
+    "centre_only_kernels",
+    "convert_official",
+    "model_from_official_state_dict",
     "read_official_checkpoint",
     "unwrap_state_dict",
-    "architecture_from_state_dict",
-    "model_from_official_state_dict",
-    "convert_official",
-    "centre_only_kernels",
 ]
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from .config import Preprocessing
 
-__all__ = ["ModelGrid", "to_model_grid", "label_to_model_grid", "network_array", "scale_intensity", "foreground_box", "from_model_grid"]
+__all__ = ["ModelGrid", "foreground_box", "from_model_grid", "label_to_model_grid", "network_array", "scale_intensity", "to_model_grid"]
 
 logger = logging.getLogger(__name__)
 

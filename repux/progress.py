@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from .errors import Cancelled
 
-__all__ = ["ProgressEvent", "ProgressCallback", "ProgressTracker", "CancelToken", "JsonProgressPrinter", "BarProgressPrinter"]
+__all__ = ["BarProgressPrinter", "CancelToken", "JsonProgressPrinter", "ProgressCallback", "ProgressEvent", "ProgressTracker"]
 
 
 @dataclass

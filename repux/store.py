@@ -268,7 +268,7 @@ def download(
                 have = 0
                 mode = "wb"
             try:
-                f = open(part, mode)  # noqa: SIM115 - closed below
+                f = open(part, mode)
             except OSError as err:
                 raise OutputError(os_error_message(part, err)) from err
             with f:

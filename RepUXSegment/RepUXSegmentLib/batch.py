@@ -41,15 +41,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, checkScalarVolume, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import LogMessage, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand, waitForJob
+from .process import ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
 from .segmentation import MODEL_ATTRIBUTE, SegmentationOptions
 
-__all__ = ["BatchCaseResult", "BatchOutcome", "BatchSegmentationJob", "caseNames", "segmentVolumes", "specsForOrgans", "writeStatisticsCsv"]
+__all__ = [
+    "STATISTICS_TABLE_HEADERS",
+    "BatchCaseResult",
+    "BatchOutcome",
+    "BatchSegmentationJob",
+    "caseNames",
+    "segmentVolumes",
+    "specsForOrgans",
+    "statisticsTableRows",
+    "writeStatisticsCsv",
+]
 
 logger = logging.getLogger(__name__)
 
-IDLE, RUNNING, STOPPING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "stopping", "succeeded", "failed", "cancelled"
+IDLE, RUNNING, STOPPING = JobState.IDLE, JobState.RUNNING, JobState.STOPPING
+SUCCEEDED, FAILED, CANCELLED = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
 
 
 @dataclass
@@ -108,7 +120,7 @@ def specsForOrgans(card: Any, specs: Sequence[SegmentSpec], organs: Sequence[str
     return [replace(s, value=i) for i, s in enumerate(kept, start=1)]
 
 
-class BatchSegmentationJob:
+class BatchSegmentationJob(BackgroundJob):
     """Several volume nodes segmented by one background ``repux segment`` batch process.
 
     Args:
@@ -152,26 +164,19 @@ class BatchSegmentationJob:
         self.context = context or MRMLContext.fromSlicer()
         self.pythonExecutable = pythonExecutable
         self.environment = dict(environment) if environment is not None else None
+        super().__init__(onLog=onLog, onFinished=onFinished)
         self.onProgress = onProgress
         self.onCaseFinished = onCaseFinished
-        self.onLog = onLog
-        self.onFinished = onFinished
         names = caseNames([v.GetName() for v in volumes])
         self.cases = [BatchCaseResult(v, n) for v, n in zip(volumes, names)]
         self._byName = {c.caseName: c for c in self.cases}
-        self.state = IDLE
-        self.outcome: BatchOutcome | None = None
         self.tempDirectory: Path | None = None
-        self.runner: ProcessRunner | None = None
         self.modelCard: Any = None
         self.specs: list[SegmentSpec] = []
-        self._startTime = 0.0
+
+    timeoutMessage = "the batch did not finish within {timeout} s and was stopped."
 
     # ----------------------------------------------------------------- control
-    @property
-    def running(self) -> bool:
-        return self.state in (RUNNING, STOPPING)
-
     def start(self) -> None:
         """Write the volumes and start the engine.
 
@@ -198,7 +203,8 @@ class BatchSegmentationJob:
             env = self.environment if self.environment is not None else childEnvironment()
             self._log("INFO", f"batch of {len(self.cases)} volumes with model {self.modelCard.id} {self.modelCard.version}")
             self._log("INFO", "running: " + " ".join(command))
-            self.runner = ProcessRunner(command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog)
+            # control=True: Cancel is a stop line on the engine's stdin (works through PythonSlicer's launcher and on Windows)
+            self.runner = ProcessRunner(command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True)
             self.runner.start()
         except BaseException:
             self._removeTemporaryFiles()
@@ -216,41 +222,14 @@ class BatchSegmentationJob:
             self._log("INFO", "the batch stops after the current case")
         self.state = STOPPING
 
-    def processEvents(self) -> bool:
-        """Deliver the engine's output (importing finished cases); True while running."""
-        if self.runner is None or not self.running:
-            return False
-        try:
-            stillRunning = self.runner.processEvents()
-        except Exception as err:  # noqa: BLE001 - a callback failed: stop the child, keep what was imported
-            self.runner.cancel(block=True)
-            self._finish(FAILED, f"{type(err).__name__}: {err}")
-            return False
-        if stillRunning:
-            return True
-        self._onProcessExit()
-        return False
+    def _stopForTimeout(self) -> None:
+        self.cancel(immediately=True)
 
-    def wait(self, timeout: float | None = None, pollInterval: float = 0.05) -> BatchOutcome:
-        """Block until the batch ends (starting it if needed)."""
-        if self.state == IDLE:
-            self.start()
-        waitForJob(
-            self.processEvents, lambda: self.cancel(immediately=True), timeout, pollInterval, f"the batch did not finish within {timeout} s and was stopped."
-        )
-        assert self.outcome is not None
-        return self.outcome
+    def _failedOutcome(self, message: str) -> BatchOutcome:
+        self._removeTemporaryFiles()
+        return BatchOutcome(FAILED, list(self.cases), message, self.runner.returncode if self.runner else None)
 
     # ----------------------------------------------------------------- engine output
-    def _log(self, level: str, text: str) -> None:
-        logger.log(getattr(logging, level, logging.INFO), "%s", text)
-        if self.onLog is not None:
-            self.onLog(level, text)
-
-    def _onRunnerLog(self, message: LogMessage) -> None:
-        if self.onLog is not None:
-            self.onLog(message.level, message.text)
-
     def _onRunnerProgress(self, update: ProgressUpdate) -> None:
         if self.onProgress is not None:
             self.onProgress(update.fraction, update.stage, update.message, update.etaSeconds)
@@ -277,7 +256,7 @@ class BatchSegmentationJob:
         try:
             labelmapNode = readLabelmapNrrd(labelsPath)
             segNode = importLabelmap(self.context, labelmapNode, self.specs, case.volumeNode, name=f"{case.volumeNode.GetName()} segmentation")
-        except Exception as err:  # noqa: BLE001 - this case fails, the others go on
+        except Exception as err:
             logger.debug("import failed:\n%s", traceback.format_exc())
             case.status = "failed"
             case.errorMessage = f"could not import the result: {err}"
@@ -318,18 +297,48 @@ class BatchSegmentationJob:
             shutil.rmtree(self.tempDirectory, ignore_errors=True)
             self.tempDirectory = None
 
-    def _finish(self, status: str, message: str) -> None:
-        self._removeTemporaryFiles()
-        seconds = time.monotonic() - self._startTime if self._startTime else 0.0
-        self.outcome = BatchOutcome(status, list(self.cases), message, self.runner.returncode if self.runner else None, seconds)
-        self.state = status
-        done = len(self.outcome.done)
-        self._log("INFO" if status == SUCCEEDED else "WARNING", f"batch {status}: {done} of {len(self.cases)} volumes segmented in {seconds:.1f} s")
-        if self.onFinished is not None:
-            self.onFinished(self.outcome)
+    def _finish(self, status: Any, message: str = "") -> None:  # type: ignore[override]
+        if isinstance(status, BatchOutcome):  # from BackgroundJob.processEvents (a callback failed)
+            outcome = status
+        else:
+            self._removeTemporaryFiles()
+            outcome = BatchOutcome(status, list(self.cases), message, self.runner.returncode if self.runner else None)
+        done = len(outcome.done)
+        level = "INFO" if outcome.status == SUCCEEDED else "WARNING"
+        self.outcomeMessages = {outcome.status: (level, f"batch {outcome.status}: {done} of {len(self.cases)} volumes segmented in {{outcome.seconds:.1f}} s")}
+        super()._finish(outcome)
 
 
 STATISTICS_COLUMNS = ("organ", "voxels", "volume_ml", "hu_mean", "hu_std", "hu_median", "hu_min", "hu_max", "hu_p5", "hu_p95", "touches_border")
+
+
+#: columns of the module's Statistics table (the CSV export has every statistic)
+STATISTICS_TABLE_HEADERS = ("Volume", "Organ", "Volume (mL)", "HU mean", "HU std", "HU median", "HU p5", "HU p95", "Cut by the image border")
+
+
+def statisticsTableRows(cases: Sequence[BatchCaseResult]) -> list[tuple[str, ...]]:
+    """Rows of text for the Statistics table: one per done case and organ (``STATISTICS_TABLE_HEADERS`` order)."""
+
+    def number(value: Any, digits: int) -> str:
+        return "" if value is None else f"{float(value):.{digits}f}"
+
+    rows = []
+    for case in cases:
+        for r in case.statistics:
+            rows.append(
+                (
+                    case.volumeNode.GetName(),
+                    str(r.get("organ", "")),
+                    number(r.get("volume_ml"), 1),
+                    number(r.get("hu_mean"), 1),
+                    number(r.get("hu_std"), 1),
+                    number(r.get("hu_median"), 1),
+                    number(r.get("hu_p5"), 1),
+                    number(r.get("hu_p95"), 1),
+                    "yes" if r.get("touches_border") else "no",
+                )
+            )
+    return rows
 
 
 def writeStatisticsCsv(cases: Sequence[BatchCaseResult], path: str | Path) -> Path:

@@ -89,7 +89,7 @@ class BackgroundJob:
             return False
         try:
             stillRunning = self.runner.processEvents()
-        except Exception as err:  # noqa: BLE001 - a callback failed: stop the engine, report it
+        except Exception as err:
             self.runner.cancel(graceSeconds=self.callbackStopGraceSeconds, block=True)
             self._finish(self._failedOutcome(f"{type(err).__name__}: {err}"))
             return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .batch import BatchSegmentationJob
 from .dependencies import ensureDependencies
 from .models import listModels, removeModel, storeFolder
 from .mrml import MRMLContext, roiBoundsInVolumeSpace
@@ -111,6 +112,42 @@ class SegmentLogic:
         job.start()
         return job
 
+    def startBatchSegmentation(
+        self,
+        volumes: Any,
+        model: Any = None,
+        device: str = "auto",
+        quality: str = "standard",
+        largestComponent: bool = False,
+        organs: Any = None,
+        statistics: bool = False,
+        onProgress: Any = None,
+        onCaseFinished: Any = None,
+        onLog: Any = None,
+        onFinished: Any = None,
+    ) -> BatchSegmentationJob:
+        """Start segmenting several volumes in ONE background process (the model is loaded once).
+
+        Each volume's segmentation is placed beside it as its case finishes (``onCaseFinished`` gets the
+        :class:`~RepUXSegmentLib.batch.BatchCaseResult`); ``statistics=True`` adds per-organ statistics.
+        ``job.cancel()`` stops after the running case (finished ones are kept), a second call at once.
+        """
+        options = self._options(model, device, quality, None, None, largestComponent)
+        job = BatchSegmentationJob(
+            list(volumes),
+            options,
+            organs=tuple(organs or ()),
+            statistics=statistics,
+            context=self.context,
+            pythonExecutable=self.pythonExecutable,
+            onProgress=onProgress,
+            onCaseFinished=onCaseFinished,
+            onLog=onLog,
+            onFinished=onFinished,
+        )
+        job.start()
+        return job
+
     def segment(
         self,
         inputVolume: Any,
@@ -135,9 +172,7 @@ class SegmentLogic:
         :param organs: organ names of the model to segment (default: all).
         :raises RepUXSegmentLib.segmentation.SegmentationError: the engine failed or was cancelled.
         """
-        job = self.startSegmentation(
-            inputVolume, model, device, quality, roiNode, largestComponent, outputSegmentation, onProgress, onLog, organs=organs
-        )
+        job = self.startSegmentation(inputVolume, model, device, quality, roiNode, largestComponent, outputSegmentation, onProgress, onLog, organs=organs)
         outcome = job.wait(timeout=timeout)
         if not outcome.succeeded:
             raise SegmentationError(f"Segmentation {outcome.status}: {outcome.errorMessage or outcome.status}", outcome)

@@ -32,8 +32,8 @@ __all__ = [
     "listModels",
     "parseDeviceInfo",
     "removeModel",
-    "storeFolder",
     "sanitizeModelId",
+    "storeFolder",
     "suggestModelId",
 ]
 
@@ -218,9 +218,7 @@ def sanitizeModelId(text: str, maxLength: int = 64, fallback: str = "model") -> 
     return re.sub(r"-{2,}", "-", cleaned)[:maxLength].strip("-.") or fallback
 
 
-def suggestModelId(
-    source: str | os.PathLike[str], labels: str | None = None, *, now: Any = None, taken: Iterable[str] = (), storeRoot: Any = None
-) -> str:
+def suggestModelId(source: str | os.PathLike[str], labels: str | None = None, *, now: Any = None, taken: Iterable[str] = (), storeRoot: Any = None) -> str:
     """A model store id for a new model.
 
     * a converted official checkpoint (``labels`` given: ``flare``, ``amos`` or a label-list file):

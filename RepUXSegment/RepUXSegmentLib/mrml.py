@@ -27,8 +27,8 @@ import vtk
 
 __all__ = [
     "MRMLContext",
-    "checkScalarVolume",
     "SegmentSpec",
+    "checkScalarVolume",
     "formatRoiRas",
     "importLabelmap",
     "placeBeside",

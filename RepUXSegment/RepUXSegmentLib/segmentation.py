@@ -279,9 +279,7 @@ class SegmentationJob(BackgroundJob):
             env = self.environment if self.environment is not None else childEnvironment()
             self._log("INFO", f"model {self.modelCard.id} {self.modelCard.version}: {', '.join(s.name for s in self.specs)}")
             self._log("INFO", "running: " + " ".join(command))
-            self.runner = ProcessRunner(
-                command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True
-            )
+            self.runner = ProcessRunner(command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True)
             self.runner.start()
         except BaseException:
             self._removeTemporaryFiles()
@@ -328,7 +326,7 @@ class SegmentationJob(BackgroundJob):
                 outputSegmentation=self.outputSegmentation,
                 name=f"{self.volumeNode.GetName()} segmentation",
             )
-        except Exception as err:  # noqa: BLE001 - any import failure becomes a failed outcome; the scene is restored
+        except Exception as err:
             logger.debug("import failed:\n%s", traceback.format_exc())
             self._finish(SegmentationOutcome(FAILED, warnings=warnings, errorMessage=f"could not import the result: {err}", returncode=runner.returncode))
             return

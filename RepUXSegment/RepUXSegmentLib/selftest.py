@@ -35,6 +35,7 @@ def testData(test, makeLogic, angleDegrees=15.0):
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
+
 def exportLabels(test, segmentationNode):
     labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     test.assertTrue(
@@ -43,6 +44,7 @@ def exportLabels(test, segmentationNode):
     array = slicer.util.arrayFromVolume(labelmap).copy()
     slicer.mrmlScene.RemoveNode(labelmap)
     return array
+
 
 def segmentSyntheticVolume(test, makeLogic):
     import numpy as np
@@ -85,6 +87,7 @@ def segmentSyntheticVolume(test, makeLogic):
         np.testing.assert_array_equal(exported, sitk.GetArrayFromImage(reference.labels))
     test.delayDisplay("Test passed")
 
+
 def roiRestrictsProcessing(test, makeLogic):
     import numpy as np
 
@@ -110,6 +113,7 @@ def roiRestrictsProcessing(test, makeLogic):
             test.assertGreaterEqual(ras[axis].min(), roiBounds[2 * axis] - margin)
             test.assertLessEqual(ras[axis].max(), roiBounds[2 * axis + 1] + margin)
     test.delayDisplay("Test passed")
+
 
 def cancelLeavesSceneUnchanged(test, makeLogic):
     test.delayDisplay("Cancelling a run")

@@ -29,14 +29,14 @@ from .process import ProcessRunner, childEnvironment, repuxCommand
 
 __all__ = [
     "IMPORT_MODEL_ITEM",
-    "ModuleWidgetMixin",
     "IMPORT_OFFICIAL_ITEM",
     "ErrorReport",
+    "ModuleWidgetMixin",
     "chosenOrgans",
-    "organItems",
     "deviceChoices",
     "fillCombo",
     "modelChoices",
+    "organItems",
     "reportErrors",
     "selectComboData",
     "startRepuxCommand",
@@ -71,7 +71,7 @@ def reportErrors(message: str, display: Callable[..., Any] | None = None) -> Ite
     report = ErrorReport()
     try:
         yield report
-    except Exception as err:  # noqa: BLE001 - the GUI must go on; the user gets one message
+    except Exception as err:
         report.error = err
         report.message = f"{message}\n\n{err}" if message else str(err)
         details = traceback.format_exc()
@@ -79,7 +79,7 @@ def reportErrors(message: str, display: Callable[..., Any] | None = None) -> Ite
         if display is not None:
             try:
                 display(report.message, detailedText=details)
-            except Exception:  # noqa: BLE001 - never let the error display itself escape
+            except Exception:
                 logger.exception("could not display the error")
 
 
@@ -219,7 +219,9 @@ class ModuleWidgetMixin:
     def _setDeviceChoices(self, devices: Sequence[Any]) -> None:
         self._syncingGui = True
         try:
-            fillCombo(self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, self.tr), self._parameterNode.device if self._parameterNode else None)
+            fillCombo(
+                self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, self.tr), self._parameterNode.device if self._parameterNode else None
+            )
         finally:
             self._syncingGui = False
 

@@ -40,6 +40,7 @@ def workspace(test, makeLogic):
 def addCase(name, seed, coarseSegmentation=False, angleDegrees=0.0):
     from RepUXSegmentLib.mrml import MRMLContext
     from RepUXSegmentLib.testing import syntheticIJKToRAS
+
     from RepUXTrainerLib.testing import addSegmentationFromLabels, coarseGrid, flareLikeSegments, labelsOnGrid, syntheticCase
 
     ct, labels = syntheticCase((24, 32, 36), seed=seed)

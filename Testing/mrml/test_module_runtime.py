@@ -34,7 +34,7 @@ def uiRanges(uiFile):
     for widget in ET.parse(uiFile).getroot().iter("widget"):
         props = {p.get("name"): p for p in widget.findall("property")}
         if "SlicerParameterName" in props and widget.get("class") in ("QSpinBox", "QDoubleSpinBox", "ctkSliderWidget", "ctkRangeWidget"):
-            value = lambda name, default: float(props[name][0].text) if name in props else default  # noqa: E731 - Qt's defaults
+            value = lambda name, default: float(props[name][0].text) if name in props else default
             ranges[props["SlicerParameterName"].findtext("string")] = (value("minimum", 0.0), value("maximum", 99.0), widget.get("class"))
     return ranges
 

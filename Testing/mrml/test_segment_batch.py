@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from launcher import launchedPids, makeLauncher, pidAlive
 from test_segment_headless import CliRun, exportLabels, ijkToRASArray, sampleInPhysicalSpace
 
 pytestmark = pytest.mark.slicer
@@ -73,20 +74,25 @@ def test_batch_segments_every_volume_beside_it_and_reports_a_bad_one(mrml, tiny_
     table = writeStatisticsCsv(outcome.cases, tmp_path / "statistics.csv").read_text().splitlines()
     assert table[0].startswith("volume,organ,voxels,volume_ml,hu_mean") and len(table) == 1 + 2 * 2
     assert table[1].startswith("ct 0,liver,")
+    from RepUXSegmentLib.batch import STATISTICS_TABLE_HEADERS, statisticsTableRows
+
+    rows = statisticsTableRows(outcome.cases)  # what the module's Statistics table shows
+    assert len(rows) == 4 and all(len(r) == len(STATISTICS_TABLE_HEADERS) for r in rows)
+    assert rows[0][:3] == ("ct 0", "liver", f"{outcome.cases[0].statistics[0]['volume_ml']:.1f}") and rows[0][-1] in ("yes", "no")
 
 
-def test_cancel_stops_after_the_current_case_and_keeps_it(mrml, tiny_model_dir):
-    from RepUXSegmentLib.batch import BatchSegmentationJob
-    from RepUXSegmentLib.segmentation import SegmentationOptions
+@pytest.mark.skipif(os.name == "nt", reason="the launcher script is POSIX-shaped")
+def test_cancel_stops_after_the_current_case_and_keeps_it(mrml, tiny_model_dir, tmp_path):
+    """Through a PythonSlicer-shaped launcher (no SIGTERM forwarding): the stop goes through the control channel."""
+    from RepUXSegmentLib.logic import SegmentLogic
 
     volumes = _volumes(mrml, 3, shape=(40, 64, 64))
     nodesBefore = mrml.nodeIDs()
-    job = BatchSegmentationJob(
-        volumes, SegmentationOptions(model=str(tiny_model_dir), device="cpu", quality="best"), context=mrml.context(), pythonExecutable=sys.executable
-    )
+    launcher = makeLauncher(tmp_path)
+    logic = SegmentLogic(context=mrml.context(), pythonExecutable=launcher)
+    job = logic.startBatchSegmentation(volumes, str(tiny_model_dir), device="cpu", quality="best")
     inferring = []
     job.onProgress = lambda f, s, m, e: inferring.append(s) if s == "infer" else None
-    job.start()
     deadline = time.monotonic() + 180
     while job.processEvents() and not inferring and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -103,3 +109,4 @@ def test_cancel_stops_after_the_current_case_and_keeps_it(mrml, tiny_model_dir):
         mrml.scene.GetNodeByID(n).IsA("vtkMRMLSegmentationNode") or mrml.scene.GetNodeByID(n).IsA("vtkMRMLDisplayNode") for n in new
     )
     assert job.runner.process.poll() is not None and os.listdir(mrml.tempDirectory) == []
+    assert not any(pidAlive(p) for p in launchedPids(launcher)), "the engine under the launcher survived the batch"

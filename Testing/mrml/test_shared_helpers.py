@@ -8,7 +8,6 @@ import logging
 
 import numpy as np
 import pytest
-
 from RepUXSegmentLib.models import DeviceChoice, ModelInfo, doctorArguments, listModels, sanitizeModelId, suggestModelId
 from RepUXSegmentLib.widgethelpers import (
     IMPORT_MODEL_ITEM,
@@ -130,9 +129,8 @@ def test_organ_checklist_and_the_organs_option():
 
 def test_select_labels_keeps_the_chosen_organs_renumbered(slicerCore):
     import vtk
-    from vtkmodules.util import numpy_support
-
     from RepUXSegmentLib.mrml import SegmentSpec, selectLabels
+    from vtkmodules.util import numpy_support
 
     labels = np.array([[[0, 1, 2, 3], [3, 3, 1, 0]]], dtype=np.uint8)
     node = slicerCore.vtkMRMLLabelMapVolumeNode()

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-import trainer_fixtures  # noqa: F401 - puts RepUXTrainer/ on sys.path
+import trainer_fixtures
 from launcher import launchedPids, makeLauncher, pidAlive
 
 pytestmark = [pytest.mark.slicer, pytest.mark.skipif(os.name == "nt", reason="the launcher script is POSIX-shaped")]
@@ -120,10 +120,9 @@ def test_fallback_signal_waits_for_the_launchers_child(tmp_path):
 
 def test_engine_stops_on_the_stop_line_and_on_end_of_input(tmp_path, tiny_model_dir):
     """``repux ... --control stdin``: the stop line -> one 'stopped' progress line, exit 0, no output written."""
+    import SimpleITK as sitk
     from RepUXSegmentLib.process import childEnvironment
     from RepUXSegmentLib.testing import syntheticCTArray
-
-    import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(syntheticCTArray((64, 96, 96)))
     image.SetSpacing((2.0, 2.0, 2.0))

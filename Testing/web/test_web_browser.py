@@ -43,7 +43,7 @@ def server(tmp_path):
     if not (CT_FOLDER / CT_NAME).is_file():
         pytest.skip(f"real CT not found: {CT_FOLDER / CT_NAME} (../shared/data is absent)")
     env = dict(os.environ, REPUX_HOME=str(tmp_path / "home"), PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "server.log", "w+", encoding="utf-8")  # noqa: SIM115 - closed in the teardown
+    log = open(tmp_path / "server.log", "w+", encoding="utf-8")
     command = [sys.executable, "-m", "repux", "web", "--port", "0", "--root", str(CT_FOLDER), "--no-open", "--training-set", str(tmp_path / "training-set")]
     command += ["--max-upload-mb", "2"]  # the real CT (2.2 MB) is then too large to upload: the limit's message is checked
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO, start_new_session=True)
@@ -95,7 +95,7 @@ def wait_until(predicate, what: str, timeout: float = STEP_S, interval: float = 
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except Exception as err:  # noqa: BLE001 - the page may be re-rendering; try again
+        except Exception as err:
             last = err
         if last and not isinstance(last, Exception):
             return last

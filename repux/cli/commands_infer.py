@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .options import add_common, add_device_options, add_output_option, add_overwrite_option, add_window_options, csv_floats, model_id, non_negative_int, positive_int
+from .options import (
+    add_common,
+    add_device_options,
+    add_output_option,
+    add_overwrite_option,
+    add_window_options,
+    csv_floats,
+    model_id,
+    non_negative_int,
+    positive_int,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -158,6 +158,9 @@ def _check_one(v: str, kind: str, option: str, args: argparse.Namespace) -> None
     from ..fileio import check_output_location
 
     if kind in (IN_ANY, IN_FILE, IN_DIR):
+        if v.startswith("@") and kind == IN_ANY and not Path(v).exists():
+            check_input(v[1:], f"{option} list file", IN_FILE)  # @list.txt: one path per line, checked case by case
+            return
         if _GLOB & set(v) and not Path(v).exists():
             return  # a pattern: expanded by the command
         check_input(v, option, kind)

@@ -8,14 +8,14 @@ from .presets import PRESETS, create_model, preset_names
 from .repuxnet import LayerNorm3d, RepUXBlock, RepUXEncoder, RepUXNet
 
 __all__ = [
-    "BFRDepthwiseConv3d",
-    "bayesian_frequency_matrix",
-    "depthwise_conv3d",
     "PRESETS",
-    "create_model",
-    "preset_names",
+    "BFRDepthwiseConv3d",
     "LayerNorm3d",
     "RepUXBlock",
     "RepUXEncoder",
     "RepUXNet",
+    "bayesian_frequency_matrix",
+    "create_model",
+    "depthwise_conv3d",
+    "preset_names",
 ]

@@ -35,7 +35,7 @@ from torch import nn
 
 from .lkconv import ALGORITHMS, depthwise_conv3d
 
-__all__ = ["bayesian_frequency_matrix", "BFRDepthwiseConv3d"]
+__all__ = ["BFRDepthwiseConv3d", "bayesian_frequency_matrix"]
 
 
 @functools.lru_cache(maxsize=32)

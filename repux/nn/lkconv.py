@@ -39,8 +39,8 @@ import torch.nn.functional as F
 __all__ = [
     "ALGORITHMS",
     "depthwise_conv3d",
-    "select_algorithm",
     "fft_size",
+    "select_algorithm",
 ]
 
 logger = logging.getLogger(__name__)

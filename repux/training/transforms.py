@@ -41,7 +41,7 @@ from ..imageio import read_image
 from ..labels import LabelSet
 from ..preprocess import label_to_model_grid, to_model_grid
 
-__all__ = ["LoadModelGridd", "deterministic_transforms", "random_transforms", "has_sided_labels", "AUGMENTATIONS", "CROP_SAMPLING"]
+__all__ = ["AUGMENTATIONS", "CROP_SAMPLING", "LoadModelGridd", "deterministic_transforms", "has_sided_labels", "random_transforms"]
 
 AUGMENTATIONS = ("none", "standard", "strong")
 

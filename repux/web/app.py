@@ -21,13 +21,13 @@ from typing import Any
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # no X server: offscreen EGL (Mesa) directly
 
-from trame.app import TrameApp  # noqa: E402
-from trame.app.file_upload import ClientFile  # noqa: E402
-from trame.widgets import html  # noqa: E402
-from trame.widgets import vuetify3 as v3  # noqa: E402
-from trame_slicer import module as trame_slicer_module  # noqa: E402
-from trame_slicer.app.logic import LayoutButtonLogic, SegmentEditorLogic  # noqa: E402
-from trame_slicer.app.ui import (  # noqa: E402
+from trame.app import TrameApp
+from trame.app.file_upload import ClientFile
+from trame.widgets import html
+from trame.widgets import vuetify3 as v3
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.app.logic import LayoutButtonLogic, SegmentEditorLogic
+from trame_slicer.app.ui import (
     ControlButton,
     LayoutButton,
     SegmentEditorToolbarUI,
@@ -35,9 +35,9 @@ from trame_slicer.app.ui import (  # noqa: E402
     SegmentEditorUndoRedoUI,
     ViewerLayout,
 )
-from trame_slicer.core import SlicerApp  # noqa: E402
-from trame_slicer.rca_view import register_rca_factories  # noqa: E402
-from trame_slicer.segmentation import (  # noqa: E402
+from trame_slicer.core import SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.segmentation import (
     SegmentationEffectErase,
     SegmentationEffectIslands,
     SegmentationEffectNoTool,
@@ -47,8 +47,8 @@ from trame_slicer.segmentation import (  # noqa: E402
     SegmentationEffectThreshold,
 )
 
-from .controller import WebController, WebSettings  # noqa: E402
-from .slicer_fixes import attach_effect_pipelines_to_views  # noqa: E402
+from .controller import WebController, WebSettings
+from .slicer_fixes import attach_effect_pipelines_to_views
 
 __all__ = ["EFFECTS", "TEST_IDS", "RepuxWebApp", "chart_svg"]
 

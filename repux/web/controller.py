@@ -247,7 +247,7 @@ class WebController:
             return action()
         except (ValueError, RuntimeError, OSError, RepuxError, FileAccessError, UploadError) as err:
             self.notify(str(err), "error")
-        except Exception as err:  # noqa: BLE001 - a bug must not kill the server; the log has the traceback
+        except Exception as err:
             logger.exception("RepUX Web action failed")
             self.notify(f"{type(err).__name__}: {err}", "error")
         return None
@@ -570,7 +570,7 @@ class WebController:
             if self.mapping is None or not self.mapping.matches(segments):
                 self.mapping = LabelMapping.build(segments, labels)
             targets = [*labels.names, NEW_CLASS, IGNORE]
-        except Exception as err:  # noqa: BLE001 - the table is informative; adding the case reports real errors
+        except Exception as err:
             logger.debug("no mapping: %s", err)
             self.state["mapping"], self.state["mapping_targets"] = [], []
             return
@@ -814,7 +814,7 @@ class WebController:
             if self.trainer.job is not None and self.trainer.job.running:
                 self._train_state(self.trainer.job)
             self.refresh_segments(force=False)
-        except Exception as err:  # noqa: BLE001 - keep the server alive; report
+        except Exception as err:
             logger.exception("RepUX Web poll failed")
             self.notify(f"{type(err).__name__}: {err}", "error")
 
