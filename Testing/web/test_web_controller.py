@@ -176,3 +176,29 @@ def test_open_dicom_series_with_trame_slicer_loader(tmp_path, recordingViewer):
     assert node.GetImageData().GetDimensions() == (512, 512, 3)
     assert web.state["volume_id"] == node.GetID() and web.viewer.calls == [("volume", node.GetName())]
     assert web.open_path("dicom-ct-3slice/../..") is None and "'..' is not allowed" in web.last_error
+
+
+def test_organ_subset_is_passed_to_the_engine(controller, monkeypatch):
+    """Only the chosen organs become segments: the subset goes to `repux segment --organs`, in the model's order."""
+    import RepUXSegmentLib.segmentation as segmentation
+
+    started = []
+
+    class RecordingJob:
+        running = False
+
+        def __init__(self, volume, options, **kwargs):
+            started.append(options)
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(segmentation, "SegmentationJob", RecordingJob)
+    assert controller.receive_upload("small.nrrd", nrrd_bytes()) is not None
+    controller.state["organs"] = ["spleen", "liver"]
+    assert controller.start_segmentation(), controller.last_error
+    assert started[-1].organs == ("liver", "spleen") and "--organs" in started[-1].commandArguments("in.nrrd", "out.nrrd", "/m")
+    controller.state["busy"] = ""
+    controller.state["organs"] = list(controller.state["model_organs"])
+    assert controller.start_segmentation(), controller.last_error
+    assert started[-1].organs is None  # all organs: no --organs

@@ -441,10 +441,12 @@ class WebController:
                 raise ValueError("open a CT first (Open, Upload or the demo case).")
             if self.state["model_organs"] and not self.state["organs"]:
                 raise ValueError("choose at least one organ.")
+            chosen = [o for o in self.state["model_organs"] if o in set(self.state["organs"])]
             options = SegmentationOptions(
                 model=self.state["model"],
                 device=self.state["device"],
                 quality=self.state["quality"],
+                organs=tuple(chosen) if chosen and len(chosen) < len(self.state["model_organs"]) else None,  # only these become segments
                 extraArguments=tuple(self.settings.segment_arguments),
             )
             job = SegmentationJob(
@@ -497,11 +499,6 @@ class WebController:
             return
         node = outcome.segmentationNode
         chosen = set(self.state["organs"])
-        if chosen and chosen != set(self.state["model_organs"]):
-            segmentation = node.GetSegmentation()
-            for i in reversed(range(segmentation.GetNumberOfSegments())):
-                if segmentation.GetNthSegment(i).GetName() not in chosen:
-                    segmentation.RemoveSegment(segmentation.GetNthSegmentID(i))
         node.SetName(self.context.scene.GenerateUniqueName(f"{self._node(volume_id).GetName()} - {model_id}"))
         volumes = {k: round(float(v), 1) for k, v in outcome.volumesMl.items() if not chosen or k in chosen}
         self.results.setdefault(volume_id, []).append({"segmentation": node.GetID(), "model": model_id, "volumes_ml": volumes})
