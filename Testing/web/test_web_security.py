@@ -115,17 +115,18 @@ def test_cli_defaults_to_loopback_and_validates_before_heavy_imports(tmp_path):
     assert (args.host, args.port, args.root, args.max_upload_mb) == ("127.0.0.1", 0, ".", 1024.0)
     code = (
         "import sys\nfrom repux.cli.main import main\n"
-        f"rcs = [main(['web', '--port', '70000']), main(['web', '--root', {str(tmp_path / 'nope')!r}]), main(['web', '--max-upload-mb', '0']),"
-        " main(['web', '--host', 'bad host'])]\n"
+        "def rc(argv):\n    try:\n        return main(argv)\n    except SystemExit as e:\n        return e.code\n"
+        f"rcs = [rc(['web', '--port', '70000']), rc(['web', '--root', {str(tmp_path / 'nope')!r}]), rc(['web', '--max-upload-mb', '0']),"
+        " rc(['web', '--host', 'bad host'])]\n"
         "print(rcs, [m for m in ('trame', 'trame_slicer', 'slicer', 'vtk', 'torch') if m in sys.modules])"
     )
     result = _run(code)
-    assert result.stdout.strip().splitlines()[-1] == "[1, 1, 1, 1] []", result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[2, 1, 2, 1] []", result.stdout + result.stderr
     errors = result.stderr.strip().splitlines()
     assert errors == [
-        "repux: error: --port 70000 is out of range; use 1..65535, or 0 for a free port.",
+        "repux: error: argument --port: 70000 is not allowed: use a port in 1..65535, or 0 for a free one (see 'repux web --help')",
         f"repux: error: --root {str(tmp_path / 'nope')!r} is not a folder.",
-        "repux: error: --max-upload-mb must be > 0 and <= 16384; got 0.0.",
+        "repux: error: argument --max-upload-mb: 0 is not allowed: use a number > 0 (see 'repux web --help')",
         "repux: error: --host 'bad host' is not an IP address or host name (e.g. 127.0.0.1).",
     ]
 

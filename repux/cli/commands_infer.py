@@ -19,6 +19,7 @@ from .options import (
     model_id,
     non_negative_int,
     positive_int,
+    shard_spec,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def register(sub: Any) -> None:
     p.add_argument("--statistics", action="store_true", help="per-organ volume and HU statistics: CSV + JSON beside each output (and a cohort CSV)")
     p.add_argument(
         "--shard",
+        type=shard_spec,
         metavar="I/N",
         help="only the deterministic I-th of N parts of the cases (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; "
         "under torchrun each rank takes its part on its own GPU automatically",
@@ -192,11 +194,7 @@ def _check_organs(args: argparse.Namespace) -> None:
 def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
     # argument and path checks first: no heavy import, no model load for a bad command line
     _check_organs(args)
-    shard = None
-    if args.shard is not None:
-        from ..batch import parse_shard
-
-        shard = parse_shard(args.shard)
+    shard = args.shard  # (I, N), parsed by options.shard_spec
     if _is_batch(args):
         return _cmd_segment_batch(args, ctx, shard)
     if shard is not None:

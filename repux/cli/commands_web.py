@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RepuxError
+from .options import port_number, positive_float
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it to the network)"
     )
-    p.add_argument("--port", type=int, default=0, metavar="N", help="port to listen on; 0 picks a free one (default: 0)")
+    p.add_argument("--port", type=port_number, default=0, metavar="N", help="port to listen on; 0 picks a free one (default: 0)")
     p.add_argument("--root", default=".", metavar="FOLDER", help="folder the file browser shows; nothing outside it is readable (default: the current folder)")
-    p.add_argument("--max-upload-mb", type=float, default=1024.0, metavar="MB", help="largest CT the browser may upload, in MB (default: 1024)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=1024.0, metavar="MB", help="largest CT the browser may upload, in MB (default: 1024)")
     p.add_argument("--training-set", metavar="FOLDER", help="training-set folder for curated cases (default: <store>/web/training-set)")
     p.add_argument(
         "--open", action=argparse.BooleanOptionalAction, default=None, help="open the page in the default browser (default: when a display is available)"

@@ -41,9 +41,11 @@ __all__ = [
     "non_negative_float",
     "non_negative_int",
     "open_fraction",
+    "port_number",
     "positive_float",
     "positive_int",
     "roi_size",
+    "shard_spec",
     "thread_count",
     "warn_deprecated_spellings",
 ]
@@ -232,6 +234,25 @@ def model_id(text: str) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # option groups
+
+
+def port_number(text: str) -> int:
+    """A TCP port: 1..65535, or 0 for a free one."""
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: use a port in 1..65535, or 0 for a free one")
+    return value
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """``I/N`` with 0 <= I < N: this process's share of a batch (SLURM: ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``)."""
+    from ..batch import parse_shard
+    from ..errors import ConfigError
+
+    try:
+        return parse_shard(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shard: use I/N with 0 <= I < N, e.g. 0/4") from None
 
 
 def add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
