@@ -178,7 +178,7 @@ def test_cli_shards_and_list_file_split_a_cohort(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, pattern",
     [
-        (["--shard", "3/2"], "--shard '3/2'"),
+        (["--shard", "3/2"], "argument --shard: '3/2' is not a shard"),
         (["--uncertainty", "u.nii.gz"], "--uncertainty is for a single case"),
         (["-o", "FILE"], "is a file; with several cases --output is a folder"),
         (["-i", "@missing.txt"], "--input list file"),
