@@ -77,8 +77,9 @@ class MRMLContext:
 
     @classmethod
     def headless(cls, temporaryDirectory: str | None = None) -> MRMLContext:
-        """A new scene with the application, colour, volumes and segmentations logics Slicer would create (no Qt):
-        for scripts and tests outside the Slicer application (slicer-core)."""
+        """A new scene with the application, colour, volumes, segmentations and subject-hierarchy logics Slicer would
+        create (no Qt): for scripts, RepUX Web and tests outside the Slicer application (slicer-core).
+        ``context.applicationLogic`` and ``context.moduleLogics`` (by module name) keep them alive with the context."""
         scene = slicer.vtkMRMLScene()
         appLogic = slicer.vtkSlicerApplicationLogic()
         appLogic.SetMRMLScene(scene)
@@ -87,7 +88,11 @@ class MRMLContext:
         colorLogic.AddDefaultColorNodes()
         appLogic.SetModuleLogic("Colors", colorLogic)
         logics = {}
-        for name, logicClass in (("Volumes", slicer.vtkSlicerVolumesLogic), ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic)):
+        for name, logicClass in (
+            ("Volumes", slicer.vtkSlicerVolumesLogic),
+            ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+            ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic),
+        ):
             logic = logicClass()
             logic.SetMRMLScene(scene)
             logic.SetMRMLApplicationLogic(appLogic)
@@ -95,6 +100,7 @@ class MRMLContext:
             logics[name] = logic
         context = cls(scene, logics["Segmentations"], logics["Volumes"], temporaryDirectory)
         context.applicationLogic = appLogic  # keeps the logics alive with the context
+        context.moduleLogics = logics
         return context
 
     def segmentations(self) -> Any:

@@ -89,33 +89,20 @@ class MRMLTestScene(SimpleNamespace):
 @pytest.fixture
 def mrml(slicerCore, tmp_path) -> MRMLTestScene:
     """Scene + application, colors, volumes, segmentations and subject-hierarchy logics, and a job temp folder."""
+    from RepUXSegmentLib.mrml import MRMLContext
+
     slicer = slicerCore
-    scene = slicer.vtkMRMLScene()
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    colorLogic = appLogic.GetColorLogic()
-    colorLogic.SetMRMLScene(scene)
-    colorLogic.AddDefaultColorNodes()
-    appLogic.SetModuleLogic("Colors", colorLogic)
-
-    def register(logic, name):
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(appLogic)
-        appLogic.SetModuleLogic(name, logic)
-        return logic
-
-    volumesLogic = register(slicer.vtkSlicerVolumesLogic(), "Volumes")
-    segmentationsLogic = register(slicer.vtkSlicerSegmentationsModuleLogic(), "Segmentations")
-    subjectHierarchyLogic = register(slicer.vtkSlicerSubjectHierarchyModuleLogic(), "SubjectHierarchy")
     tempDirectory = tmp_path / "jobs"
     tempDirectory.mkdir()
+    context = MRMLContext.headless(str(tempDirectory))
+    scene = context.scene
     ns = MRMLTestScene(
         slicer=slicer,
         scene=scene,
-        appLogic=appLogic,
-        volumesLogic=volumesLogic,
-        segmentationsLogic=segmentationsLogic,
-        subjectHierarchyLogic=subjectHierarchyLogic,
+        appLogic=context.applicationLogic,
+        volumesLogic=context.volumesLogic,
+        segmentationsLogic=context.segmentationsLogic,
+        subjectHierarchyLogic=context.moduleLogics["SubjectHierarchy"],
         tempDirectory=tempDirectory,
     )
     yield ns

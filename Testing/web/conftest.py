@@ -37,24 +37,6 @@ def recordingViewer():
 def mrmlContext(tmp_path):
     """Scene, application, colors, volumes, segmentations and subject-hierarchy logics (no Qt, no views)."""
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e '.[test]')")
-    scene = slicer.vtkMRMLScene()
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    colorLogic = appLogic.GetColorLogic()
-    colorLogic.SetMRMLScene(scene)
-    colorLogic.AddDefaultColorNodes()
-    appLogic.SetModuleLogic("Colors", colorLogic)
-    logics = {}
-    for name, cls in (
-        ("Volumes", slicer.vtkSlicerVolumesLogic),
-        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-        ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic),
-    ):
-        logic = cls()
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(appLogic)
-        appLogic.SetModuleLogic(name, logic)
-        logics[name] = logic
     from repux.web.controller import add_lib_paths
 
     add_lib_paths()
@@ -62,7 +44,8 @@ def mrmlContext(tmp_path):
 
     jobs = tmp_path / "jobs"
     jobs.mkdir()
-    context = MRMLContext(scene, logics["Segmentations"], logics["Volumes"], str(jobs))
+    context = MRMLContext.headless(str(jobs))
+    scene, appLogic = context.scene, context.applicationLogic
     yield SimpleNamespace(context=context, scene=scene, slicer=slicer, appLogic=appLogic)
     scene.Clear(1)
 

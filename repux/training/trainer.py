@@ -356,9 +356,11 @@ def train(
     """
     lock = lock_run_dir(run_dir) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        return _train(
+        out_path = Path(out) if out is not None else None
+        if out_path is not None and out_path.exists() and not overwrite and int(os.environ.get("RANK", "0")) == 0:
+            raise ConfigError(f"output model folder {str(out_path)!r} already exists; choose another --output (models are never overwritten).")
+        r = _setup(
             dataset,
-            out,
             config,
             run_dir=run_dir,
             base_model=base_model,
@@ -366,15 +368,25 @@ def train(
             device=device,
             threads=threads,
             model=model,
-            model_id=model_id,
-            model_name=model_name,
-            description=description,
-            command=command,
-            overwrite=overwrite,
-            weights_dtype=weights_dtype,
             progress=progress,
             cancel=cancel,
         )
+        stopped_by = _loop(r)
+        weights_agree = None
+        if r.dist.enabled:
+            r.dist.sync_buffers(r.net)
+            weights_agree = ranks_agree(r.net)
+            if not weights_agree:
+                raise RuntimeError("distributed ranks ended with different weights; this is a bug, please report it.")
+            logger.info("all %d ranks agree on the final weights", r.dist.world)
+        card = None
+        if r.dist.main and out_path is not None:
+            card = _export(
+                r, out_path, stopped_by, weights_agree, model_id=model_id, model_name=model_name, description=description, command=command,
+                overwrite=overwrite, weights_dtype=weights_dtype,
+            )  # fmt: skip
+        r.dist.close()
+        return TrainResult(card, r.iteration, r.best["dice"], r.best["mean"], r.history, stopped_by)
     finally:
         if lock is not None:
             lock.release()
@@ -770,51 +782,6 @@ def _export(
         f"saved {card.id}", iteration=r.iteration, max_iterations=cfg.max_iterations, model=str(card.path), best_mean_dice=best["mean"], val_dice=best["dice"]
     )
     return card
-
-
-def _train(
-    dataset,
-    out: str | Path | None,
-    config: TrainConfig,
-    *,
-    run_dir: str | Path,
-    base_model: str | Path | None = None,
-    resume: bool = False,
-    device: str = "auto",
-    threads: int | None = None,
-    model: nn.Module | None = None,
-    model_id: str | None = None,
-    model_name: str = "",
-    description: str = "",
-    command: str | None = None,
-    overwrite: bool = False,
-    weights_dtype: str = "float32",
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-) -> TrainResult:
-    """The body of :func:`train` (the run folder is locked): setup, loop (step, validation, checkpoints), export."""
-    out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists() and not overwrite and int(os.environ.get("RANK", "0")) == 0:
-        raise ConfigError(f"output model folder {str(out_path)!r} already exists; choose another --output (models are never overwritten).")
-    r = _setup(
-        dataset, config, run_dir=run_dir, base_model=base_model, resume=resume, device=device, threads=threads, model=model, progress=progress, cancel=cancel
-    )
-    stopped_by = _loop(r)
-    weights_agree = None
-    if r.dist.enabled:
-        r.dist.sync_buffers(r.net)
-        weights_agree = ranks_agree(r.net)
-        if not weights_agree:
-            raise RuntimeError("distributed ranks ended with different weights; this is a bug, please report it.")
-        logger.info("all %d ranks agree on the final weights", r.dist.world)
-    card = None
-    if r.dist.main and out_path is not None:
-        card = _export(
-            r, out_path, stopped_by, weights_agree, model_id=model_id, model_name=model_name, description=description, command=command,
-            overwrite=overwrite, weights_dtype=weights_dtype,
-        )  # fmt: skip
-    r.dist.close()
-    return TrainResult(card, r.iteration, r.best["dice"], r.best["mean"], r.history, stopped_by)
 
 
 def _default_inference(cfg: TrainConfig):
