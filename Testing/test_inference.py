@@ -188,7 +188,7 @@ def test_thin_extent_warnings_name_the_axis_and_sizes():
     prep = Preprocessing(spacing=(1.5, 1.5, 2.0))
     assert thin_extent_warnings((200, 180, 150), (96, 96, 96), prep) == []
     (w,) = thin_extent_warnings((200, 180, 2), (96, 96, 96), prep)
-    assert "covers only 4 mm along S-I" in w and "2 voxels" in w and "192 mm" in w
+    assert "covers only about 4 mm along S-I" in w and "2 voxels of 2 mm" in w and "192 mm" in w
 
 
 def test_segment_jpeg2000_dicom_and_left_handed_nrrd(tiny_model_dir, tmp_path):

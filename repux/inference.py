@@ -271,7 +271,7 @@ def thin_extent_warnings(grid_shape: Sequence[int], roi_size: Sequence[int], pre
         if n < roi * THIN_EXTENT_FRACTION:
             direction = {"R": "R-L", "L": "R-L", "A": "A-P", "P": "A-P", "S": "S-I", "I": "S-I"}[code]
             out.append(
-                f"{name} covers only {n * spacing:.0f} mm along {direction} ({n} voxels on the model grid, axis {axis}) while the model's window "
+                f"{name} covers only about {n * spacing:.0f} mm along {direction} ({n} voxel{'s' if n != 1 else ''} of {spacing:g} mm on the model grid) while the model's window "
                 f"spans {roi * spacing:.0f} mm: the model was trained on whole volumes and its output on so thin a volume is unreliable; "
                 "segment the full series instead."
             )
