@@ -10,6 +10,9 @@ from __future__ import annotations
 
 class FakeWidget:
     RETURNS = {"selectedIndexes": ()}
+    #: Qt properties that PythonQt exposes as attributes (not methods): empty lists and tables
+    count = 0
+    rowCount = 0
 
     def __init__(self, name: str) -> None:
         self.__dict__.update(name=name, calls=[])
