@@ -222,3 +222,35 @@ def test_both_widgets_share_the_device_and_parameter_node_plumbing(trainerModule
     assert len(started) == 1
     widget.exit()
     assert widget._parameterNodeGuiTag is None
+
+
+def test_batch_cancel_is_two_step_and_failed_volumes_are_named(trainerModuleFile, slicerApp, monkeypatch):
+    """RepUX Segment's batch: the first Cancel stops after the current volume, the second at once; failures are listed."""
+    import sys
+
+    from RepUXSegmentLib.batch import BatchCaseResult, BatchOutcome, BatchSegmentationJob
+
+    module = sys.modules["RepUXSegment"]
+    shown = []
+    monkeypatch.setattr(slicerApp.slicer.util, "errorDisplay", lambda text, **kwargs: shown.append(text))
+
+    class Job(BatchSegmentationJob):
+        def __init__(self):  # no volumes, no process: only the cancel protocol
+            self.state, self.requests = "running", []
+
+        def cancel(self, immediately=False):
+            self.requests.append(self.state)
+            self.state = "stopping"
+
+    job = Job()
+    widget = widgetWithoutSetup(module, _task=job, _parameterNode=None, logic=SimpleNamespace())
+    widget.onCancel()
+    assert job.requests == ["running"] and widget.ui.applyButton.text == "Stop now" and "current volume" in widget.ui.statusLabel.text
+    widget.onCancel()
+    assert job.requests == ["running", "stopping"] and widget.ui.applyButton.text == "Cancelling..."
+
+    volume = lambda name: SimpleNamespace(GetName=lambda: name)  # noqa: E731
+    cases = [BatchCaseResult(volume("CT 1"), "ct_1", status="done"), BatchCaseResult(volume("CT 2"), "ct_2", status="failed", errorMessage="single slice")]
+    widget._onBatchFinished(BatchOutcome("failed", cases, "1 of 2 volumes failed", 1, 12.0))
+    assert widget._task is None and "1 of 2 volumes segmented" in widget.ui.statusLabel.text
+    assert len(shown) == 1 and "CT 2: single slice" in shown[0]
