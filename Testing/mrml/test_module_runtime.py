@@ -249,7 +249,7 @@ def test_batch_cancel_is_two_step_and_failed_volumes_are_named(trainerModuleFile
     widget.onCancel()
     assert job.requests == ["running", "stopping"] and widget.ui.applyButton.text == "Cancelling..."
 
-    volume = lambda name: SimpleNamespace(GetName=lambda: name)  # noqa: E731
+    volume = lambda name: SimpleNamespace(GetName=lambda: name)
     cases = [BatchCaseResult(volume("CT 1"), "ct_1", status="done"), BatchCaseResult(volume("CT 2"), "ct_2", status="failed", errorMessage="single slice")]
     widget._onBatchFinished(BatchOutcome("failed", cases, "1 of 2 volumes failed", 1, 12.0))
     assert widget._task is None and "1 of 2 volumes segmented" in widget.ui.statusLabel.text
