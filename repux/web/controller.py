@@ -42,24 +42,32 @@ NEW_CLASS, IGNORE = "(new class)", "(ignore)"
 LOG_LINES = 40
 
 
-def add_lib_paths() -> None:
-    """Put ``RepUXSegment/`` and ``RepUXTrainer/`` (the Slicer modules' Qt-free Libs) on ``sys.path``.
+def lib_folders() -> list[Path]:
+    """Where the Slicer modules' Qt-free Libs are: ``repux/_libs`` in a wheel, else ``RepUXSegment/`` and
+    ``RepUXTrainer/`` beside the ``repux`` package in a source checkout."""
+    package = Path(__file__).resolve().parents[1]
+    bundled = package / "_libs"
+    if (bundled / "RepUXSegmentLib").is_dir() and (bundled / "RepUXTrainerLib").is_dir():
+        return [bundled]
+    return [package.parent / folder for folder in ("RepUXSegment", "RepUXTrainer")]
 
-    They sit next to the ``repux`` package in a source checkout (``pip install -e``).
+
+def add_lib_paths() -> None:
+    """Put the folders holding ``RepUXSegmentLib`` and ``RepUXTrainerLib`` on ``sys.path`` (see :func:`lib_folders`).
 
     Raises:
-        RuntimeError: the Libs are not there (a wheel install without the Slicer modules).
+        RuntimeError: the Libs are in neither place.
     """
-    repo = Path(__file__).resolve().parents[2]
-    for folder in ("RepUXSegment", "RepUXTrainer"):
-        lib = repo / folder / f"{folder}Lib"
-        if not lib.is_dir():
+    folders = lib_folders()
+    for name in ("RepUXSegmentLib", "RepUXTrainerLib"):
+        if not any((f / name).is_dir() for f in folders):
             raise RuntimeError(
-                f"RepUX Web needs the Slicer modules' Libs next to the repux package ({lib} is missing); "
-                'install from a source checkout: pip install -e ".[web]".'
+                f"RepUX Web needs the Slicer modules' Libs ({name} is in none of {', '.join(map(str, folders))}); "
+                'reinstall RepUX (pip install "repux[web]", or pip install -e ".[web]" from a source checkout).'
             )
-        if str(repo / folder) not in sys.path:
-            sys.path.insert(0, str(repo / folder))
+    for folder in reversed(folders):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
 
 
 class Viewer(Protocol):
