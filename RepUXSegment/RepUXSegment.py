@@ -18,14 +18,20 @@ from RepUXSegmentLib import selftest
 from RepUXSegmentLib.batch import STATISTICS_TABLE_HEADERS, BatchSegmentationJob, statisticsTableRows, writeStatisticsCsv
 from RepUXSegmentLib.dependencies import missingRequirements, readRequirements, torchStatus
 from RepUXSegmentLib.logic import SegmentLogic
-from RepUXSegmentLib.models import (
-    LABEL_SET_CHOICES,
-    convertOfficialArguments,
-    doctorArguments,
-    findModel,
-    importArguments,
-    installArguments,
-    suggestModelId,
+from RepUXSegmentLib.models import convertOfficialArguments, doctorArguments, findModel, importArguments, installArguments, suggestModelId
+from RepUXSegmentLib.panel import (
+    applyButtonStates,
+    batchFinishedText,
+    defaultModelId,
+    dependenciesText,
+    failedVolumesText,
+    modelButtonStates,
+    modelInfoText,
+    modelTableRows,
+    officialLabels,
+    officialLabelSetChoices,
+    progressText,
+    segmentationDoneText,
 )
 from RepUXSegmentLib.widgethelpers import (
     IMPORT_MODEL_ITEM,
@@ -33,10 +39,13 @@ from RepUXSegmentLib.widgethelpers import (
     ModuleWidgetMixin,
     chosenOrgans,
     fillCombo,
+    fillTable,
     modelChoices,
     organItems,
     reportErrors,
     selectComboData,
+    selectedRow,
+    setWidgetStates,
 )
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -225,8 +234,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                     self._parameterNode.inputVolume = node
                     break
         if not self._parameterNode.model and self._models:
-            installed = [m for m in self._models if m.installed]
-            self._parameterNode.model = (installed or self._models)[0].id
+            self._parameterNode.model = defaultModelId(self._models)
 
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
@@ -245,20 +253,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if self._task is not None:
             return
         p = self._parameterNode
-        problems = []
-        if p is None or not p.inputVolume:
-            problems.append(_("Select an input volume."))
-        if p is None or not p.model:
-            problems.append(_("Select a model (or import one in the Models section)."))
-        elif chosenOrgans(self._organItems()) == ():
-            problems.append(_("Check at least one organ."))
-        self.ui.applyButton.enabled = not problems
-        self.ui.applyButton.toolTip = "\n".join(problems) if problems else _("Segment the organs of the input volume.")
-        batchProblems = [m for m in problems if m != _("Select an input volume.")]
-        if not self._checkedBatchVolumes():
-            batchProblems.append(_("Check at least one volume."))
-        self.ui.batchApplyButton.enabled = not batchProblems
-        self.ui.batchApplyButton.toolTip = "\n".join(batchProblems) if batchProblems else _("Segment every checked volume.")
+        hasVolume, model = (p is not None and bool(p.inputVolume)), (p.model if p is not None else "")
+        setWidgetStates(self.ui, applyButtonStates(hasVolume, model, chosenOrgans(self._organItems()), len(self._checkedBatchVolumes()), _))
 
     # ------------------------------------------------------------ combo boxes
     def onModelChanged(self, index):
@@ -285,38 +281,20 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self.ui.storeFolderLabel.text = _("Model store: {folder}").format(folder=str(self.logic.modelStoreFolder()))
             if self._parameterNode is not None:
                 if not self._parameterNode.model and self._models:
-                    installed = [m for m in self._models if m.installed]
-                    self._parameterNode.model = (installed or self._models)[0].id  # triggers the GUI update
+                    self._parameterNode.model = defaultModelId(self._models)  # triggers the GUI update
                 else:
                     self._onParameterNodeModified()
 
     def _fillModelsTable(self):
-        statusText = {"built-in": _("built-in"), "installed": _("installed"), "downloadable": _("downloadable"), "official": _("official: import")}
-        table = self.ui.modelsTable
-        table.setRowCount(len(self._models))
-        for row, m in enumerate(self._models):
-            values = [m.id, m.version, statusText.get(m.status, m.status), f"{m.sizeMB:.1f}", ", ".join(m.labels)]
-            for column, value in enumerate(values):
-                item = qt.QTableWidgetItem(value)
-                item.setToolTip(m.description or m.path or m.id)
-                table.setItem(row, column, item)
-        table.resizeColumnsToContents()
+        fillTable(self.ui.modelsTable, modelTableRows(self._models, _), qt.QTableWidgetItem)
         self._updateModelButtons()
 
     def _selectedModel(self):
-        rows = {index.row() for index in self.ui.modelsTable.selectedIndexes()}
-        if len(rows) != 1:
-            return None
-        row = rows.pop()
-        return self._models[row] if 0 <= row < len(self._models) else None
+        row = selectedRow(self.ui.modelsTable)
+        return self._models[row] if row is not None and 0 <= row < len(self._models) else None
 
     def _updateModelButtons(self):
-        selected = self._selectedModel()
-        idle = self._task is None
-        self.ui.downloadModelButton.enabled = idle and selected is not None and selected.status == "downloadable"
-        self.ui.deleteModelButton.enabled = idle and selected is not None and selected.status == "installed"
-        self.ui.importModelButton.enabled = idle
-        self.ui.importOfficialButton.enabled = idle
+        setWidgetStates(self.ui, modelButtonStates(self._selectedModel(), idle=self._task is None))
 
     def _organItems(self):
         p = self._parameterNode
@@ -346,17 +324,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def _updateModelInfo(self):
         info = findModel(self._parameterNode.model, self._models) if self._parameterNode is not None else None
         self._fillOrganList()
-        if info is None:
-            self.ui.modelInfoLabel.text = ""
-            return
-        organs = ", ".join(info.labels)
-        text = _("{count} organs: {organs}").format(count=len(info.labels), organs=organs) if info.labels else ""
-        if info.status == "downloadable":
-            text += "\n" + _("Downloaded ({size:.0f} MB) when you press Apply.").format(size=info.sizeMB)
-        elif info.status == "official":
-            text += "\n" + _("Official checkpoint: get it from {source}, then use Import official checkpoint...").format(source=info.source)
-        self.ui.modelInfoLabel.text = text
-        self.ui.modelInfoLabel.toolTip = info.description
+        self.ui.modelInfoLabel.text = modelInfoText(info, _)
+        if info is not None:
+            self.ui.modelInfoLabel.toolTip = info.description
 
     def onImportModel(self):
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import a RepUX model"), "", _("RepUX model (model.json *.zip)"))
@@ -370,18 +340,12 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         checkpoint = qt.QFileDialog.getOpenFileName(mainWindow, title, "", _("PyTorch checkpoint (*.pth *.pt)"))
         if not checkpoint:
             return
-        choices = [
-            _("FLARE: liver, kidney, spleen, pancreas"),
-            _("AMOS: 15 abdominal organs"),
-            _("Label list from a JSON file..."),
-        ]
+        choices = officialLabelSetChoices(_)
         choice = self._askText(title, _("Label set the checkpoint was trained with:"), items=choices)
         if choice is None:
             return
-        index = choices.index(choice)
-        if index < len(LABEL_SET_CHOICES):
-            labels = LABEL_SET_CHOICES[index]
-        else:
+        labels = officialLabels(choices, choice)
+        if labels is None:
             labels = qt.QFileDialog.getOpenFileName(mainWindow, title, "", _("Label list (*.json)"))
             if not labels:
                 return
@@ -459,10 +423,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._setTask(self.logic.startRepuxCommand(doctorArguments(), onLog=self._onRunnerLog, onFinished=onFinished), _("Checking the installation"))
 
     def _updateDependenciesLabel(self):
-        torch = {"ok": _("PyTorch installed"), "outdated": _("PyTorch too old"), "missing": _("PyTorch missing")}[torchStatus()]
         missing = missingRequirements(readRequirements(self.logic.requirementsPath()))
-        others = _("other packages installed") if not missing else _("missing: {packages}").format(packages=", ".join(missing))
-        self.ui.dependenciesLabel.text = f"{torch}; {others}"
+        self.ui.dependenciesLabel.text = dependenciesText(torchStatus(), missing, _)
 
     # ------------------------------------------------------------ background tasks
     def _setTask(self, task, title):
@@ -585,30 +547,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._task.cancel()
 
     def _onProgress(self, fraction, stage, message, etaSeconds):
-        stages = {
-            "load": _("Loading"),
-            "preprocess": _("Preprocessing"),
-            "infer": _("Segmenting"),
-            "postprocess": _("Post-processing"),
-            "write": _("Writing"),
-            "done": _("Finishing"),
-            "import": _("Importing the segments"),
-            "download": _("Downloading"),
-            "case": _("Volume finished"),
-        }
-        text = stages.get(stage, stage)
-        if message:
-            text += ": " + message
-        if etaSeconds:
-            text += " " + _("(about {seconds:.0f} s left)").format(seconds=etaSeconds)
         self.ui.progressBar.value = round(100 * fraction)
-        self.ui.statusLabel.text = text
-
-    def _onLog(self, level, text):
-        self._appendLog(text if level == "INFO" else f"{level}: {text}")
-
-    def _appendLog(self, text):
-        self.ui.logTextEdit.appendPlainText(text)
+        self.ui.statusLabel.text = progressText(stage, message, etaSeconds, _)
 
     def _onSegmentationFinished(self, outcome):
         self._clearTask()
@@ -618,8 +558,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self.ui.show3DButton.setSegmentationNode(node)
             self.ui.show3DButton.enabled = True
             self.ui.progressBar.value = 100
-            volumes = ", ".join(f"{name} {ml:.0f} mL" for name, ml in outcome.volumesMl.items())
-            self.ui.statusLabel.text = _("Done in {seconds:.0f} s: {volumes}").format(seconds=outcome.seconds, volumes=volumes)
+            self.ui.statusLabel.text = segmentationDoneText(outcome, _)
             if outcome.warnings:
                 self.ui.warningLabel.text = _("Warning: {warnings}").format(warnings=" ".join(outcome.warnings))
                 self.ui.warningLabel.show()
@@ -696,13 +635,10 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._clearTask()
         done = len(outcome.done)
         self.ui.progressBar.value = 100 if done == len(outcome.cases) else self.ui.progressBar.value
-        self.ui.statusLabel.text = _("{done} of {count} volumes segmented in {seconds:.0f} s ({status}).").format(
-            done=done, count=len(outcome.cases), seconds=outcome.seconds, status=outcome.status
-        )
+        self.ui.statusLabel.text = batchFinishedText(outcome, _)
         if outcome.status == "failed":
             self.ui.logCollapsibleButton.collapsed = False
-            failed = "\n".join(f"{c.volumeNode.GetName()}: {c.errorMessage}" for c in outcome.cases if c.status == "failed")
-            slicer.util.errorDisplay(_("Some volumes could not be segmented:\n{failed}").format(failed=failed or outcome.errorMessage))
+            slicer.util.errorDisplay(failedVolumesText(outcome, _))
 
     def onExportStatistics(self):
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export statistics"), "repux-statistics.csv", "CSV (*.csv)")

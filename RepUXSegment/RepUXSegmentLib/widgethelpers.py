@@ -14,6 +14,8 @@ module files stay thin:
   import, and the import actions);
 * :func:`organItems` / :func:`chosenOrgans` - the organ checklist (default: every organ of the model);
 * :func:`startRepuxCommand` - ``<python> -m repux <arguments>`` in the background;
+* :func:`setWidgetStates` / :func:`fillTable` / :func:`selectedRow` / :func:`logLine` - apply what the Qt-free
+  panel functions decided (widget attributes, table rows), read a table's selection, format a log line;
 * :class:`ModuleWidgetMixin` - the parameter-node and device plumbing both widgets had a copy of.
 """
 
@@ -35,10 +37,14 @@ __all__ = [
     "chosenOrgans",
     "deviceChoices",
     "fillCombo",
+    "fillTable",
+    "logLine",
     "modelChoices",
     "organItems",
     "reportErrors",
     "selectComboData",
+    "selectedRow",
+    "setWidgetStates",
     "startRepuxCommand",
 ]
 
@@ -156,6 +162,38 @@ def chosenOrgans(items: Sequence[tuple[str, bool]]) -> tuple[str, ...] | None:
     return None if len(checked) == len(items) else checked
 
 
+def setWidgetStates(ui: Any, states: dict[str, dict[str, Any]]) -> None:
+    """Set ``{widget name: {attribute: value}}`` on the widgets of ``ui`` (``enabled``, ``toolTip``, ``text``...)."""
+    for name, attributes in states.items():
+        widget = getattr(ui, name)
+        for attribute, value in attributes.items():
+            setattr(widget, attribute, value)
+
+
+def fillTable(table: Any, rows: Sequence[tuple[Sequence[str], str | None]], makeItem: Callable[[str], Any]) -> None:
+    """Replace the rows of a table widget by ``(cells, tooltip)`` rows; ``makeItem(text)`` makes a cell
+    (``qt.QTableWidgetItem``); a None tooltip leaves the cell without one."""
+    table.setRowCount(len(rows))
+    for row, (cells, toolTip) in enumerate(rows):
+        for column, text in enumerate(cells):
+            item = makeItem(text)
+            if toolTip is not None:
+                item.setToolTip(toolTip)
+            table.setItem(row, column, item)
+    table.resizeColumnsToContents()
+
+
+def selectedRow(table: Any) -> int | None:
+    """The row of a table's selection when exactly one row is selected, else None."""
+    rows = {index.row() for index in table.selectedIndexes()}
+    return rows.pop() if len(rows) == 1 else None
+
+
+def logLine(level: str, text: str) -> str:
+    """A line of the log panel: INFO messages as they are, others prefixed with their level."""
+    return text if level == "INFO" else f"{level}: {text}"
+
+
 def startRepuxCommand(
     arguments: Sequence[str],
     pythonExecutable: str | None = None,
@@ -174,6 +212,7 @@ class ModuleWidgetMixin:
     ``self.logic``, ``addObserver``/``removeObserver`` from ``VTKObservationMixin`` and ``_startPolling()``):
 
     * the parameter node: connect/disconnect the GUI and observe it (``setParameterNode``, ``exit``);
+    * the log panel (``_appendLog``, ``_onLog``);
     * the device list: detected in the background with ``repux info --json`` (``_detectDevices``), shown with
       :func:`deviceChoices`, the choice stored in the parameter node's ``device`` (``onDeviceChanged``).
 
@@ -209,6 +248,13 @@ class ModuleWidgetMixin:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    # log panel
+    def _appendLog(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def _onLog(self, level: str, text: str) -> None:
+        self._appendLog(logLine(level, text))
 
     # devices
     def onDeviceChanged(self, index: int) -> None:
