@@ -25,9 +25,17 @@ from widget_fakes import FakeUi
 
 
 def model(id, status="installed", labels=("liver", "spleen"), sizeMB=12.34, **kw):
-    fields = dict(
-        id=id, version="1.0", status=status, labels=list(labels), sizeMB=sizeMB, description="", path="", source="", installed=status != "downloadable"
-    )
+    fields = {
+        "id": id,
+        "version": "1.0",
+        "status": status,
+        "labels": list(labels),
+        "sizeMB": sizeMB,
+        "description": "",
+        "path": "",
+        "source": "",
+        "installed": status != "downloadable",
+    }
     fields.update(kw)
     return SimpleNamespace(**fields)
 
@@ -119,5 +127,5 @@ def test_widget_state_and_table_helpers():
     index = lambda row: SimpleNamespace(row=lambda: row)
     assert selectedRow(SimpleNamespace(selectedIndexes=lambda: [index(2), index(2)])) == 2  # one row, several cells
     assert selectedRow(SimpleNamespace(selectedIndexes=lambda: [index(1), index(2)])) is None
-    assert selectedRow(SimpleNamespace(selectedIndexes=lambda: [])) is None
+    assert selectedRow(SimpleNamespace(selectedIndexes=list)) is None
     assert logLine("INFO", "hello") == "hello" and logLine("WARNING", "careful") == "WARNING: careful"
