@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from types import SimpleNamespace
 
 import qt
 import slicer
@@ -18,26 +19,34 @@ from RepUXSegmentLib import selftest
 from RepUXSegmentLib.batch import STATISTICS_TABLE_HEADERS, BatchSegmentationJob, statisticsTableRows, writeStatisticsCsv
 from RepUXSegmentLib.dependencies import missingRequirements, readRequirements, torchStatus
 from RepUXSegmentLib.logic import SegmentLogic
-from RepUXSegmentLib.models import convertOfficialArguments, doctorArguments, findModel, importArguments, installArguments, suggestModelId
+from RepUXSegmentLib.models import convertOfficialArguments, doctorArguments, findModel, importArguments, installArguments
 from RepUXSegmentLib.panel import (
     applyButtonStates,
+    askOfficialImport,
     batchFinishedText,
+    ctVolumes,
     defaultModelId,
     dependenciesText,
+    downloadQuestion,
     failedVolumesText,
+    installationCheckResult,
     modelButtonStates,
     modelInfoText,
     modelTableRows,
-    officialLabels,
-    officialLabelSetChoices,
+    parseUncheckedOrgans,
     progressText,
     segmentationDoneText,
+    storeCommandResult,
+    taskStates,
+    uncheckedOrgansText,
+    volumeChecklistRows,
 )
 from RepUXSegmentLib.widgethelpers import (
     IMPORT_MODEL_ITEM,
     IMPORT_OFFICIAL_ITEM,
     ModuleWidgetMixin,
     chosenOrgans,
+    fillChecklist,
     fillCombo,
     fillTable,
     modelChoices,
@@ -55,6 +64,22 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 from slicer.util import VTKObservationMixin
 
 logger = logging.getLogger(__name__)
+
+
+def _checkItem(text, data, checked):
+    """A checkable item of a checklist (the organs, the batch's volumes), its ``data`` in the user role."""
+    item = qt.QListWidgetItem(text)
+    item.setData(qt.Qt.UserRole, data)
+    item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+    item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
+    return item
+
+
+def _checklist(listWidget):
+    """``(text, data, checked)`` of each item of a checklist."""
+    items = [listWidget.item(i) for i in range(listWidget.count)]
+    return [(item.text(), item.data(qt.Qt.UserRole), item.checkState() == qt.Qt.Checked) for item in items]
+
 
 #
 # RepUXSegment
@@ -229,10 +254,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-                if not node.IsA("vtkMRMLLabelMapVolumeNode"):
-                    self._parameterNode.inputVolume = node
-                    break
+            volumes = ctVolumes(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
         if not self._parameterNode.model and self._models:
             self._parameterNode.model = defaultModelId(self._models)
 
@@ -299,27 +323,20 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def _organItems(self):
         p = self._parameterNode
         info = findModel(p.model, self._models) if p is not None else None
-        return organItems(info.labels if info is not None else (), [o for o in p.uncheckedOrgans.split(",") if o] if p is not None else ())
+        return organItems(info.labels if info is not None else (), parseUncheckedOrgans(p.uncheckedOrgans) if p is not None else ())
 
     def _fillOrganList(self):
         """The organ checklist: the model card's organs, checked unless the user unchecked them."""
         self._syncingGui = True
         try:
-            self.ui.organsListWidget.clear()
-            for name, checked in self._organItems():
-                item = qt.QListWidgetItem(name)
-                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
-                self.ui.organsListWidget.addItem(item)
+            fillChecklist(self.ui.organsListWidget, [(name, name, checked) for name, checked in self._organItems()], _checkItem)
         finally:
             self._syncingGui = False
 
     def _onOrganToggled(self, item):
         if self._syncingGui or self._parameterNode is None:
             return
-        widget = self.ui.organsListWidget
-        rows = [widget.item(i) for i in range(widget.count)]
-        self._parameterNode.uncheckedOrgans = ",".join(r.text() for r in rows if r.checkState() != qt.Qt.Checked)
+        self._parameterNode.uncheckedOrgans = uncheckedOrgansText(_checklist(self.ui.organsListWidget))
 
     def _updateModelInfo(self):
         info = findModel(self._parameterNode.model, self._models) if self._parameterNode is not None else None
@@ -335,23 +352,15 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._startStoreCommand(importArguments(path), _("Importing the model"))
 
     def onImportOfficialCheckpoint(self):
-        title = _("Import an official RepUX-Net checkpoint")
-        mainWindow = slicer.util.mainWindow()
-        checkpoint = qt.QFileDialog.getOpenFileName(mainWindow, title, "", _("PyTorch checkpoint (*.pth *.pt)"))
-        if not checkpoint:
+        questions = SimpleNamespace(  # the Qt dialogs; the questions and their order are in RepUXSegmentLib.panel
+            openFile=lambda title, fileFilter: qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), title, "", fileFilter),
+            choose=lambda title, label, items: self._askText(title, label, items=items),
+            text=lambda title, label, text: self._askText(title, label, text=text),
+        )
+        answers = askOfficialImport(questions, _)
+        if answers is None:
             return
-        choices = officialLabelSetChoices(_)
-        choice = self._askText(title, _("Label set the checkpoint was trained with:"), items=choices)
-        if choice is None:
-            return
-        labels = officialLabels(choices, choice)
-        if labels is None:
-            labels = qt.QFileDialog.getOpenFileName(mainWindow, title, "", _("Label list (*.json)"))
-            if not labels:
-                return
-        modelId = self._askText(title, _("Model id in the model store:"), text=suggestModelId(checkpoint, labels))
-        if not modelId:
-            return
+        checkpoint, labels, modelId = answers
         with slicer.util.tryWithErrorDisplay(_("Failed to convert the checkpoint."), waitCursor=True):
             self.logic.setupPythonRequirements(askConfirmation=True)
             workFolder = tempfile.mkdtemp(prefix="RepUX-convert-", dir=slicer.app.temporaryPath)
@@ -413,11 +422,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._clearTask()
             for line in runner.stdoutLines:
                 self._appendLog(line)
-            self.ui.statusLabel.text = _("Installation check: OK.") if runner.succeeded else _("Installation check: problems found (see the log).")
-            if not runner.succeeded and not runner.cancelled:
-                slicer.util.errorDisplay(
-                    _("The installation check found problems:\n\n{report}").format(report="\n".join(runner.stdoutLines[-8:]) or runner.errorMessage)
-                )
+            self.ui.statusLabel.text, problems = installationCheckResult(runner, _)
+            if problems is not None:
+                slicer.util.errorDisplay(problems)
 
         self._appendLog(_("Checking the installation (repux doctor)..."))
         self._setTask(self.logic.startRepuxCommand(doctorArguments(), onLog=self._onRunnerLog, onFinished=onFinished), _("Checking the installation"))
@@ -430,13 +437,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def _setTask(self, task, title):
         self._task = task
         self._taskTitle = title
-        self.ui.applyButton.text = _("Cancel")
-        self.ui.applyButton.enabled = True
-        self.ui.applyButton.toolTip = _("Stop the running task.")
-        self.ui.inputsCollapsibleButton.enabled = False
-        self.ui.batchApplyButton.enabled = False
-        self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = title
+        setWidgetStates(self.ui, taskStates(title, _))
         self._updateModelButtons()
         self._startPolling()
 
@@ -474,20 +475,14 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             if temporaryFolder:
                 shutil.rmtree(temporaryFolder, ignore_errors=True)
             self.refreshModels()
-            if runner.succeeded:
-                self.ui.progressBar.value = 100
-                self.ui.statusLabel.text = _("{task}: done.").format(task=title)
-                if then is not None:
-                    with reportErrors(_("Failed to start the segmentation."), slicer.util.errorDisplay):  # in the poll path: never re-raise
-                        then()
-            elif runner.cancelled:
-                self.ui.progressBar.value = 0
-                self.ui.statusLabel.text = _("{task}: cancelled.").format(task=title)
-            else:
-                self.ui.statusLabel.text = _("{task}: failed.").format(task=title)
-                slicer.util.errorDisplay(
-                    _("{task} failed:\n{message}").format(task=title, message=runner.errorMessage), detailedText="\n".join(runner.stderrTail)
-                )
+            progress, self.ui.statusLabel.text, error = storeCommandResult(runner, title, _)
+            if progress is not None:
+                self.ui.progressBar.value = progress
+            if error is not None:
+                slicer.util.errorDisplay(error, detailedText="\n".join(runner.stderrTail))
+            elif runner.succeeded and then is not None:
+                with reportErrors(_("Failed to start the segmentation."), slicer.util.errorDisplay):  # in the poll path: never re-raise
+                    then()
 
         runner = self.logic.startRepuxCommand(arguments, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, onFinished=onFinished)
         self._setTask(runner, title)
@@ -510,8 +505,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._detectDevices()
             info = findModel(self._parameterNode.model, self._models)
             if info is not None and info.status == "downloadable":
-                question = _("Model '{model}' is not installed yet. Download it now ({size:.0f} MB)? The download is checked against its published sha256.")
-                if not slicer.util.confirmOkCancelDisplay(question.format(model=info.id, size=info.sizeMB)):
+                if not slicer.util.confirmOkCancelDisplay(downloadQuestion(info, _)):
                     return
                 self._startStoreCommand(installArguments(info.id), _("Downloading {model}").format(model=info.id), then=self._startSegmentation)
                 return
@@ -577,21 +571,12 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     # ------------------------------------------------------- several volumes
     def _fillBatchVolumes(self, caller=None, event=None):
         """The volume checklist of the batch section: every scalar volume of the scene, checked unless unchecked."""
-        widget = self.ui.batchVolumesListWidget
-        unchecked = {widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count) if widget.item(i).checkState() != qt.Qt.Checked}
-        widget.clear()
-        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.IsA("vtkMRMLLabelMapVolumeNode"):
-                continue
-            item = qt.QListWidgetItem(node.GetName())
-            item.setData(qt.Qt.UserRole, node.GetID())
-            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Unchecked if node.GetID() in unchecked else qt.Qt.Checked)
-            widget.addItem(item)
+        unchecked = {data for _text, data, checked in _checklist(self.ui.batchVolumesListWidget) if not checked}
+        rows = volumeChecklistRows(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), unchecked)
+        fillChecklist(self.ui.batchVolumesListWidget, rows, _checkItem)
 
     def _checkedBatchVolumes(self):
-        widget = self.ui.batchVolumesListWidget
-        ids = [widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count) if widget.item(i).checkState() == qt.Qt.Checked]
+        ids = [data for _text, data, checked in _checklist(self.ui.batchVolumesListWidget) if checked]
         return [node for node in (slicer.mrmlScene.GetNodeByID(i) for i in ids) if node is not None]
 
     def onBatchApply(self):

@@ -7,8 +7,12 @@ and the translation function ``tr`` (``slicer.i18n.tr`` in Slicer), and returns 
 * :func:`applyButtonStates` - the Apply and batch Apply buttons (enabled, tooltip listing what is missing);
 * :func:`modelButtonStates` / :func:`modelTableRows` / :func:`modelInfoText` / :func:`defaultModelId` - the Models section;
 * :func:`progressText` / :func:`segmentationDoneText` / :func:`batchFinishedText` / :func:`failedVolumesText` - the status line;
+* :func:`ctVolumes` / :func:`volumeChecklistRows` / :func:`parseUncheckedOrgans` / :func:`uncheckedOrgansText` - the input
+  volume and the two checklists (organs, volumes of the batch);
 * :func:`dependenciesText` - the Python packages line;
-* :func:`officialLabelSetChoices` / :func:`officialLabels` - the label-set question of *Import official checkpoint*.
+* :func:`taskStates` / :func:`storeCommandResult` / :func:`installationCheckResult` / :func:`downloadQuestion` - background tasks;
+* :func:`askOfficialImport` (with :func:`officialLabelSetChoices` / :func:`officialLabels`) - the questions of
+  *Import official checkpoint*, asked through callbacks (the module file supplies the Qt dialogs).
 """
 
 from __future__ import annotations
@@ -16,21 +20,30 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .models import LABEL_SET_CHOICES
+from .models import LABEL_SET_CHOICES, suggestModelId
 
 __all__ = [
     "applyButtonStates",
+    "askOfficialImport",
     "batchFinishedText",
+    "ctVolumes",
     "defaultModelId",
     "dependenciesText",
+    "downloadQuestion",
     "failedVolumesText",
+    "installationCheckResult",
     "modelButtonStates",
     "modelInfoText",
     "modelTableRows",
     "officialLabelSetChoices",
     "officialLabels",
+    "parseUncheckedOrgans",
     "progressText",
     "segmentationDoneText",
+    "storeCommandResult",
+    "taskStates",
+    "uncheckedOrgansText",
+    "volumeChecklistRows",
     "volumesText",
 ]
 
@@ -155,3 +168,85 @@ def officialLabels(choices: Sequence[str], choice: str) -> str | None:
     """The ``--labels`` value of the chosen answer; None for "a JSON file" (the user picks the file next)."""
     index = list(choices).index(choice)
     return LABEL_SET_CHOICES[index] if index < len(LABEL_SET_CHOICES) else None
+
+
+def taskStates(title: str, tr: Callable[[str], str] = _identity) -> dict[str, dict[str, Any]]:
+    """While a background task runs: Apply turns into Cancel, the inputs and the batch Apply are locked, the status names the task."""
+    return {
+        "applyButton": {"text": tr("Cancel"), "enabled": True, "toolTip": tr("Stop the running task.")},
+        "inputsCollapsibleButton": {"enabled": False},
+        "batchApplyButton": {"enabled": False},
+        "progressBar": {"value": 0},
+        "statusLabel": {"text": title},
+    }
+
+
+def downloadQuestion(info: Any, tr: Callable[[str], str] = _identity) -> str:
+    """What Apply asks before downloading a model that is not installed yet."""
+    question = tr("Model '{model}' is not installed yet. Download it now ({size:.0f} MB)? The download is checked against its published sha256.")
+    return question.format(model=info.id, size=info.sizeMB)
+
+
+def storeCommandResult(runner: Any, title: str, tr: Callable[[str], str] = _identity) -> tuple[int | None, str, str | None]:
+    """``(progress, status, error)`` when a model-store command (download, import, convert) ends: the progress bar value
+    (None: unchanged), the status line and the message to show (None when there is nothing to show)."""
+    if runner.succeeded:
+        return 100, tr("{task}: done.").format(task=title), None
+    if runner.cancelled:
+        return 0, tr("{task}: cancelled.").format(task=title), None
+    return None, tr("{task}: failed.").format(task=title), tr("{task} failed:\n{message}").format(task=title, message=runner.errorMessage)
+
+
+def installationCheckResult(runner: Any, tr: Callable[[str], str] = _identity) -> tuple[str, str | None]:
+    """``(status, problems)`` of ``repux doctor``: the status line and the report's end to show (None: nothing to show)."""
+    status = tr("Installation check: OK.") if runner.succeeded else tr("Installation check: problems found (see the log).")
+    if runner.succeeded or runner.cancelled:
+        return status, None
+    return status, tr("The installation check found problems:\n\n{report}").format(report="\n".join(runner.stdoutLines[-8:]) or runner.errorMessage)
+
+
+def askOfficialImport(ask: Any, tr: Callable[[str], str] = _identity) -> tuple[str, str, str] | None:
+    """The questions of *Import official checkpoint...* in order: the checkpoint file, the label set it was trained with
+    (a known one or a JSON label list), the model id (a suggestion to edit).
+
+    ``ask`` supplies the dialogs, each returning None or "" when cancelled: ``openFile(title, fileFilter)``,
+    ``choose(title, label, items)`` and ``text(title, label, text)``. Returns ``(checkpoint, labels, modelId)``
+    (the arguments of ``repux convert-official``), or None as soon as a question is cancelled.
+    """
+    title = tr("Import an official RepUX-Net checkpoint")
+    checkpoint = ask.openFile(title, tr("PyTorch checkpoint (*.pth *.pt)"))
+    if not checkpoint:
+        return None
+    choices = officialLabelSetChoices(tr)
+    choice = ask.choose(title, tr("Label set the checkpoint was trained with:"), choices)
+    if choice is None:
+        return None
+    labels = officialLabels(choices, choice)
+    if labels is None:
+        labels = ask.openFile(title, tr("Label list (*.json)"))
+        if not labels:
+            return None
+    modelId = ask.text(title, tr("Model id in the model store:"), suggestModelId(checkpoint, labels))
+    if not modelId:
+        return None
+    return checkpoint, labels, modelId
+
+
+def ctVolumes(nodes: Sequence[Any]) -> list[Any]:
+    """The volumes that can be segmented: scalar volume nodes that are not label maps."""
+    return [node for node in nodes if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+
+
+def volumeChecklistRows(nodes: Sequence[Any], unchecked: Any = ()) -> list[tuple[str, str, bool]]:
+    """``(name, node id, checked)`` rows of the batch's volume checklist: every CT volume, checked unless its id is in ``unchecked``."""
+    return [(node.GetName(), node.GetID(), node.GetID() not in unchecked) for node in ctVolumes(nodes)]
+
+
+def parseUncheckedOrgans(text: str) -> list[str]:
+    """The organs left out of the organ checklist, from the parameter node's comma-separated ``uncheckedOrgans``."""
+    return [o for o in text.split(",") if o]
+
+
+def uncheckedOrgansText(rows: Sequence[tuple[str, Any, bool]]) -> str:
+    """The parameter node's ``uncheckedOrgans`` from the ``(organ, data, checked)`` rows of the organ checklist."""
+    return ",".join(text for text, _data, checked in rows if not checked)

@@ -14,7 +14,7 @@ module files stay thin:
   import, and the import actions);
 * :func:`organItems` / :func:`chosenOrgans` - the organ checklist (default: every organ of the model);
 * :func:`startRepuxCommand` - ``<python> -m repux <arguments>`` in the background;
-* :func:`setWidgetStates` / :func:`fillTable` / :func:`selectedRow` / :func:`logLine` - apply what the Qt-free
+* :func:`setWidgetStates` / :func:`fillTable` / :func:`fillChecklist` / :func:`selectedRow` / :func:`logLine` - apply what the Qt-free
   panel functions decided (widget attributes, table rows), read a table's selection, format a log line;
 * :class:`ModuleWidgetMixin` - the parameter-node and device plumbing both widgets had a copy of.
 """
@@ -36,6 +36,7 @@ __all__ = [
     "ModuleWidgetMixin",
     "chosenOrgans",
     "deviceChoices",
+    "fillChecklist",
     "fillCombo",
     "fillTable",
     "logLine",
@@ -181,6 +182,14 @@ def fillTable(table: Any, rows: Sequence[tuple[Sequence[str], str | None]], make
                 item.setToolTip(toolTip)
             table.setItem(row, column, item)
     table.resizeColumnsToContents()
+
+
+def fillChecklist(listWidget: Any, rows: Iterable[tuple[str, Any, bool]], makeItem: Callable[[str, Any, bool], Any]) -> None:
+    """Replace the items of a list widget by checkable ``(text, data, checked)`` rows; ``makeItem(text, data, checked)``
+    makes one (a checkable ``qt.QListWidgetItem``)."""
+    listWidget.clear()
+    for text, data, checked in rows:
+        listWidget.addItem(makeItem(text, data, checked))
 
 
 def selectedRow(table: Any) -> int | None:

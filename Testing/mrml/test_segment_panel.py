@@ -5,23 +5,38 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+import trainer_fixtures
+from RepUXSegmentLib.models import suggestModelId
 from RepUXSegmentLib.panel import (
     applyButtonStates,
+    askOfficialImport,
     batchFinishedText,
+    ctVolumes,
     defaultModelId,
     dependenciesText,
+    downloadQuestion,
     failedVolumesText,
+    installationCheckResult,
     modelButtonStates,
     modelInfoText,
     modelTableRows,
     officialLabels,
     officialLabelSetChoices,
+    parseUncheckedOrgans,
     progressText,
     segmentationDoneText,
+    storeCommandResult,
+    taskStates,
+    uncheckedOrgansText,
+    volumeChecklistRows,
     volumesText,
 )
-from RepUXSegmentLib.widgethelpers import fillTable, logLine, selectedRow, setWidgetStates
+from RepUXSegmentLib.widgethelpers import fillChecklist, fillTable, logLine, selectedRow, setWidgetStates
 from widget_fakes import FakeUi
+
+trainerModuleFile = trainer_fixtures.trainerModuleFile  # pytest fixture
+slicerApp = trainer_fixtures.slicerApp  # pytest fixture
 
 
 def model(id, status="installed", labels=("liver", "spleen"), sizeMB=12.34, **kw):
@@ -129,3 +144,112 @@ def test_widget_state_and_table_helpers():
     assert selectedRow(SimpleNamespace(selectedIndexes=lambda: [index(1), index(2)])) is None
     assert selectedRow(SimpleNamespace(selectedIndexes=list)) is None
     assert logLine("INFO", "hello") == "hello" and logLine("WARNING", "careful") == "WARNING: careful"
+
+
+def test_background_task_texts():
+    states = taskStates("Downloading m")
+    assert states["applyButton"] == {"text": "Cancel", "enabled": True, "toolTip": "Stop the running task."}
+    assert states["inputsCollapsibleButton"] == {"enabled": False} and states["batchApplyButton"] == {"enabled": False}
+    assert states["progressBar"] == {"value": 0} and states["statusLabel"] == {"text": "Downloading m"}
+    assert downloadQuestion(model("repux-amos", "downloadable", sizeMB=95.6)).startswith("Model 'repux-amos' is not installed yet. Download it now (96 MB)?")
+    runner = lambda **kw: SimpleNamespace(**{"succeeded": False, "cancelled": False, "errorMessage": "", "stdoutLines": [], **kw})
+    assert storeCommandResult(runner(succeeded=True), "Importing") == (100, "Importing: done.", None)
+    assert storeCommandResult(runner(cancelled=True), "Importing") == (0, "Importing: cancelled.", None)
+    assert storeCommandResult(runner(errorMessage="bad zip"), "Importing") == (None, "Importing: failed.", "Importing failed:\nbad zip")
+    assert installationCheckResult(runner(succeeded=True)) == ("Installation check: OK.", None)
+    assert installationCheckResult(runner(cancelled=True))[1] is None
+    lines = [f"line {i}" for i in range(10)]
+    status, problems = installationCheckResult(runner(stdoutLines=lines))
+    assert status == "Installation check: problems found (see the log)." and problems == "The installation check found problems:\n\n" + "\n".join(lines[-8:])
+    assert installationCheckResult(runner(errorMessage="no python"))[1].endswith("\n\nno python")
+
+
+@pytest.mark.slicer
+def test_the_segment_widget_applies_the_task_and_store_results(trainerModuleFile, slicerApp, monkeypatch):
+    """_setTask/_startStoreCommand go through taskStates/storeCommandResult: a failed import shows one message, the store is re-listed."""
+    import sys
+
+    from test_module_runtime import widgetWithoutSetup
+    from widget_fakes import FakeWidget
+
+    shown = []
+    monkeypatch.setattr(slicerApp.slicer.util, "errorDisplay", lambda text, **kwargs: shown.append((text, kwargs)))
+    finished = []
+    runner = SimpleNamespace(succeeded=False, cancelled=False, errorMessage="not a model", stderrTail=["Traceback", "ValueError"])
+    logic = SimpleNamespace(startRepuxCommand=lambda arguments, onProgress=None, onLog=None, onFinished=None: finished.append(onFinished) or runner)
+    widget = widgetWithoutSetup(sys.modules["RepUXSegment"], logic=logic, _pollTimer=FakeWidget("timer"), _parameterNode=None)
+    refreshed = []
+    widget.refreshModels = lambda: refreshed.append(1)
+
+    widget._startStoreCommand(["import", "x.zip"], "Importing the model")
+    assert widget._task is runner and widget.ui.applyButton.text == "Cancel" and widget.ui.inputsCollapsibleButton.enabled is False
+    assert widget.ui.statusLabel.text == "Importing the model" and widget._pollTimer.called("start")
+    assert widget.ui.logTextEdit.called("appendPlainText") == [("appendPlainText", ("Importing the model",), {})]
+
+    finished[0](runner)
+    assert widget._task is None and widget.ui.applyButton.text == "Apply" and refreshed == [1]
+    assert widget.ui.statusLabel.text == "Importing the model: failed."
+    assert shown == [("Importing the model failed:\nnot a model", {"detailedText": "Traceback\nValueError"})]
+
+
+class Questions:
+    """The dialogs of askOfficialImport, answered from a script (None: cancelled); records what was asked."""
+
+    def __init__(self, files=(), choice=None, modelId=None):
+        self.files, self.choice, self.modelId, self.asked = list(files), choice, modelId, []
+
+    def openFile(self, title, fileFilter):
+        self.asked.append(("file", fileFilter))
+        return self.files.pop(0) if self.files else ""
+
+    def choose(self, title, label, items):
+        self.asked.append(("choose", tuple(items)))
+        return items[self.choice] if self.choice is not None else None
+
+    def text(self, title, label, text):
+        self.asked.append(("text", text))
+        return self.modelId(text) if self.modelId else None
+
+
+def test_official_checkpoint_import_questions():
+    known = Questions(["/ckpt/best_metric_model.pth"], choice=1, modelId=lambda suggested: suggested)
+    checkpoint, labels, modelId = askOfficialImport(known)
+    assert checkpoint == "/ckpt/best_metric_model.pth" and labels == "amos" and modelId == suggestModelId("/ckpt/best_metric_model.pth", "amos")
+    assert [a[0] for a in known.asked] == ["file", "choose", "text"] and known.asked[0][1] == "PyTorch checkpoint (*.pth *.pt)"
+
+    json = Questions(["/ckpt/m.pth", "/ckpt/labels.json"], choice=2, modelId=lambda suggested: "my-model")
+    assert askOfficialImport(json) == ("/ckpt/m.pth", "/ckpt/labels.json", "my-model")
+    assert json.asked[2] == ("file", "Label list (*.json)")
+
+    assert askOfficialImport(Questions()) is None  # no checkpoint chosen: nothing else is asked
+    noLabelSet = Questions(["/ckpt/m.pth"])
+    assert askOfficialImport(noLabelSet) is None and len(noLabelSet.asked) == 2
+    assert askOfficialImport(Questions(["/ckpt/m.pth"], choice=2)) is None  # the JSON file dialog cancelled
+    assert askOfficialImport(Questions(["/ckpt/m.pth"], choice=0, modelId=lambda suggested: "")) is None  # empty model id
+
+
+class Node:
+    def __init__(self, id, name, labelmap=False):
+        self.id, self.name, self.labelmap = id, name, labelmap
+
+    def GetID(self):
+        return self.id
+
+    def GetName(self):
+        return self.name
+
+    def IsA(self, className):
+        return self.labelmap and className == "vtkMRMLLabelMapVolumeNode"
+
+
+def test_volume_and_organ_checklists():
+    ct1, labels, ct2 = Node("v1", "CT 1"), Node("v2", "CT 1 labels", labelmap=True), Node("v3", "CT 2")
+    assert ctVolumes([labels, ct1, ct2]) == [ct1, ct2] and ctVolumes([labels]) == []
+    assert volumeChecklistRows([ct1, labels, ct2], unchecked={"v3"}) == [("CT 1", "v1", True), ("CT 2", "v3", False)]
+    assert parseUncheckedOrgans("") == [] and parseUncheckedOrgans("liver,,spleen") == ["liver", "spleen"]
+    assert uncheckedOrgansText([("liver", "liver", True), ("spleen", "spleen", False), ("pancreas", None, False)]) == "spleen,pancreas"
+    assert uncheckedOrgansText([("liver", "liver", True)]) == ""
+
+    listWidget = FakeUi().organsListWidget
+    fillChecklist(listWidget, [("liver", "liver", True), ("spleen", "spleen", False)], lambda text, data, checked: (text, data, checked))
+    assert listWidget.calls == [("clear", (), {}), ("addItem", (("liver", "liver", True),), {}), ("addItem", (("spleen", "spleen", False),), {})]
