@@ -166,13 +166,12 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def __init__(self, parent=None):
         # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
-        self._initSharedState()  # parameter node, device detection (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
+        self._initSharedState()  # parameter node, device detection, poll timer (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
         self.logic = None
         self._task = None
         self._taskTitle = ""
         self._models = []
         self._lastSegmentation = None
-        self._pollTimer = None
         self._statisticsCases = []
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
@@ -230,11 +229,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 self._task.wait(timeout=30)
             except TimeoutError:
                 logger.warning("the background RepUX task did not stop within 30 s")
-        if self._deviceRunner is not None:
-            self._deviceRunner.cancel(block=True)
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
-        self.removeObservers()
+        self._stopBackground()
 
     def enter(self):
         self.initializeParameterNode()
@@ -263,12 +258,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         if p is not None:
-            self._syncingGui = True
-            try:
+            with self._syncing():
                 selectComboData(self.ui.modelComboBox, p.model)
                 selectComboData(self.ui.deviceComboBox, p.device)
-            finally:
-                self._syncingGui = False
             self._updateModelInfo()
         self._checkCanApply()
 
@@ -296,11 +288,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def refreshModels(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
             self._models = self.logic.models()
-            self._syncingGui = True
-            try:
+            with self._syncing():
                 fillCombo(self.ui.modelComboBox, modelChoices(self._models, _))
-            finally:
-                self._syncingGui = False
             self._fillModelsTable()
             self.ui.storeFolderLabel.text = _("Model store: {folder}").format(folder=str(self.logic.modelStoreFolder()))
             if self._parameterNode is not None:
@@ -327,11 +316,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def _fillOrganList(self):
         """The organ checklist: the model card's organs, checked unless the user unchecked them."""
-        self._syncingGui = True
-        try:
+        with self._syncing():
             fillChecklist(self.ui.organsListWidget, [(name, name, checked) for name, checked in self._organItems()], _checkItem)
-        finally:
-            self._syncingGui = False
 
     def _onOrganToggled(self, item):
         if self._syncingGui or self._parameterNode is None:

@@ -36,6 +36,7 @@ from RepUXTrainerLib.panel import (
     caseTableRows,
     finetuneFinishedText,
     finetuneProgressText,
+    finetuneSettings,
     mappingRows,
     rankingTableRows,
     resegmentFinishedText,
@@ -131,9 +132,8 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def __init__(self, parent=None):
         # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
-        self._initSharedState()  # parameter node, device detection (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
+        self._initSharedState()  # parameter node, device detection, poll timer (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
         self.logic = None
-        self._pollTimer = None
         self._models = []
         self._mapping = None
         self._mappedSegmentation = None
@@ -194,11 +194,7 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def cleanup(self):
         if self.logic is not None:
             self.logic.shutdown()  # a running fine-tuning is stopped with a checkpoint: Resume continues it next time
-        if self._deviceRunner is not None:
-            self._deviceRunner.cancel(block=True)
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
-        self.removeObservers()
+        self._stopBackground()
 
     def enter(self):
         self.initializeParameterNode()
@@ -234,12 +230,9 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         if p is not None:
-            self._syncingGui = True
-            try:
+            with self._syncing():
                 selectComboData(self.ui.baseModelComboBox, p.baseModel)
                 selectComboData(self.ui.deviceComboBox, p.device)
-            finally:
-                self._syncingGui = False
             if p.inputSegmentation is not self._mappedSegmentation:
                 self._refreshMapping()
             self.ui.resultModelLabel.text = resultModelText(p.resultModel, _)
@@ -296,11 +289,8 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def refreshModels(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
             self._models = self.logic.models()
-            self._syncingGui = True
-            try:
+            with self._syncing():
                 fillCombo(self.ui.baseModelComboBox, modelChoices(self._models, _, importActions=False))
-            finally:
-                self._syncingGui = False
             self._onParameterNodeModified()
 
     def _refreshOtherModules(self):
@@ -439,13 +429,7 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 onProgress=self._onFinetuneProgress,
                 onLog=self._onLog,
                 onFinished=self._onFinetuneFinished,
-                maxIterations=int(p.maxIterations),
-                timeBudgetMinutes=float(p.timeBudgetMinutes) or None,
-                device=p.device,
-                learningRate=float(p.learningRate),
-                freezeEncoderIterations=int(p.freezeEncoderIterations),
-                valFraction=float(p.validationFraction),
-                valInterval=int(p.validationInterval),
+                **finetuneSettings(p),
             )
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Preparing the data...")

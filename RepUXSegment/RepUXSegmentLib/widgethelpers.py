@@ -222,6 +222,8 @@ class ModuleWidgetMixin:
 
     * the parameter node: connect/disconnect the GUI and observe it (``setParameterNode``, ``exit``);
     * the log panel (``_appendLog``, ``_onLog``);
+    * GUI updates made by the code, which the change handlers skip (``with self._syncing():``), and the end of
+      ``cleanup()`` (``_stopBackground``);
     * the device list: detected in the background with ``repux info --json`` (``_detectDevices``), shown with
       :func:`deviceChoices`, the choice stored in the parameter node's ``device`` (``onDeviceChanged``).
 
@@ -233,6 +235,7 @@ class ModuleWidgetMixin:
     def _initSharedState(self) -> None:
         self._parameterNode: Any = None
         self._parameterNodeGuiTag: Any = None
+        self._pollTimer: Any = None
         self._deviceRunner: Any = None
         self._devicesDetected = False
         self._syncingGui = False
@@ -258,6 +261,23 @@ class ModuleWidgetMixin:
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
+    @contextlib.contextmanager
+    def _syncing(self) -> Iterator[None]:
+        """GUI updates made by the code (not the user): the change handlers skip them while this block runs."""
+        self._syncingGui = True
+        try:
+            yield
+        finally:
+            self._syncingGui = False
+
+    def _stopBackground(self) -> None:
+        """The end of ``cleanup()``: stop the device detection and the poll timer, remove the observers."""
+        if self._deviceRunner is not None:
+            self._deviceRunner.cancel(block=True)
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        self.removeObservers()
+
     # log panel
     def _appendLog(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)
@@ -272,13 +292,9 @@ class ModuleWidgetMixin:
         self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     def _setDeviceChoices(self, devices: Sequence[Any]) -> None:
-        self._syncingGui = True
-        try:
-            fillCombo(
-                self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, self.tr), self._parameterNode.device if self._parameterNode else None
-            )
-        finally:
-            self._syncingGui = False
+        with self._syncing():
+            selected = self._parameterNode.device if self._parameterNode else None
+            fillCombo(self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, self.tr), selected)
 
     def _detectDevices(self) -> None:
         from .dependencies import torchStatus

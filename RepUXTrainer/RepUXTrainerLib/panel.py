@@ -8,7 +8,7 @@ table rows or ``{widget name: {attribute: value}}`` states for
 * :func:`buttonStates` - which buttons are enabled (and their tooltips/texts) given the logic and the parameter node;
 * :func:`caseTableRows` / :func:`trainingSetInfoText` - the training set section;
 * :func:`mappingRows` / :func:`applyMappingChoice` - the segment -> class mapping table and a choice made in it;
-* :func:`finetuneProgressText` / :func:`finetuneFinishedText` / :func:`duration` / :func:`resultModelText` - fine-tuning;
+* :func:`finetuneSettings` / :func:`finetuneProgressText` / :func:`finetuneFinishedText` / :func:`duration` / :func:`resultModelText` - fine-tuning;
 * :func:`resegmentFinishedText` / :func:`rankingTableRows` / :func:`resumeRunNames` - the new model and the next case.
 """
 
@@ -28,6 +28,7 @@ __all__ = [
     "duration",
     "finetuneFinishedText",
     "finetuneProgressText",
+    "finetuneSettings",
     "mappingRows",
     "rankingTableRows",
     "resegmentFinishedText",
@@ -139,6 +140,19 @@ def applyMappingChoice(mapping: Any, row: int, data: str) -> None:
         mapping.setTarget(entry.segment.id, None)
     else:
         mapping.setTarget(entry.segment.id, data)
+
+
+def finetuneSettings(p: Any) -> dict[str, Any]:
+    """The fine-tuning settings of ``TrainerLogic.startFinetune`` from the parameter node (a time budget of 0 is none)."""
+    return {
+        "maxIterations": int(p.maxIterations),
+        "timeBudgetMinutes": float(p.timeBudgetMinutes) or None,
+        "device": p.device,
+        "learningRate": float(p.learningRate),
+        "freezeEncoderIterations": int(p.freezeEncoderIterations),
+        "valFraction": float(p.validationFraction),
+        "valInterval": int(p.validationInterval),
+    }
 
 
 def duration(seconds: float | None) -> str:

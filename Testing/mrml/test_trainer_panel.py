@@ -17,6 +17,7 @@ from RepUXTrainerLib.panel import (
     duration,
     finetuneFinishedText,
     finetuneProgressText,
+    finetuneSettings,
     mappingRows,
     rankingTableRows,
     resegmentFinishedText,
@@ -175,3 +176,49 @@ def test_the_widget_applies_the_button_states(trainerModuleFile, mrml):
     widget._updateButtons()
     assert widget.ui.startButton.enabled is False and widget.ui.startButton.toolTip == "The training set needs at least 2 cases."
     assert widget.ui.rankButton.text == "Rank by uncertainty" and widget.ui.addCaseButton.enabled is False
+
+
+def test_finetune_settings_from_the_parameter_node():
+    p = SimpleNamespace(
+        maxIterations=300.0,
+        timeBudgetMinutes=0.0,
+        device="cuda:0",
+        learningRate=2e-4,
+        freezeEncoderIterations=10,
+        validationFraction=0.2,
+        validationInterval=50,
+    )
+    settings = finetuneSettings(p)
+    assert settings == {
+        "maxIterations": 300,
+        "timeBudgetMinutes": None,
+        "device": "cuda:0",
+        "learningRate": 2e-4,
+        "freezeEncoderIterations": 10,
+        "valFraction": 0.2,
+        "valInterval": 50,
+    }
+    assert isinstance(settings["maxIterations"], int)
+    p.timeBudgetMinutes = 30
+    assert finetuneSettings(p)["timeBudgetMinutes"] == 30.0
+
+
+@pytest.mark.slicer
+@pytest.mark.parametrize("module", ["RepUXSegment", "RepUXTrainer"])
+def test_both_widgets_share_the_syncing_guard_and_the_cleanup(trainerModuleFile, module):
+    """ModuleWidgetMixin._syncing (change handlers skip code-made updates, even after an error) and _stopBackground."""
+    import sys
+
+    from test_module_runtime import widgetWithoutSetup
+    from widget_fakes import FakeWidget
+
+    cancelled, removed = [], []
+    widget = widgetWithoutSetup(sys.modules[module], _pollTimer=FakeWidget("timer"))
+    with pytest.raises(ValueError), widget._syncing():
+        assert widget._syncingGui
+        raise ValueError("a combo box could not be filled")
+    assert widget._syncingGui is False
+    widget._deviceRunner = SimpleNamespace(cancel=lambda block: cancelled.append(block))
+    widget.removeObservers = lambda: removed.append(1)
+    widget._stopBackground()
+    assert cancelled == [True] and widget._pollTimer.called("stop") and removed == [1]
