@@ -35,7 +35,7 @@ from RepUXSegmentLib.panel import (
     modelTableRows,
     parseUncheckedOrgans,
     progressText,
-    segmentationDoneText,
+    segmentationResult,
     storeCommandResult,
     taskStates,
     uncheckedOrgansText,
@@ -532,26 +532,18 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def _onSegmentationFinished(self, outcome):
         self._clearTask()
+        result = segmentationResult(outcome, _)
         if outcome.succeeded:
-            node = outcome.segmentationNode
-            self._lastSegmentation = node
-            self.ui.show3DButton.setSegmentationNode(node)
+            self._lastSegmentation = outcome.segmentationNode
+            self.ui.show3DButton.setSegmentationNode(outcome.segmentationNode)
             self.ui.show3DButton.enabled = True
-            self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = segmentationDoneText(outcome, _)
-            if outcome.warnings:
-                self.ui.warningLabel.text = _("Warning: {warnings}").format(warnings=" ".join(outcome.warnings))
-                self.ui.warningLabel.show()
-        elif outcome.status == "cancelled":
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Cancelled.")
-        else:
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Failed: {message}").format(message=outcome.errorMessage)
-            self.ui.logCollapsibleButton.collapsed = False
-            slicer.util.errorDisplay(
-                _("Segmentation failed:\n{message}").format(message=outcome.errorMessage), detailedText=self.ui.logTextEdit.toPlainText()[-5000:]
-            )
+        self.ui.progressBar.value = result["progress"]
+        self.ui.statusLabel.text = result["status"]
+        if result["warning"]:
+            self.ui.warningLabel.text = result["warning"]
+            self.ui.warningLabel.show()
+        if result["error"]:
+            self._showFailure(result["error"], slicer.util.errorDisplay)
         self._checkCanApply()
 
     # ------------------------------------------------------- several volumes

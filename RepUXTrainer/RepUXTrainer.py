@@ -34,6 +34,7 @@ from RepUXTrainerLib.panel import (
     applyMappingChoice,
     buttonStates,
     caseTableRows,
+    chooseResumeRun,
     finetuneFinishedText,
     finetuneProgressText,
     finetuneSettings,
@@ -41,7 +42,6 @@ from RepUXTrainerLib.panel import (
     rankingTableRows,
     resegmentFinishedText,
     resultModelText,
-    resumeRunNames,
     trainingSetInfoText,
 )
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -445,16 +445,11 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         with slicer.util.tryWithErrorDisplay(_("Failed to resume fine-tuning."), waitCursor=True):
             runDirectory = None
             if self.logic.job is None:
-                runs = self._resumableRuns
-                if not runs:
+                ask = lambda names: qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume fine-tuning"), _("Stopped run:"), names, 0, False)
+                run = chooseResumeRun(self._resumableRuns, ask)
+                if run is None:
                     return
-                names = resumeRunNames(runs)
-                choice = names[0]
-                if len(runs) > 1:
-                    choice = qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume fine-tuning"), _("Stopped run:"), names, 0, False)
-                    if not choice:
-                        return
-                runDirectory = str(runs[names.index(choice)].resolvedRunDirectory())
+                runDirectory = str(run.resolvedRunDirectory())
             self.logic.resumeFinetune(runDirectory=runDirectory, onProgress=self._onFinetuneProgress, onLog=self._onLog, onFinished=self._onFinetuneFinished)
             self.ui.statusLabel.text = _("Resuming...")
             self.onShowChart()
@@ -474,10 +469,7 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._refreshOtherModules()
             self.ui.resultCollapsibleButton.collapsed = False
         elif outcome.status not in ("stopped", "cancelled"):
-            self.ui.logCollapsibleButton.collapsed = False
-            slicer.util.errorDisplay(
-                _("Fine-tuning failed:\n{message}").format(message=outcome.errorMessage), detailedText=self.ui.logTextEdit.toPlainText()[-5000:]
-            )
+            self._showFailure(_("Fine-tuning failed:\n{message}").format(message=outcome.errorMessage), slicer.util.errorDisplay)
         self._refreshResumableRuns()
 
     def onShowChart(self):

@@ -6,7 +6,7 @@ and the translation function ``tr`` (``slicer.i18n.tr`` in Slicer), and returns 
 
 * :func:`applyButtonStates` - the Apply and batch Apply buttons (enabled, tooltip listing what is missing);
 * :func:`modelButtonStates` / :func:`modelTableRows` / :func:`modelInfoText` / :func:`defaultModelId` - the Models section;
-* :func:`progressText` / :func:`segmentationDoneText` / :func:`batchFinishedText` / :func:`failedVolumesText` - the status line;
+* :func:`progressText` / :func:`segmentationResult` / :func:`segmentationDoneText` / :func:`batchFinishedText` / :func:`failedVolumesText` - the status line;
 * :func:`ctVolumes` / :func:`volumeChecklistRows` / :func:`parseUncheckedOrgans` / :func:`uncheckedOrgansText` - the input
   volume and the two checklists (organs, volumes of the batch);
 * :func:`dependenciesText` - the Python packages line;
@@ -40,6 +40,7 @@ __all__ = [
     "parseUncheckedOrgans",
     "progressText",
     "segmentationDoneText",
+    "segmentationResult",
     "storeCommandResult",
     "taskStates",
     "uncheckedOrgansText",
@@ -138,6 +139,18 @@ def volumesText(volumesMl: Mapping[str, float]) -> str:
 
 def segmentationDoneText(outcome: Any, tr: Callable[[str], str] = _identity) -> str:
     return tr("Done in {seconds:.0f} s: {volumes}").format(seconds=outcome.seconds, volumes=volumesText(outcome.volumesMl))
+
+
+def segmentationResult(outcome: Any, tr: Callable[[str], str] = _identity) -> dict[str, Any]:
+    """What the panel shows when a segmentation ends: ``progress`` (the bar), ``status`` (the line), ``warning`` (the
+    warning label, None: hidden) and ``error`` (the message to show, None: nothing to show)."""
+    if outcome.succeeded:
+        warning = tr("Warning: {warnings}").format(warnings=" ".join(outcome.warnings)) if outcome.warnings else None
+        return {"progress": 100, "status": segmentationDoneText(outcome, tr), "warning": warning, "error": None}
+    if outcome.status == "cancelled":
+        return {"progress": 0, "status": tr("Cancelled."), "warning": None, "error": None}
+    error = tr("Segmentation failed:\n{message}").format(message=outcome.errorMessage)
+    return {"progress": 0, "status": tr("Failed: {message}").format(message=outcome.errorMessage), "warning": None, "error": error}
 
 
 def batchFinishedText(outcome: Any, tr: Callable[[str], str] = _identity) -> str:

@@ -221,7 +221,7 @@ class ModuleWidgetMixin:
     ``self.logic``, ``addObserver``/``removeObserver`` from ``VTKObservationMixin`` and ``_startPolling()``):
 
     * the parameter node: connect/disconnect the GUI and observe it (``setParameterNode``, ``exit``);
-    * the log panel (``_appendLog``, ``_onLog``);
+    * the log panel (``_appendLog``, ``_onLog``, ``_showFailure``);
     * GUI updates made by the code, which the change handlers skip (``with self._syncing():``), and the end of
       ``cleanup()`` (``_stopBackground``);
     * the device list: detected in the background with ``repux info --json`` (``_detectDevices``), shown with
@@ -284,6 +284,12 @@ class ModuleWidgetMixin:
 
     def _onLog(self, level: str, text: str) -> None:
         self._appendLog(logLine(level, text))
+
+    def _showFailure(self, message: str, display: Callable[..., Any]) -> None:
+        """A task failed: open the log panel and show ``message`` once (``display`` is ``slicer.util.errorDisplay``),
+        the end of the log as its details."""
+        self.ui.logCollapsibleButton.collapsed = False
+        display(message, detailedText=self.ui.logTextEdit.toPlainText()[-5000:])
 
     # devices
     def onDeviceChanged(self, index: int) -> None:

@@ -9,7 +9,8 @@ table rows or ``{widget name: {attribute: value}}`` states for
 * :func:`caseTableRows` / :func:`trainingSetInfoText` - the training set section;
 * :func:`mappingRows` / :func:`applyMappingChoice` - the segment -> class mapping table and a choice made in it;
 * :func:`finetuneSettings` / :func:`finetuneProgressText` / :func:`finetuneFinishedText` / :func:`duration` / :func:`resultModelText` - fine-tuning;
-* :func:`resegmentFinishedText` / :func:`rankingTableRows` / :func:`resumeRunNames` - the new model and the next case.
+* :func:`resegmentFinishedText` / :func:`rankingTableRows` - the new model and the next case;
+* :func:`chooseResumeRun` / :func:`resumeRunNames` - which stopped run Resume continues.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "applyMappingChoice",
     "buttonStates",
     "caseTableRows",
+    "chooseResumeRun",
     "duration",
     "finetuneFinishedText",
     "finetuneProgressText",
@@ -205,3 +207,17 @@ def rankingTableRows(candidates: Sequence[Any], tr: Callable[[str], str] = _iden
 def resumeRunNames(runs: Sequence[Any]) -> list[str]:
     """The names the Resume question lists, one per stopped run: ``<model id> (<training set>)``."""
     return [f"{o.modelId} ({o.dataset})" for o in runs]
+
+
+def chooseResumeRun(runs: Sequence[Any], ask: Callable[[list[str]], str | None]) -> Any:
+    """The stopped run to resume: the only one, or the one picked by ``ask(names)`` (a dialog listing
+    :func:`resumeRunNames`; None or "" when cancelled) when there are several. None when there is none or the user cancelled."""
+    if not runs:
+        return None
+    names = resumeRunNames(runs)
+    choice = names[0]
+    if len(runs) > 1:
+        choice = ask(names)
+        if not choice:
+            return None
+    return runs[names.index(choice)]

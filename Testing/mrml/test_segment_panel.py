@@ -26,6 +26,7 @@ from RepUXSegmentLib.panel import (
     parseUncheckedOrgans,
     progressText,
     segmentationDoneText,
+    segmentationResult,
     storeCommandResult,
     taskStates,
     uncheckedOrgansText,
@@ -253,3 +254,19 @@ def test_volume_and_organ_checklists():
     listWidget = FakeUi().organsListWidget
     fillChecklist(listWidget, [("liver", "liver", True), ("spleen", "spleen", False)], lambda text, data, checked: (text, data, checked))
     assert listWidget.calls == [("clear", (), {}), ("addItem", (("liver", "liver", True),), {}), ("addItem", (("spleen", "spleen", False),), {})]
+
+
+def test_segmentation_result():
+    done = SimpleNamespace(succeeded=True, status="succeeded", seconds=3.0, volumesMl={"liver": 2.0}, warnings=["thin volume", "3 slices"], errorMessage="")
+    assert segmentationResult(done) == {"progress": 100, "status": "Done in 3 s: liver 2 mL", "warning": "Warning: thin volume 3 slices", "error": None}
+    done.warnings = []
+    assert segmentationResult(done)["warning"] is None
+    cancelled = SimpleNamespace(succeeded=False, status="cancelled", errorMessage="")
+    assert segmentationResult(cancelled) == {"progress": 0, "status": "Cancelled.", "warning": None, "error": None}
+    failed = SimpleNamespace(succeeded=False, status="failed", errorMessage="CUDA out of memory")
+    assert segmentationResult(failed) == {
+        "progress": 0,
+        "status": "Failed: CUDA out of memory",
+        "warning": None,
+        "error": "Segmentation failed:\nCUDA out of memory",
+    }

@@ -14,6 +14,7 @@ from RepUXTrainerLib.panel import (
     applyMappingChoice,
     buttonStates,
     caseTableRows,
+    chooseResumeRun,
     duration,
     finetuneFinishedText,
     finetuneProgressText,
@@ -222,3 +223,19 @@ def test_both_widgets_share_the_syncing_guard_and_the_cleanup(trainerModuleFile,
     widget.removeObservers = lambda: removed.append(1)
     widget._stopBackground()
     assert cancelled == [True] and widget._pollTimer.called("stop") and removed == [1]
+
+    shown = []
+    widget.ui.logTextEdit.toPlainText = lambda: "x" * 6000 + "last line"
+    widget._showFailure("It failed:\nout of memory", lambda text, **kwargs: shown.append((text, kwargs)))
+    assert widget.ui.logCollapsibleButton.collapsed is False
+    assert shown == [("It failed:\nout of memory", {"detailedText": ("x" * 6000 + "last line")[-5000:]})]
+
+
+def test_which_stopped_run_resume_continues():
+    runs = [SimpleNamespace(modelId="ft-1", dataset="a"), SimpleNamespace(modelId="ft-2", dataset="b")]
+    asked = []
+    assert chooseResumeRun([], asked.append) is None and asked == []
+    assert chooseResumeRun(runs[:1], asked.append) is runs[0] and asked == []  # the only one: nothing to ask
+    assert chooseResumeRun(runs, lambda names: asked.append(names) or names[1]) is runs[1]
+    assert asked == [["ft-1 (a)", "ft-2 (b)"]]
+    assert chooseResumeRun(runs, lambda names: "") is None  # cancelled
