@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from types import SimpleNamespace
 
 import qt
 import slicer
@@ -18,25 +19,42 @@ from RepUXSegmentLib import selftest
 from RepUXSegmentLib.batch import STATISTICS_TABLE_HEADERS, BatchSegmentationJob, statisticsTableRows, writeStatisticsCsv
 from RepUXSegmentLib.dependencies import missingRequirements, readRequirements, torchStatus
 from RepUXSegmentLib.logic import SegmentLogic
-from RepUXSegmentLib.models import (
-    LABEL_SET_CHOICES,
-    convertOfficialArguments,
-    doctorArguments,
-    findModel,
-    importArguments,
-    installArguments,
-    suggestModelId,
+from RepUXSegmentLib.models import convertOfficialArguments, doctorArguments, findModel, importArguments, installArguments
+from RepUXSegmentLib.panel import (
+    applyButtonStates,
+    askOfficialImport,
+    batchFinishedText,
+    ctVolumes,
+    defaultModelId,
+    dependenciesText,
+    downloadQuestion,
+    failedVolumesText,
+    installationCheckResult,
+    modelButtonStates,
+    modelInfoText,
+    modelTableRows,
+    parseUncheckedOrgans,
+    progressText,
+    segmentationResult,
+    storeCommandResult,
+    taskStates,
+    uncheckedOrgansText,
+    volumeChecklistRows,
 )
 from RepUXSegmentLib.widgethelpers import (
     IMPORT_MODEL_ITEM,
     IMPORT_OFFICIAL_ITEM,
     ModuleWidgetMixin,
     chosenOrgans,
+    fillChecklist,
     fillCombo,
+    fillTable,
     modelChoices,
     organItems,
     reportErrors,
     selectComboData,
+    selectedRow,
+    setWidgetStates,
 )
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -46,6 +64,22 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 from slicer.util import VTKObservationMixin
 
 logger = logging.getLogger(__name__)
+
+
+def _checkItem(text, data, checked):
+    """A checkable item of a checklist (the organs, the batch's volumes), its ``data`` in the user role."""
+    item = qt.QListWidgetItem(text)
+    item.setData(qt.Qt.UserRole, data)
+    item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+    item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
+    return item
+
+
+def _checklist(listWidget):
+    """``(text, data, checked)`` of each item of a checklist."""
+    items = [listWidget.item(i) for i in range(listWidget.count)]
+    return [(item.text(), item.data(qt.Qt.UserRole), item.checkState() == qt.Qt.Checked) for item in items]
+
 
 #
 # RepUXSegment
@@ -132,13 +166,12 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def __init__(self, parent=None):
         # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
-        self._initSharedState()  # parameter node, device detection (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
+        self._initSharedState()  # parameter node, device detection, poll timer (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
         self.logic = None
         self._task = None
         self._taskTitle = ""
         self._models = []
         self._lastSegmentation = None
-        self._pollTimer = None
         self._statisticsCases = []
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
@@ -196,11 +229,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 self._task.wait(timeout=30)
             except TimeoutError:
                 logger.warning("the background RepUX task did not stop within 30 s")
-        if self._deviceRunner is not None:
-            self._deviceRunner.cancel(block=True)
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
-        self.removeObservers()
+        self._stopBackground()
 
     def enter(self):
         self.initializeParameterNode()
@@ -220,23 +249,18 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-                if not node.IsA("vtkMRMLLabelMapVolumeNode"):
-                    self._parameterNode.inputVolume = node
-                    break
+            volumes = ctVolumes(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
         if not self._parameterNode.model and self._models:
-            installed = [m for m in self._models if m.installed]
-            self._parameterNode.model = (installed or self._models)[0].id
+            self._parameterNode.model = defaultModelId(self._models)
 
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         if p is not None:
-            self._syncingGui = True
-            try:
+            with self._syncing():
                 selectComboData(self.ui.modelComboBox, p.model)
                 selectComboData(self.ui.deviceComboBox, p.device)
-            finally:
-                self._syncingGui = False
             self._updateModelInfo()
         self._checkCanApply()
 
@@ -245,20 +269,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if self._task is not None:
             return
         p = self._parameterNode
-        problems = []
-        if p is None or not p.inputVolume:
-            problems.append(_("Select an input volume."))
-        if p is None or not p.model:
-            problems.append(_("Select a model (or import one in the Models section)."))
-        elif chosenOrgans(self._organItems()) == ():
-            problems.append(_("Check at least one organ."))
-        self.ui.applyButton.enabled = not problems
-        self.ui.applyButton.toolTip = "\n".join(problems) if problems else _("Segment the organs of the input volume.")
-        batchProblems = [m for m in problems if m != _("Select an input volume.")]
-        if not self._checkedBatchVolumes():
-            batchProblems.append(_("Check at least one volume."))
-        self.ui.batchApplyButton.enabled = not batchProblems
-        self.ui.batchApplyButton.toolTip = "\n".join(batchProblems) if batchProblems else _("Segment every checked volume.")
+        hasVolume, model = (p is not None and bool(p.inputVolume)), (p.model if p is not None else "")
+        setWidgetStates(self.ui, applyButtonStates(hasVolume, model, chosenOrgans(self._organItems()), len(self._checkedBatchVolumes()), _))
 
     # ------------------------------------------------------------ combo boxes
     def onModelChanged(self, index):
@@ -276,87 +288,48 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def refreshModels(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
             self._models = self.logic.models()
-            self._syncingGui = True
-            try:
+            with self._syncing():
                 fillCombo(self.ui.modelComboBox, modelChoices(self._models, _))
-            finally:
-                self._syncingGui = False
             self._fillModelsTable()
             self.ui.storeFolderLabel.text = _("Model store: {folder}").format(folder=str(self.logic.modelStoreFolder()))
             if self._parameterNode is not None:
                 if not self._parameterNode.model and self._models:
-                    installed = [m for m in self._models if m.installed]
-                    self._parameterNode.model = (installed or self._models)[0].id  # triggers the GUI update
+                    self._parameterNode.model = defaultModelId(self._models)  # triggers the GUI update
                 else:
                     self._onParameterNodeModified()
 
     def _fillModelsTable(self):
-        statusText = {"built-in": _("built-in"), "installed": _("installed"), "downloadable": _("downloadable"), "official": _("official: import")}
-        table = self.ui.modelsTable
-        table.setRowCount(len(self._models))
-        for row, m in enumerate(self._models):
-            values = [m.id, m.version, statusText.get(m.status, m.status), f"{m.sizeMB:.1f}", ", ".join(m.labels)]
-            for column, value in enumerate(values):
-                item = qt.QTableWidgetItem(value)
-                item.setToolTip(m.description or m.path or m.id)
-                table.setItem(row, column, item)
-        table.resizeColumnsToContents()
+        fillTable(self.ui.modelsTable, modelTableRows(self._models, _), qt.QTableWidgetItem)
         self._updateModelButtons()
 
     def _selectedModel(self):
-        rows = {index.row() for index in self.ui.modelsTable.selectedIndexes()}
-        if len(rows) != 1:
-            return None
-        row = rows.pop()
-        return self._models[row] if 0 <= row < len(self._models) else None
+        row = selectedRow(self.ui.modelsTable)
+        return self._models[row] if row is not None and 0 <= row < len(self._models) else None
 
     def _updateModelButtons(self):
-        selected = self._selectedModel()
-        idle = self._task is None
-        self.ui.downloadModelButton.enabled = idle and selected is not None and selected.status == "downloadable"
-        self.ui.deleteModelButton.enabled = idle and selected is not None and selected.status == "installed"
-        self.ui.importModelButton.enabled = idle
-        self.ui.importOfficialButton.enabled = idle
+        setWidgetStates(self.ui, modelButtonStates(self._selectedModel(), idle=self._task is None))
 
     def _organItems(self):
         p = self._parameterNode
         info = findModel(p.model, self._models) if p is not None else None
-        return organItems(info.labels if info is not None else (), [o for o in p.uncheckedOrgans.split(",") if o] if p is not None else ())
+        return organItems(info.labels if info is not None else (), parseUncheckedOrgans(p.uncheckedOrgans) if p is not None else ())
 
     def _fillOrganList(self):
         """The organ checklist: the model card's organs, checked unless the user unchecked them."""
-        self._syncingGui = True
-        try:
-            self.ui.organsListWidget.clear()
-            for name, checked in self._organItems():
-                item = qt.QListWidgetItem(name)
-                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
-                self.ui.organsListWidget.addItem(item)
-        finally:
-            self._syncingGui = False
+        with self._syncing():
+            fillChecklist(self.ui.organsListWidget, [(name, name, checked) for name, checked in self._organItems()], _checkItem)
 
     def _onOrganToggled(self, item):
         if self._syncingGui or self._parameterNode is None:
             return
-        widget = self.ui.organsListWidget
-        rows = [widget.item(i) for i in range(widget.count)]
-        self._parameterNode.uncheckedOrgans = ",".join(r.text() for r in rows if r.checkState() != qt.Qt.Checked)
+        self._parameterNode.uncheckedOrgans = uncheckedOrgansText(_checklist(self.ui.organsListWidget))
 
     def _updateModelInfo(self):
         info = findModel(self._parameterNode.model, self._models) if self._parameterNode is not None else None
         self._fillOrganList()
-        if info is None:
-            self.ui.modelInfoLabel.text = ""
-            return
-        organs = ", ".join(info.labels)
-        text = _("{count} organs: {organs}").format(count=len(info.labels), organs=organs) if info.labels else ""
-        if info.status == "downloadable":
-            text += "\n" + _("Downloaded ({size:.0f} MB) when you press Apply.").format(size=info.sizeMB)
-        elif info.status == "official":
-            text += "\n" + _("Official checkpoint: get it from {source}, then use Import official checkpoint...").format(source=info.source)
-        self.ui.modelInfoLabel.text = text
-        self.ui.modelInfoLabel.toolTip = info.description
+        self.ui.modelInfoLabel.text = modelInfoText(info, _)
+        if info is not None:
+            self.ui.modelInfoLabel.toolTip = info.description
 
     def onImportModel(self):
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import a RepUX model"), "", _("RepUX model (model.json *.zip)"))
@@ -365,29 +338,15 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._startStoreCommand(importArguments(path), _("Importing the model"))
 
     def onImportOfficialCheckpoint(self):
-        title = _("Import an official RepUX-Net checkpoint")
-        mainWindow = slicer.util.mainWindow()
-        checkpoint = qt.QFileDialog.getOpenFileName(mainWindow, title, "", _("PyTorch checkpoint (*.pth *.pt)"))
-        if not checkpoint:
+        questions = SimpleNamespace(  # the Qt dialogs; the questions and their order are in RepUXSegmentLib.panel
+            openFile=lambda title, fileFilter: qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), title, "", fileFilter),
+            choose=lambda title, label, items: self._askText(title, label, items=items),
+            text=lambda title, label, text: self._askText(title, label, text=text),
+        )
+        answers = askOfficialImport(questions, _)
+        if answers is None:
             return
-        choices = [
-            _("FLARE: liver, kidney, spleen, pancreas"),
-            _("AMOS: 15 abdominal organs"),
-            _("Label list from a JSON file..."),
-        ]
-        choice = self._askText(title, _("Label set the checkpoint was trained with:"), items=choices)
-        if choice is None:
-            return
-        index = choices.index(choice)
-        if index < len(LABEL_SET_CHOICES):
-            labels = LABEL_SET_CHOICES[index]
-        else:
-            labels = qt.QFileDialog.getOpenFileName(mainWindow, title, "", _("Label list (*.json)"))
-            if not labels:
-                return
-        modelId = self._askText(title, _("Model id in the model store:"), text=suggestModelId(checkpoint, labels))
-        if not modelId:
-            return
+        checkpoint, labels, modelId = answers
         with slicer.util.tryWithErrorDisplay(_("Failed to convert the checkpoint."), waitCursor=True):
             self.logic.setupPythonRequirements(askConfirmation=True)
             workFolder = tempfile.mkdtemp(prefix="RepUX-convert-", dir=slicer.app.temporaryPath)
@@ -449,32 +408,22 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._clearTask()
             for line in runner.stdoutLines:
                 self._appendLog(line)
-            self.ui.statusLabel.text = _("Installation check: OK.") if runner.succeeded else _("Installation check: problems found (see the log).")
-            if not runner.succeeded and not runner.cancelled:
-                slicer.util.errorDisplay(
-                    _("The installation check found problems:\n\n{report}").format(report="\n".join(runner.stdoutLines[-8:]) or runner.errorMessage)
-                )
+            self.ui.statusLabel.text, problems = installationCheckResult(runner, _)
+            if problems is not None:
+                slicer.util.errorDisplay(problems)
 
         self._appendLog(_("Checking the installation (repux doctor)..."))
         self._setTask(self.logic.startRepuxCommand(doctorArguments(), onLog=self._onRunnerLog, onFinished=onFinished), _("Checking the installation"))
 
     def _updateDependenciesLabel(self):
-        torch = {"ok": _("PyTorch installed"), "outdated": _("PyTorch too old"), "missing": _("PyTorch missing")}[torchStatus()]
         missing = missingRequirements(readRequirements(self.logic.requirementsPath()))
-        others = _("other packages installed") if not missing else _("missing: {packages}").format(packages=", ".join(missing))
-        self.ui.dependenciesLabel.text = f"{torch}; {others}"
+        self.ui.dependenciesLabel.text = dependenciesText(torchStatus(), missing, _)
 
     # ------------------------------------------------------------ background tasks
     def _setTask(self, task, title):
         self._task = task
         self._taskTitle = title
-        self.ui.applyButton.text = _("Cancel")
-        self.ui.applyButton.enabled = True
-        self.ui.applyButton.toolTip = _("Stop the running task.")
-        self.ui.inputsCollapsibleButton.enabled = False
-        self.ui.batchApplyButton.enabled = False
-        self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = title
+        setWidgetStates(self.ui, taskStates(title, _))
         self._updateModelButtons()
         self._startPolling()
 
@@ -512,20 +461,14 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             if temporaryFolder:
                 shutil.rmtree(temporaryFolder, ignore_errors=True)
             self.refreshModels()
-            if runner.succeeded:
-                self.ui.progressBar.value = 100
-                self.ui.statusLabel.text = _("{task}: done.").format(task=title)
-                if then is not None:
-                    with reportErrors(_("Failed to start the segmentation."), slicer.util.errorDisplay):  # in the poll path: never re-raise
-                        then()
-            elif runner.cancelled:
-                self.ui.progressBar.value = 0
-                self.ui.statusLabel.text = _("{task}: cancelled.").format(task=title)
-            else:
-                self.ui.statusLabel.text = _("{task}: failed.").format(task=title)
-                slicer.util.errorDisplay(
-                    _("{task} failed:\n{message}").format(task=title, message=runner.errorMessage), detailedText="\n".join(runner.stderrTail)
-                )
+            progress, self.ui.statusLabel.text, error = storeCommandResult(runner, title, _)
+            if progress is not None:
+                self.ui.progressBar.value = progress
+            if error is not None:
+                slicer.util.errorDisplay(error, detailedText="\n".join(runner.stderrTail))
+            elif runner.succeeded and then is not None:
+                with reportErrors(_("Failed to start the segmentation."), slicer.util.errorDisplay):  # in the poll path: never re-raise
+                    then()
 
         runner = self.logic.startRepuxCommand(arguments, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, onFinished=onFinished)
         self._setTask(runner, title)
@@ -548,8 +491,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._detectDevices()
             info = findModel(self._parameterNode.model, self._models)
             if info is not None and info.status == "downloadable":
-                question = _("Model '{model}' is not installed yet. Download it now ({size:.0f} MB)? The download is checked against its published sha256.")
-                if not slicer.util.confirmOkCancelDisplay(question.format(model=info.id, size=info.sizeMB)):
+                if not slicer.util.confirmOkCancelDisplay(downloadQuestion(info, _)):
                     return
                 self._startStoreCommand(installArguments(info.id), _("Downloading {model}").format(model=info.id), then=self._startSegmentation)
                 return
@@ -585,74 +527,34 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._task.cancel()
 
     def _onProgress(self, fraction, stage, message, etaSeconds):
-        stages = {
-            "load": _("Loading"),
-            "preprocess": _("Preprocessing"),
-            "infer": _("Segmenting"),
-            "postprocess": _("Post-processing"),
-            "write": _("Writing"),
-            "done": _("Finishing"),
-            "import": _("Importing the segments"),
-            "download": _("Downloading"),
-            "case": _("Volume finished"),
-        }
-        text = stages.get(stage, stage)
-        if message:
-            text += ": " + message
-        if etaSeconds:
-            text += " " + _("(about {seconds:.0f} s left)").format(seconds=etaSeconds)
         self.ui.progressBar.value = round(100 * fraction)
-        self.ui.statusLabel.text = text
-
-    def _onLog(self, level, text):
-        self._appendLog(text if level == "INFO" else f"{level}: {text}")
-
-    def _appendLog(self, text):
-        self.ui.logTextEdit.appendPlainText(text)
+        self.ui.statusLabel.text = progressText(stage, message, etaSeconds, _)
 
     def _onSegmentationFinished(self, outcome):
         self._clearTask()
+        result = segmentationResult(outcome, _)
         if outcome.succeeded:
-            node = outcome.segmentationNode
-            self._lastSegmentation = node
-            self.ui.show3DButton.setSegmentationNode(node)
+            self._lastSegmentation = outcome.segmentationNode
+            self.ui.show3DButton.setSegmentationNode(outcome.segmentationNode)
             self.ui.show3DButton.enabled = True
-            self.ui.progressBar.value = 100
-            volumes = ", ".join(f"{name} {ml:.0f} mL" for name, ml in outcome.volumesMl.items())
-            self.ui.statusLabel.text = _("Done in {seconds:.0f} s: {volumes}").format(seconds=outcome.seconds, volumes=volumes)
-            if outcome.warnings:
-                self.ui.warningLabel.text = _("Warning: {warnings}").format(warnings=" ".join(outcome.warnings))
-                self.ui.warningLabel.show()
-        elif outcome.status == "cancelled":
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Cancelled.")
-        else:
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Failed: {message}").format(message=outcome.errorMessage)
-            self.ui.logCollapsibleButton.collapsed = False
-            slicer.util.errorDisplay(
-                _("Segmentation failed:\n{message}").format(message=outcome.errorMessage), detailedText=self.ui.logTextEdit.toPlainText()[-5000:]
-            )
+        self.ui.progressBar.value = result["progress"]
+        self.ui.statusLabel.text = result["status"]
+        if result["warning"]:
+            self.ui.warningLabel.text = result["warning"]
+            self.ui.warningLabel.show()
+        if result["error"]:
+            self._showFailure(result["error"], slicer.util.errorDisplay)
         self._checkCanApply()
 
     # ------------------------------------------------------- several volumes
     def _fillBatchVolumes(self, caller=None, event=None):
         """The volume checklist of the batch section: every scalar volume of the scene, checked unless unchecked."""
-        widget = self.ui.batchVolumesListWidget
-        unchecked = {widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count) if widget.item(i).checkState() != qt.Qt.Checked}
-        widget.clear()
-        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.IsA("vtkMRMLLabelMapVolumeNode"):
-                continue
-            item = qt.QListWidgetItem(node.GetName())
-            item.setData(qt.Qt.UserRole, node.GetID())
-            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Unchecked if node.GetID() in unchecked else qt.Qt.Checked)
-            widget.addItem(item)
+        unchecked = {data for _text, data, checked in _checklist(self.ui.batchVolumesListWidget) if not checked}
+        rows = volumeChecklistRows(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), unchecked)
+        fillChecklist(self.ui.batchVolumesListWidget, rows, _checkItem)
 
     def _checkedBatchVolumes(self):
-        widget = self.ui.batchVolumesListWidget
-        ids = [widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count) if widget.item(i).checkState() == qt.Qt.Checked]
+        ids = [data for _text, data, checked in _checklist(self.ui.batchVolumesListWidget) if checked]
         return [node for node in (slicer.mrmlScene.GetNodeByID(i) for i in ids) if node is not None]
 
     def onBatchApply(self):
@@ -696,13 +598,10 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._clearTask()
         done = len(outcome.done)
         self.ui.progressBar.value = 100 if done == len(outcome.cases) else self.ui.progressBar.value
-        self.ui.statusLabel.text = _("{done} of {count} volumes segmented in {seconds:.0f} s ({status}).").format(
-            done=done, count=len(outcome.cases), seconds=outcome.seconds, status=outcome.status
-        )
+        self.ui.statusLabel.text = batchFinishedText(outcome, _)
         if outcome.status == "failed":
             self.ui.logCollapsibleButton.collapsed = False
-            failed = "\n".join(f"{c.volumeNode.GetName()}: {c.errorMessage}" for c in outcome.cases if c.status == "failed")
-            slicer.util.errorDisplay(_("Some volumes could not be segmented:\n{failed}").format(failed=failed or outcome.errorMessage))
+            slicer.util.errorDisplay(failedVolumesText(outcome, _))
 
     def onExportStatistics(self):
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export statistics"), "repux-statistics.csv", "CSV (*.csv)")

@@ -14,10 +14,36 @@ from typing import Annotated
 import qt
 import slicer
 from RepUXSegmentLib.dependencies import ensureDependencies
-from RepUXSegmentLib.widgethelpers import ModuleWidgetMixin, fillCombo, modelChoices, reportErrors, selectComboData, startRepuxCommand
+from RepUXSegmentLib.widgethelpers import (
+    ModuleWidgetMixin,
+    fillCombo,
+    fillTable,
+    modelChoices,
+    reportErrors,
+    selectComboData,
+    selectedRow,
+    setWidgetStates,
+    startRepuxCommand,
+)
 from RepUXTrainerLib import selftest
 from RepUXTrainerLib.logic import TrainerLogic
 from RepUXTrainerLib.mapping import segmentsOf
+from RepUXTrainerLib.panel import (
+    IGNORE_ITEM,  # noqa: F401 (the module's names of the mapping-table choices, kept for scripts)
+    NEW_CLASS_ITEM,  # noqa: F401
+    applyMappingChoice,
+    buttonStates,
+    caseTableRows,
+    chooseResumeRun,
+    finetuneFinishedText,
+    finetuneProgressText,
+    finetuneSettings,
+    mappingRows,
+    rankingTableRows,
+    resegmentFinishedText,
+    resultModelText,
+    trainingSetInfoText,
+)
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -30,10 +56,6 @@ logger = logging.getLogger(__name__)
 #: QSettings keys (remembered across sessions)
 SETTINGS_TRAINING_SET = "RepUXTrainer/TrainingSetFolder"
 SETTINGS_CANDIDATE_FOLDER = "RepUXTrainer/CandidateFolder"
-
-#: mapping-table choices besides the classes
-IGNORE_ITEM = "__ignore__"
-NEW_CLASS_ITEM = "__new-class__"
 
 #
 # RepUXTrainer
@@ -110,9 +132,8 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def __init__(self, parent=None):
         # attributes first: ScriptedLoadableModuleWidget.__init__ calls setup() itself when parent is None
         VTKObservationMixin.__init__(self)
-        self._initSharedState()  # parameter node, device detection (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
+        self._initSharedState()  # parameter node, device detection, poll timer (RepUXSegmentLib.widgethelpers.ModuleWidgetMixin)
         self.logic = None
-        self._pollTimer = None
         self._models = []
         self._mapping = None
         self._mappedSegmentation = None
@@ -173,11 +194,7 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def cleanup(self):
         if self.logic is not None:
             self.logic.shutdown()  # a running fine-tuning is stopped with a checkpoint: Resume continues it next time
-        if self._deviceRunner is not None:
-            self._deviceRunner.cancel(block=True)
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
-        self.removeObservers()
+        self._stopBackground()
 
     def enter(self):
         self.initializeParameterNode()
@@ -213,17 +230,12 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
         if p is not None:
-            self._syncingGui = True
-            try:
+            with self._syncing():
                 selectComboData(self.ui.baseModelComboBox, p.baseModel)
                 selectComboData(self.ui.deviceComboBox, p.device)
-            finally:
-                self._syncingGui = False
             if p.inputSegmentation is not self._mappedSegmentation:
                 self._refreshMapping()
-            self.ui.resultModelLabel.text = (
-                _("New model: {model} (listed in RepUX Segment).").format(model=p.resultModel) if p.resultModel else _("No fine-tuned model yet.")
-            )
+            self.ui.resultModelLabel.text = resultModelText(p.resultModel, _)
         self._updateButtons()
 
     def onBaseModelChanged(self, index):
@@ -231,51 +243,28 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._parameterNode.baseModel = self.ui.baseModelComboBox.itemData(index) or ""
 
     # ------------------------------------------------------------------ state
-    def _selectedRow(self, table):
-        rows = {index.row() for index in table.selectedIndexes()}
-        return rows.pop() if len(rows) == 1 else None
-
     def _selectedCase(self):
-        row = self._selectedRow(self.ui.casesTable)
+        row = selectedRow(self.ui.casesTable)
         return self._caseRows[row] if row is not None and row < len(self._caseRows) else None
 
     def _selectedCandidate(self):
-        row = self._selectedRow(self.ui.candidatesTable)
+        row = selectedRow(self.ui.candidatesTable)
         return self._candidates[row] if row is not None and row < len(self._candidates) else None
 
     def _updateButtons(self, *args):
         if self.logic is None:
             return
-        p = self._parameterNode
-        job = self.logic.job
-        training = job is not None and job.running
-        ranking = self.logic.ranking is not None and self.logic.ranking.running
-        hasSet = self.logic.trainingSet is not None
-        hasCase = self._selectedCase() is not None
-        self.ui.reviewCaseButton.enabled = hasCase
-        self.ui.renameCaseButton.enabled = hasCase
-        self.ui.removeCaseButton.enabled = hasCase and not training
-        canAdd = hasSet and p is not None and p.inputVolume is not None and p.inputSegmentation is not None and self._mapping is not None
-        self.ui.addCaseButton.enabled = canAdd
-        self.ui.addCaseButton.toolTip = (
-            _("Write the volume and its segmentation as a new case.") if canAdd else _("Open a training set and choose a volume and its segmentation.")
+        states = buttonStates(
+            self.logic,
+            self._parameterNode,
+            hasCase=self._selectedCase() is not None,
+            hasMapping=self._mapping is not None,
+            resumableRuns=self._resumableRuns,
+            candidatesFromFolder=self.ui.candidateSourceComboBox.currentIndex == 1,
+            hasCandidate=self._selectedCandidate() is not None,
+            tr=_,
         )
-        enough = hasSet and len(self.logic.trainingSet) >= 2
-        self.ui.startButton.enabled = enough and not training and p is not None and bool(p.baseModel)
-        self.ui.startButton.toolTip = _("Start fine-tuning in the background.") if enough else _("The training set needs at least 2 cases.")
-        self.ui.stopButton.enabled = training and job.state == "running"
-        self.ui.resumeButton.enabled = not training and ((job is not None and job.canResume) or (job is None and bool(self._resumableRuns)))
-        self.ui.showChartButton.enabled = self.logic.plot is not None
-        self.ui.resegmentButton.enabled = p is not None and bool(p.resultModel) and p.inputVolume is not None and not self.logic.segmentationJobs
-        self.ui.candidateFolderPathLineEdit.enabled = self.ui.candidateSourceComboBox.currentIndex == 1
-        self.ui.rankButton.text = _("Cancel ranking") if ranking else _("Rank by uncertainty")
-        self.ui.showUncertaintyButton.enabled = not ranking and self._selectedCandidate() is not None
-
-    def _appendLog(self, text):
-        self.ui.logTextEdit.appendPlainText(text)
-
-    def _onLog(self, level, text):
-        self._appendLog(text if level == "INFO" else f"{level}: {text}")
+        setWidgetStates(self.ui, states)
 
     def _startPolling(self):
         if not self._pollTimer.isActive():
@@ -300,11 +289,8 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def refreshModels(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
             self._models = self.logic.models()
-            self._syncingGui = True
-            try:
+            with self._syncing():
                 fillCombo(self.ui.baseModelComboBox, modelChoices(self._models, _, importActions=False))
-            finally:
-                self._syncingGui = False
             self._onParameterNodeModified()
 
     def _refreshOtherModules(self):
@@ -340,23 +326,8 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def _refreshCases(self):
         trainingSet = self.logic.trainingSet
         self._caseRows = self.logic.cases()
-        table = self.ui.casesTable
-        table.setRowCount(len(self._caseRows))
-        for row, case in enumerate(self._caseRows):
-            values = [case.name, ", ".join(case.organs), case.addedDate, case.sourceModel or _("(unknown)")]
-            for column, value in enumerate(values):
-                item = qt.QTableWidgetItem(value)
-                item.setToolTip(_("Resampled onto the volume grid: {how}").format(how=case.resampled) if case.resampled else case.id)
-                table.setItem(row, column, item)
-        table.resizeColumnsToContents()
-        if trainingSet is None:
-            self.ui.trainingSetInfoLabel.text = _("Choose a folder: an empty one for a new training set.")
-        else:
-            text = _("{count} cases; classes: {classes}").format(count=len(trainingSet), classes=", ".join(trainingSet.labels.names))
-            warnings = trainingSet.warnings()
-            if warnings:
-                text += "\n" + "\n".join(_("Note: {warning}").format(warning=w) for w in warnings)
-            self.ui.trainingSetInfoLabel.text = text
+        fillTable(self.ui.casesTable, caseTableRows(self._caseRows, _), qt.QTableWidgetItem)
+        self.ui.trainingSetInfoLabel.text = trainingSetInfoText(trainingSet, _)
         self._updateButtons()
 
     def _refreshMapping(self, addUnknown=None):
@@ -372,38 +343,24 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._mapping = self.logic.mapSegments(segmentation)
         if p.addUnknownAsNewClasses if addUnknown is None else addUnknown:
             self._mapping.addUnknownAsNewClasses(True)
-        classes = self.logic.trainingSet.labels.names
-        table.setRowCount(len(self._mapping))
-        for row, entry in enumerate(self._mapping):
-            table.setItem(row, 0, qt.QTableWidgetItem(entry.segment.name))
+        rows = mappingRows(self._mapping, self.logic.trainingSet.labels.names, _)
+        table.setRowCount(len(rows))
+        for row, mappingRow in enumerate(rows):
+            table.setItem(row, 0, qt.QTableWidgetItem(mappingRow["segment"]))
             combo = qt.QComboBox()
-            combo.addItem(_("(ignore)"), IGNORE_ITEM)
-            for name in classes:
-                combo.addItem(name, name)
-            if not entry.known:
-                combo.addItem(_("(new class)"), NEW_CLASS_ITEM)
-            current = entry.label if entry.label else (NEW_CLASS_ITEM if entry.addAsNew else IGNORE_ITEM)
-            combo.currentIndex = max(combo.findData(current), 0)
+            fillCombo(combo, mappingRow["choices"])
+            combo.currentIndex = max(combo.findData(mappingRow["current"]), 0)
             combo.connect("currentIndexChanged(int)", lambda index, row=row, combo=combo: self._onMappingChanged(row, combo.itemData(index)))
             table.setCellWidget(row, 1, combo)
-            how = entry.matchedBy if entry.known else _("unknown segment")
-            item = qt.QTableWidgetItem(how)
-            if not entry.known:
+            item = qt.QTableWidgetItem(mappingRow["how"])
+            if not mappingRow["known"]:
                 item.setForeground(qt.QBrush(qt.QColor("darkorange")))
             table.setItem(row, 2, item)
         table.resizeColumnsToContents()
         self._updateButtons()
 
     def _onMappingChanged(self, row, data):
-        if self._mapping is None or row >= len(self._mapping):
-            return
-        entry = self._mapping.entries[row]
-        if data == NEW_CLASS_ITEM:
-            entry.label, entry.addAsNew, entry.matchedBy = None, True, ""
-        elif data == IGNORE_ITEM:
-            self._mapping.setTarget(entry.segment.id, None)
-        else:
-            self._mapping.setTarget(entry.segment.id, data)
+        applyMappingChoice(self._mapping, row, data)
 
     def _onAddUnknownToggled(self, checked):
         self._refreshMapping(addUnknown=checked)  # the parameter node may not have the new value yet
@@ -472,13 +429,7 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 onProgress=self._onFinetuneProgress,
                 onLog=self._onLog,
                 onFinished=self._onFinetuneFinished,
-                maxIterations=int(p.maxIterations),
-                timeBudgetMinutes=float(p.timeBudgetMinutes) or None,
-                device=p.device,
-                learningRate=float(p.learningRate),
-                freezeEncoderIterations=int(p.freezeEncoderIterations),
-                valFraction=float(p.validationFraction),
-                valInterval=int(p.validationInterval),
+                **finetuneSettings(p),
             )
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Preparing the data...")
@@ -494,60 +445,31 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         with slicer.util.tryWithErrorDisplay(_("Failed to resume fine-tuning."), waitCursor=True):
             runDirectory = None
             if self.logic.job is None:
-                runs = self._resumableRuns
-                if not runs:
+                ask = lambda names: qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume fine-tuning"), _("Stopped run:"), names, 0, False)
+                run = chooseResumeRun(self._resumableRuns, ask)
+                if run is None:
                     return
-                names = [f"{o.modelId} ({o.dataset})" for o in runs]
-                choice = names[0]
-                if len(runs) > 1:
-                    choice = qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume fine-tuning"), _("Stopped run:"), names, 0, False)
-                    if not choice:
-                        return
-                runDirectory = str(runs[names.index(choice)].resolvedRunDirectory())
+                runDirectory = str(run.resolvedRunDirectory())
             self.logic.resumeFinetune(runDirectory=runDirectory, onProgress=self._onFinetuneProgress, onLog=self._onLog, onFinished=self._onFinetuneFinished)
             self.ui.statusLabel.text = _("Resuming...")
             self.onShowChart()
             self._startPolling()
 
-    @staticmethod
-    def _duration(seconds):
-        seconds = round(seconds or 0)
-        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
-
     def _onFinetuneProgress(self, update):
-        progress = self.logic.progress
         self.ui.progressBar.value = round(100 * update.fraction)
-        if progress.iteration:
-            text = _("Iteration {iteration}/{total}").format(iteration=progress.iteration, total=progress.maxIterations)
-            if progress.lastLoss is not None:
-                text += _(", loss {loss:.4f}").format(loss=progress.lastLoss)
-            if progress.bestMeanDice is not None:
-                text += _(", best validation Dice {dice:.3f}").format(dice=progress.bestMeanDice)
-            if update.etaSeconds:
-                text += _(" - about {eta} left").format(eta=self._duration(update.etaSeconds))
-        else:
-            text = update.message
-        self.ui.statusLabel.text = text
+        self.ui.statusLabel.text = finetuneProgressText(self.logic.progress, update, _)
 
     def _onFinetuneFinished(self, outcome):
         if outcome.succeeded:
             self._parameterNode.resultModel = outcome.modelId
             self.ui.progressBar.value = 100
-            dice = _(" Best validation Dice {dice:.3f}.").format(dice=outcome.bestMeanDice) if outcome.bestMeanDice is not None else ""
-            self.ui.statusLabel.text = _("Model '{model}' is ready.").format(model=outcome.modelId) + dice
+        self.ui.statusLabel.text = finetuneFinishedText(outcome, _)
+        if outcome.succeeded:
             self.refreshModels()
             self._refreshOtherModules()
             self.ui.resultCollapsibleButton.collapsed = False
-        elif outcome.status == "stopped":
-            self.ui.statusLabel.text = _("Stopped at iteration {iteration}. Resume continues from the checkpoint.").format(iteration=outcome.iterations)
-        elif outcome.status == "cancelled":
-            self.ui.statusLabel.text = _("Stopped before the first checkpoint.")
-        else:
-            self.ui.statusLabel.text = _("Fine-tuning failed: {message}").format(message=outcome.errorMessage)
-            self.ui.logCollapsibleButton.collapsed = False
-            slicer.util.errorDisplay(
-                _("Fine-tuning failed:\n{message}").format(message=outcome.errorMessage), detailedText=self.ui.logTextEdit.toPlainText()[-5000:]
-            )
+        elif outcome.status not in ("stopped", "cancelled"):
+            self._showFailure(_("Fine-tuning failed:\n{message}").format(message=outcome.errorMessage), slicer.util.errorDisplay)
         self._refreshResumableRuns()
 
     def onShowChart(self):
@@ -575,8 +497,7 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def _onResegmentFinished(self, outcome):
         if outcome.succeeded:
-            volumes = ", ".join(f"{name} {ml:.0f} mL" for name, ml in outcome.volumesMl.items())
-            self.ui.statusLabel.text = _("New segmentation '{name}': {volumes}").format(name=outcome.segmentationNode.GetName(), volumes=volumes)
+            self.ui.statusLabel.text = resegmentFinishedText(outcome, _)
         elif outcome.status != "cancelled":
             slicer.util.errorDisplay(_("Segmentation failed:\n{message}").format(message=outcome.errorMessage))
         self._updateButtons()
@@ -609,15 +530,9 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def _onRankingFinished(self, ranking):
         self._candidates = ranking.ranked()
-        table = self.ui.candidatesTable
-        table.setRowCount(len(self._candidates))
-        for row, candidate in enumerate(self._candidates):
-            table.setItem(row, 0, qt.QTableWidgetItem(candidate.name))
-            value = f"{candidate.meanEntropy:.4f}" if candidate.meanEntropy is not None else _("failed: {message}").format(message=candidate.errorMessage)
-            table.setItem(row, 1, qt.QTableWidgetItem(value))
-        table.resizeColumnsToContents()
+        fillTable(self.ui.candidatesTable, rankingTableRows(self._candidates, _), qt.QTableWidgetItem)
         if self._candidates and self._candidates[0].meanEntropy is not None:
-            table.selectRow(0)
+            self.ui.candidatesTable.selectRow(0)
             self.ui.statusLabel.text = _("Most uncertain: {name}. Correct it next.").format(name=self._candidates[0].name)
         self._updateButtons()
 

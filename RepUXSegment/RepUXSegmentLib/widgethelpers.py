@@ -14,6 +14,8 @@ module files stay thin:
   import, and the import actions);
 * :func:`organItems` / :func:`chosenOrgans` - the organ checklist (default: every organ of the model);
 * :func:`startRepuxCommand` - ``<python> -m repux <arguments>`` in the background;
+* :func:`setWidgetStates` / :func:`fillTable` / :func:`fillChecklist` / :func:`selectedRow` / :func:`logLine` - apply what the Qt-free
+  panel functions decided (widget attributes, table rows), read a table's selection, format a log line;
 * :class:`ModuleWidgetMixin` - the parameter-node and device plumbing both widgets had a copy of.
 """
 
@@ -34,11 +36,16 @@ __all__ = [
     "ModuleWidgetMixin",
     "chosenOrgans",
     "deviceChoices",
+    "fillChecklist",
     "fillCombo",
+    "fillTable",
+    "logLine",
     "modelChoices",
     "organItems",
     "reportErrors",
     "selectComboData",
+    "selectedRow",
+    "setWidgetStates",
     "startRepuxCommand",
 ]
 
@@ -156,6 +163,46 @@ def chosenOrgans(items: Sequence[tuple[str, bool]]) -> tuple[str, ...] | None:
     return None if len(checked) == len(items) else checked
 
 
+def setWidgetStates(ui: Any, states: dict[str, dict[str, Any]]) -> None:
+    """Set ``{widget name: {attribute: value}}`` on the widgets of ``ui`` (``enabled``, ``toolTip``, ``text``...)."""
+    for name, attributes in states.items():
+        widget = getattr(ui, name)
+        for attribute, value in attributes.items():
+            setattr(widget, attribute, value)
+
+
+def fillTable(table: Any, rows: Sequence[tuple[Sequence[str], str | None]], makeItem: Callable[[str], Any]) -> None:
+    """Replace the rows of a table widget by ``(cells, tooltip)`` rows; ``makeItem(text)`` makes a cell
+    (``qt.QTableWidgetItem``); a None tooltip leaves the cell without one."""
+    table.setRowCount(len(rows))
+    for row, (cells, toolTip) in enumerate(rows):
+        for column, text in enumerate(cells):
+            item = makeItem(text)
+            if toolTip is not None:
+                item.setToolTip(toolTip)
+            table.setItem(row, column, item)
+    table.resizeColumnsToContents()
+
+
+def fillChecklist(listWidget: Any, rows: Iterable[tuple[str, Any, bool]], makeItem: Callable[[str, Any, bool], Any]) -> None:
+    """Replace the items of a list widget by checkable ``(text, data, checked)`` rows; ``makeItem(text, data, checked)``
+    makes one (a checkable ``qt.QListWidgetItem``)."""
+    listWidget.clear()
+    for text, data, checked in rows:
+        listWidget.addItem(makeItem(text, data, checked))
+
+
+def selectedRow(table: Any) -> int | None:
+    """The row of a table's selection when exactly one row is selected, else None."""
+    rows = {index.row() for index in table.selectedIndexes()}
+    return rows.pop() if len(rows) == 1 else None
+
+
+def logLine(level: str, text: str) -> str:
+    """A line of the log panel: INFO messages as they are, others prefixed with their level."""
+    return text if level == "INFO" else f"{level}: {text}"
+
+
 def startRepuxCommand(
     arguments: Sequence[str],
     pythonExecutable: str | None = None,
@@ -174,6 +221,9 @@ class ModuleWidgetMixin:
     ``self.logic``, ``addObserver``/``removeObserver`` from ``VTKObservationMixin`` and ``_startPolling()``):
 
     * the parameter node: connect/disconnect the GUI and observe it (``setParameterNode``, ``exit``);
+    * the log panel (``_appendLog``, ``_onLog``, ``_showFailure``);
+    * GUI updates made by the code, which the change handlers skip (``with self._syncing():``), and the end of
+      ``cleanup()`` (``_stopBackground``);
     * the device list: detected in the background with ``repux info --json`` (``_detectDevices``), shown with
       :func:`deviceChoices`, the choice stored in the parameter node's ``device`` (``onDeviceChanged``).
 
@@ -185,6 +235,7 @@ class ModuleWidgetMixin:
     def _initSharedState(self) -> None:
         self._parameterNode: Any = None
         self._parameterNodeGuiTag: Any = None
+        self._pollTimer: Any = None
         self._deviceRunner: Any = None
         self._devicesDetected = False
         self._syncingGui = False
@@ -210,6 +261,36 @@ class ModuleWidgetMixin:
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
+    @contextlib.contextmanager
+    def _syncing(self) -> Iterator[None]:
+        """GUI updates made by the code (not the user): the change handlers skip them while this block runs."""
+        self._syncingGui = True
+        try:
+            yield
+        finally:
+            self._syncingGui = False
+
+    def _stopBackground(self) -> None:
+        """The end of ``cleanup()``: stop the device detection and the poll timer, remove the observers."""
+        if self._deviceRunner is not None:
+            self._deviceRunner.cancel(block=True)
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        self.removeObservers()
+
+    # log panel
+    def _appendLog(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def _onLog(self, level: str, text: str) -> None:
+        self._appendLog(logLine(level, text))
+
+    def _showFailure(self, message: str, display: Callable[..., Any]) -> None:
+        """A task failed: open the log panel and show ``message`` once (``display`` is ``slicer.util.errorDisplay``),
+        the end of the log as its details."""
+        self.ui.logCollapsibleButton.collapsed = False
+        display(message, detailedText=self.ui.logTextEdit.toPlainText()[-5000:])
+
     # devices
     def onDeviceChanged(self, index: int) -> None:
         if self._syncingGui or self._parameterNode is None or index < 0:
@@ -217,13 +298,9 @@ class ModuleWidgetMixin:
         self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     def _setDeviceChoices(self, devices: Sequence[Any]) -> None:
-        self._syncingGui = True
-        try:
-            fillCombo(
-                self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, self.tr), self._parameterNode.device if self._parameterNode else None
-            )
-        finally:
-            self._syncingGui = False
+        with self._syncing():
+            selected = self._parameterNode.device if self._parameterNode else None
+            fillCombo(self.ui.deviceComboBox, deviceChoices(devices, self._devicesDetected, self.tr), selected)
 
     def _detectDevices(self) -> None:
         from .dependencies import torchStatus
