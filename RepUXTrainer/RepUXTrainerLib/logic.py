@@ -320,19 +320,10 @@ class TrainerLogic:
 
     def _startSegmentationJob(self, volumeNode: Any, model: str, device: str, quality: str, onProgress: Any, onLog: Any, onFinished: Any) -> Any:
         """Start a ``RepUXSegmentLib.segmentation.SegmentationJob`` (the module overrides this to go through RepUXSegment's logic)."""
-        from RepUXSegmentLib.segmentation import SegmentationJob, SegmentationOptions
+        from RepUXSegmentLib.logic import SegmentLogic
 
-        job = SegmentationJob(
-            volumeNode,
-            SegmentationOptions(model=model, device=device, quality=quality),
-            context=self.context,
-            pythonExecutable=self.pythonExecutable,
-            onProgress=onProgress,
-            onLog=onLog,
-            onFinished=onFinished,
-        )
-        job.start()
-        return job
+        segmentLogic = SegmentLogic(context=self.context, pythonExecutable=self.pythonExecutable)
+        return segmentLogic.startSegmentation(volumeNode, model, device, quality, onProgress=onProgress, onLog=onLog, onFinished=onFinished)
 
     def resegment(self, volumeNode: Any, model: str | None = None, device: str = "auto", quality: str = "standard", timeout: float | None = None) -> Any:
         """Blocking :meth:`startResegmentation`; returns the new segmentation node.
