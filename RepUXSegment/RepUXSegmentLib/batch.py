@@ -37,14 +37,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, checkScalarVolume, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
 from .process import ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
-from .segmentation import MODEL_ATTRIBUTE, SegmentationOptions
+from .segmentation import MODEL_ATTRIBUTE, SegmentationOptions, renumberedSpecs
 
 __all__ = [
     "STATISTICS_TABLE_HEADERS",
@@ -115,9 +115,7 @@ def specsForOrgans(card: Any, specs: Sequence[SegmentSpec], organs: Sequence[str
         return list(specs)
     from repux.labels import resolve_organs  # ConfigError (a ValueError) names the organ and lists the model's
 
-    chosen = {label.value for label in resolve_organs(card.labels, list(organs))}
-    kept = [s for s in sorted(specs, key=lambda s: s.value) if s.value in chosen]
-    return [replace(s, value=i) for i, s in enumerate(kept, start=1)]
+    return renumberedSpecs(specs, {label.value for label in resolve_organs(card.labels, list(organs))})
 
 
 class BatchSegmentationJob(BackgroundJob):

@@ -37,7 +37,6 @@ __all__ = [
     "roiBoundsInVolumeSpace",
     "segmentSpecs",
     "segmentSpecsFromModel",
-    "selectLabels",
     "subjectHierarchyParent",
     "writeNodeNrrd",
     "writeVolumeNrrd",
@@ -136,34 +135,6 @@ def segmentSpecsFromModel(model: str | os.PathLike[str]) -> tuple[Any, list[Segm
 
     card = resolve_model(str(model))
     return card, segmentSpecs(card.labels)
-
-
-def selectLabels(labelmapNode: Any, specs: Sequence[SegmentSpec]) -> list[SegmentSpec]:
-    """Keep only the labels of ``specs`` in ``labelmapNode``, renumbered 1..M by value (other voxels -> 0).
-
-    Used when the user chose some of the model's organs: only those become segments.  Returns the
-    renumbered specs.
-    """
-    import dataclasses
-
-    import numpy as np
-    from vtkmodules.util import numpy_support
-
-    ordered = sorted(specs, key=lambda spec: spec.value)
-    scalars = labelmapNode.GetImageData().GetPointData().GetScalars()
-    array = numpy_support.vtk_to_numpy(scalars)
-    if array.size and array.min() < 0:
-        raise ValueError("the label map has negative label values.")
-    top = max([int(array.max()) if array.size else 0] + [spec.value for spec in ordered])
-    lookup = np.zeros(top + 1, dtype=array.dtype)
-    selected = []
-    for index, spec in enumerate(ordered, start=1):
-        lookup[spec.value] = index
-        selected.append(dataclasses.replace(spec, value=index))
-    array[...] = lookup[array]  # the numpy view shares the VTK array's memory
-    scalars.Modified()
-    labelmapNode.GetImageData().Modified()
-    return selected
 
 
 def checkScalarVolume(volumeNode: Any) -> None:

@@ -18,19 +18,20 @@ timer; :func:`segmentVolume` is the blocking form for scripts and tests.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .jobs import BackgroundJob, JobState
-from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, selectLabels, writeVolumeNrrd
+from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
 from .process import CONTROL_ARGUMENTS, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "SegmentationJob",
     "SegmentationOptions",
     "SegmentationOutcome",
+    "renumberedSpecs",
     "segmentVolume",
 ]
 
@@ -67,6 +69,14 @@ class SegmentationError(RuntimeError):
     def __init__(self, message: str, outcome: SegmentationOutcome | None = None) -> None:
         super().__init__(message)
         self.outcome = outcome
+
+
+def renumberedSpecs(specs: Sequence[SegmentSpec], chosenValues: Iterable[int]) -> list[SegmentSpec]:
+    """The specs of the chosen label values renumbered 1..k in the model's order: what ``repux segment --organs``
+    writes (the other organs are background)."""
+    chosen = set(chosenValues)
+    kept = [s for s in sorted(specs, key=lambda s: s.value) if s.value in chosen]
+    return [dataclasses.replace(s, value=i) for i, s in enumerate(kept, start=1)]
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ class SegmentationOptions:
                 raise ValueError(f"organ names must be non-empty and without commas; got {bad!r}.")
 
     def selectSpecs(self, specs: Sequence[SegmentSpec]) -> list[SegmentSpec]:
-        """The segments to create: those of :attr:`organs` (all when None).
+        """The segments to create: those of :attr:`organs` (all when None), numbered as the engine writes them.
 
         Raises:
             ValueError: an organ the model does not have (the message lists the model's organs).
@@ -122,7 +132,7 @@ class SegmentationOptions:
         if unknown:
             raise ValueError(f"the model has no organ {', '.join(map(repr, unknown))}; its organs are: {', '.join(s.name for s in specs)}.")
         wanted = {str(o).strip().lower() for o in self.organs}
-        return [s for s in specs if s.name.lower() in wanted]
+        return renumberedSpecs(specs, {s.value for s in specs if s.name.lower() in wanted})
 
     def commandArguments(
         self, inputPath: str | os.PathLike[str], outputPath: str | os.PathLike[str], modelPath: str | os.PathLike[str] | None = None
@@ -317,11 +327,10 @@ class SegmentationJob(BackgroundJob):
             if self.onProgress is not None:
                 self.onProgress(1.0, "import", "importing the segments", 0.0)
             labelmapNode = readLabelmapNrrd(labelsPath)
-            specs = self.specs if self.options.organs is None else selectLabels(labelmapNode, self.specs)  # only the chosen organs
             segNode = importLabelmap(
                 self.context,
                 labelmapNode,
-                specs,
+                self.specs,  # with --organs the engine already wrote only the chosen organs, numbered 1..k
                 self.volumeNode,
                 outputSegmentation=self.outputSegmentation,
                 name=f"{self.volumeNode.GetName()} segmentation",

@@ -341,3 +341,20 @@ def test_unknown_model_is_reported_before_anything_runs(mrml):
     with pytest.raises(ModelFileError, match="unknown model 'no-such-model'"):
         segmentVolume(volume, "no-such-model", context=mrml.context(), pythonExecutable=sys.executable)
     assert os.listdir(mrml.tempDirectory) == []
+
+
+def test_organ_subset_gives_the_engines_labels_voxel_for_voxel(mrml, tiny_model_dir, tmp_path):
+    """With some organs chosen, the engine writes them renumbered 1..k (--organs): the import must keep every voxel."""
+    from RepUXSegmentLib.logic import SegmentLogic
+
+    original = makeLeftHandedObliqueVolume(tmp_path / "subset.nrrd")
+    volume = mrml.loadVolume(original, "subset")
+    cli = CliRun(original, tiny_model_dir, tmp_path / "cli.nrrd", "--organs", "spleen,liver")
+    logic = SegmentLogic(context=mrml.context(), pythonExecutable=sys.executable)
+    seg = logic.segment(volume, str(tiny_model_dir), device="cpu", quality="fast", organs=("spleen", "liver"), timeout=600)
+    segmentation = seg.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["liver", "spleen"]
+    exported = exportLabels(mrml, seg, volume)
+    expected = sampleInPhysicalSpace(cli.result(), exported, ijkToRASArray(volume))
+    assert set(np.unique(expected)) == {0, 1, 2}, "the subset should show both organs"
+    np.testing.assert_array_equal(exported, expected)

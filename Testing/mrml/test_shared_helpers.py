@@ -1,12 +1,11 @@
 """What both module widgets share (RepUXSegmentLib.widgethelpers), the organ choice of RepUX Segment, the shared MRML
-helpers (MRMLContext.headless, selectLabels) and the model list with the official checkpoints."""
+helpers (MRMLContext.headless, the organ numbering of --organs) and the model list with the official checkpoints."""
 
 from __future__ import annotations
 
 import datetime
 import logging
 
-import numpy as np
 import pytest
 from RepUXSegmentLib.models import DeviceChoice, ModelInfo, doctorArguments, listModels, sanitizeModelId, suggestModelId
 from RepUXSegmentLib.widgethelpers import (
@@ -127,21 +126,17 @@ def test_organ_checklist_and_the_organs_option():
             SegmentationOptions(model="m", organs=bad).validate()
 
 
-def test_select_labels_keeps_the_chosen_organs_renumbered(slicerCore):
-    import vtk
-    from RepUXSegmentLib.mrml import SegmentSpec, selectLabels
-    from vtkmodules.util import numpy_support
+def test_chosen_organs_are_numbered_as_the_engine_writes_them():
+    """`repux segment --organs` writes the chosen organs as 1..k in the model's order: the specs follow that numbering."""
+    from RepUXSegmentLib.mrml import SegmentSpec
+    from RepUXSegmentLib.segmentation import SegmentationOptions, renumberedSpecs
 
-    labels = np.array([[[0, 1, 2, 3], [3, 3, 1, 0]]], dtype=np.uint8)
-    node = slicerCore.vtkMRMLLabelMapVolumeNode()
-    image = vtk.vtkImageData()
-    image.SetDimensions(4, 2, 1)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(labels.ravel(), deep=True))
-    node.SetAndObserveImageData(image)
-    kept = selectLabels(node, [SegmentSpec(3, "spleen", (0.1, 0.2, 0.3)), SegmentSpec(1, "liver")])
+    specs = [SegmentSpec(3, "spleen", (0.1, 0.2, 0.3)), SegmentSpec(1, "liver"), SegmentSpec(2, "kidney")]
+    kept = renumberedSpecs(specs, {3, 1})
     assert [(s.value, s.name) for s in kept] == [(1, "liver"), (2, "spleen")] and kept[1].color == (0.1, 0.2, 0.3)
-    result = numpy_support.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).reshape(labels.shape)
-    assert result.tolist() == [[[0, 1, 0, 2], [2, 2, 1, 0]]]
+    chosen = SegmentationOptions(model="m", organs=("Spleen", "liver")).selectSpecs(specs)
+    assert [(s.value, s.name) for s in chosen] == [(1, "liver"), (2, "spleen")]
+    assert SegmentationOptions(model="m").selectSpecs(specs) == specs  # all organs: the model's own values
 
 
 def test_headless_context_has_a_scene_and_the_logics(slicerCore, tmp_path):
@@ -168,5 +163,10 @@ def test_the_module_files_share_one_copy_of_the_helpers():
     repo = Path(__file__).resolve().parents[2]
     for module in ("RepUXSegment", "RepUXTrainer"):
         source = (repo / module / f"{module}.py").read_text()
-        assert "def _selectComboData" not in source and "ProcessRunner(" not in source and "tryWithErrorDisplay(_(\"Failed to open the training set.\"), waitCursor=True):\n                self.logic.openTrainingSet(folder)\n" not in source
+        assert (
+            "def _selectComboData" not in source
+            and "ProcessRunner(" not in source
+            and 'tryWithErrorDisplay(_("Failed to open the training set."), waitCursor=True):\n                self.logic.openTrainingSet(folder)\n'
+            not in source
+        )
         assert len(source.splitlines()) < 800
