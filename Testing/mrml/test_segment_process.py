@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from launcher import pidAlive
 from RepUXSegmentLib.process import (
     LogMessage,
     ProcessRunner,
@@ -31,21 +32,6 @@ def pythonScript(tmp_path: Path, code: str) -> list[str]:
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(code))
     return [sys.executable, str(script)]
-
-
-def pidAlive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def waitFor(condition, timeout: float = 10.0) -> bool:
