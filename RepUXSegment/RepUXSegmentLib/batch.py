@@ -91,6 +91,11 @@ class BatchOutcome:
     def done(self) -> list[BatchCaseResult]:
         return [c for c in self.cases if c.status == "done"]
 
+    @property
+    def tally(self) -> str:
+        """``"2 of 3 volumes segmented"``."""
+        return f"{len(self.done)} of {len(self.cases)} volumes segmented"
+
 
 def caseNames(names: Sequence[str]) -> list[str]:
     """Unique, filesystem-safe case names (``[A-Za-z0-9_-]``) for node names, in order."""
@@ -223,9 +228,20 @@ class BatchSegmentationJob(BackgroundJob):
     def _stopForTimeout(self) -> None:
         self.cancel(immediately=True)
 
-    def _failedOutcome(self, message: str) -> BatchOutcome:
+    #: the job's last log line per outcome (BackgroundJob._finish)
+    outcomeMessages = {
+        SUCCEEDED: ("INFO", "batch succeeded: {outcome.tally} in {outcome.seconds:.1f} s"),
+        FAILED: ("WARNING", "batch failed: {outcome.tally} in {outcome.seconds:.1f} s"),
+        CANCELLED: ("WARNING", "batch cancelled: {outcome.tally} in {outcome.seconds:.1f} s"),
+    }
+
+    def _outcome(self, status: str, message: str = "") -> BatchOutcome:
+        """The outcome of the ended batch (the temporary folder is removed first)."""
         self._removeTemporaryFiles()
-        return BatchOutcome(FAILED, list(self.cases), message, self.runner.returncode if self.runner else None)
+        return BatchOutcome(status, list(self.cases), message, self.runner.returncode if self.runner else None)
+
+    def _failedOutcome(self, message: str) -> BatchOutcome:
+        return self._outcome(FAILED, message)
 
     # ----------------------------------------------------------------- engine output
     def _onRunnerProgress(self, update: ProgressUpdate) -> None:
@@ -283,28 +299,17 @@ class BatchSegmentationJob(BackgroundJob):
                 if not stopped:
                     case.errorMessage = runner.errorMessage or "the engine stopped before this case"
         if stopped:
-            self._finish(CANCELLED, "")
+            self._finish(self._outcome(CANCELLED))
         elif any(c.status != "done" for c in self.cases):
             failed = [c for c in self.cases if c.status == "failed"]
-            self._finish(FAILED, f"{len(failed)} of {len(self.cases)} volumes failed" + (f": {failed[0].errorMessage}" if failed else ""))
+            self._finish(self._outcome(FAILED, f"{len(failed)} of {len(self.cases)} volumes failed" + (f": {failed[0].errorMessage}" if failed else "")))
         else:
-            self._finish(SUCCEEDED, "")
+            self._finish(self._outcome(SUCCEEDED))
 
     def _removeTemporaryFiles(self) -> None:
         if self.tempDirectory is not None:
             shutil.rmtree(self.tempDirectory, ignore_errors=True)
             self.tempDirectory = None
-
-    def _finish(self, status: Any, message: str = "") -> None:  # type: ignore[override]
-        if isinstance(status, BatchOutcome):  # from BackgroundJob.processEvents (a callback failed)
-            outcome = status
-        else:
-            self._removeTemporaryFiles()
-            outcome = BatchOutcome(status, list(self.cases), message, self.runner.returncode if self.runner else None)
-        done = len(outcome.done)
-        level = "INFO" if outcome.status == SUCCEEDED else "WARNING"
-        self.outcomeMessages = {outcome.status: (level, f"batch {outcome.status}: {done} of {len(self.cases)} volumes segmented in {{outcome.seconds:.1f}} s")}
-        super()._finish(outcome)
 
 
 STATISTICS_COLUMNS = ("organ", "voxels", "volume_ml", "hu_mean", "hu_std", "hu_median", "hu_min", "hu_max", "hu_p5", "hu_p95", "touches_border")
