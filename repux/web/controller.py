@@ -506,9 +506,8 @@ class WebController:
                 self.notify(f"segmentation failed: {outcome.errorMessage}", "error")
             return
         node = outcome.segmentationNode
-        chosen = set(self.state["organs"])
         node.SetName(self.context.scene.GenerateUniqueName(f"{self._node(volume_id).GetName()} - {model_id}"))
-        volumes = {k: round(float(v), 1) for k, v in outcome.volumesMl.items() if not chosen or k in chosen}
+        volumes = {k: round(float(v), 1) for k, v in outcome.volumesMl.items()}  # the engine reports the chosen organs only
         self.results.setdefault(volume_id, []).append({"segmentation": node.GetID(), "model": model_id, "volumes_ml": volumes})
         self.state["progress"] = {
             "fraction": 1.0,
