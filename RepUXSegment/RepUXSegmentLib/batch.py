@@ -43,7 +43,7 @@ from typing import Any
 
 from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, checkScalarVolume, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
+from .process import ProgressUpdate
 from .segmentation import MODEL_ATTRIBUTE, SegmentationOptions, renumberedSpecs
 
 __all__ = [
@@ -202,13 +202,8 @@ class BatchSegmentationJob(BackgroundJob):
                 args += ["--organs", ",".join(self.organs)]
             if self.statistics:
                 args.append("--statistics")
-            command = repuxCommand(args, self.pythonExecutable or findPythonExecutable())
-            env = self.environment if self.environment is not None else childEnvironment()
             self._log("INFO", f"batch of {len(self.cases)} volumes with model {self.modelCard.id} {self.modelCard.version}")
-            self._log("INFO", "running: " + " ".join(command))
-            # control=True: Cancel is a stop line on the engine's stdin (works through PythonSlicer's launcher and on Windows)
-            self.runner = ProcessRunner(command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True)
-            self.runner.start()
+            self._startEngine(args, cwd=self.tempDirectory, onProgress=self._onRunnerProgress)
         except BaseException:
             self._removeTemporaryFiles()
             raise

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .process import DEFAULT_GRACE_SECONDS, waitForJob
+from .process import DEFAULT_GRACE_SECONDS, ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand, waitForJob
 
 __all__ = ["BackgroundJob", "JobState"]
 
@@ -62,6 +62,10 @@ class BackgroundJob:
     #: the log line per outcome status (``{outcome.*}`` fields available)
     outcomeMessages: dict[str, tuple[str, str]] = {}
 
+    #: interpreter for ``-m repux`` (None: PythonSlicer) and the child's environment (None: :func:`childEnvironment`)
+    pythonExecutable: str | None = None
+    environment: Any = None
+
     def __init__(self, onLog: Callable[[str, str], None] | None = None, onFinished: Callable[[Any], None] | None = None) -> None:
         self.onLog = onLog
         self.onFinished = onFinished
@@ -82,6 +86,19 @@ class BackgroundJob:
     def _onRunnerLog(self, message: Any) -> None:
         if self.onLog is not None:
             self.onLog(message.level, message.text)
+
+    def _startEngine(
+        self, arguments: list[str], *, cwd: Any = None, onProgress: Callable[[Any], None] | None = None, logPrefix: str | None = "running: "
+    ) -> Any:
+        """Start ``<python> -m repux <arguments>`` as ``self.runner``, with the stop channel on its stdin (``control=True``:
+        Cancel/Stop work through PythonSlicer's launcher and on Windows); log the command line after ``logPrefix``."""
+        command = repuxCommand(arguments, self.pythonExecutable or findPythonExecutable())
+        if logPrefix is not None:
+            self._log("INFO", logPrefix + " ".join(command))
+        env = self.environment if self.environment is not None else childEnvironment()
+        self.runner = ProcessRunner(command, env=env, cwd=cwd, onProgress=onProgress, onLog=self._onRunnerLog, control=True)
+        self.runner.start()
+        return self.runner
 
     def processEvents(self) -> bool:
         """Deliver the engine's output; handle its exit. True while running."""

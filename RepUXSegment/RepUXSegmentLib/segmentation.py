@@ -32,7 +32,7 @@ from typing import Any
 
 from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import CONTROL_ARGUMENTS, ProcessRunner, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
+from .process import CONTROL_ARGUMENTS, ProgressUpdate
 
 __all__ = [
     "QUALITIES",
@@ -284,13 +284,10 @@ class SegmentationJob(BackgroundJob):
         try:
             inputPath = writeVolumeNrrd(self.volumeNode, self.tempDirectory / "input.nrrd")
             outputPath = self.tempDirectory / "labels.nrrd"
-            python = self.pythonExecutable or findPythonExecutable()
-            command = repuxCommand(self.options.commandArguments(inputPath, outputPath, self.modelCard.path), python)
-            env = self.environment if self.environment is not None else childEnvironment()
             self._log("INFO", f"model {self.modelCard.id} {self.modelCard.version}: {', '.join(s.name for s in self.specs)}")
-            self._log("INFO", "running: " + " ".join(command))
-            self.runner = ProcessRunner(command, env=env, cwd=self.tempDirectory, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True)
-            self.runner.start()
+            self._startEngine(
+                self.options.commandArguments(inputPath, outputPath, self.modelCard.path), cwd=self.tempDirectory, onProgress=self._onRunnerProgress
+            )
         except BaseException:
             self._removeTemporaryFiles()
             raise

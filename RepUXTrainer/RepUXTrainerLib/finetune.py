@@ -374,8 +374,6 @@ class FinetuneJob(BackgroundJob):
             RuntimeError: the job is running.
             ProcessStartError: the interpreter could not be started.
         """
-        from RepUXSegmentLib.process import ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand
-
         if self.running:
             raise RuntimeError("the fine-tuning is already running.")
         self.options.validate()
@@ -401,13 +399,8 @@ class FinetuneJob(BackgroundJob):
         if not resume:
             self.progressLogPath.write_text("", encoding="utf-8")
             self.progress = TrainingProgress()
-        python = self.pythonExecutable or findPythonExecutable()
-        command = repuxCommand(self.options.commandArguments(resume=resume), python)
-        env = self.environment if self.environment is not None else childEnvironment()
-        self._log("INFO", ("resuming: " if resume else "running: ") + " ".join(command))
         self._doneData = None
-        self.runner = ProcessRunner(command, env=env, onProgress=self._onRunnerProgress, onLog=self._onRunnerLog, control=True)
-        self.runner.start()
+        self._startEngine(self.options.commandArguments(resume=resume), onProgress=self._onRunnerProgress, logPrefix="resuming: " if resume else "running: ")
         self._startTime = time.monotonic()
         self.starts += 1
         self.outcome = None

@@ -213,7 +213,7 @@ class UncertaintyRanking(BackgroundJob):
 
     def _next(self) -> None:
         from RepUXSegmentLib.mrml import writeVolumeNrrd
-        from RepUXSegmentLib.process import CONTROL_ARGUMENTS, ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand
+        from RepUXSegmentLib.process import CONTROL_ARGUMENTS
 
         self.runner = None
         while True:
@@ -256,11 +256,7 @@ class UncertaintyRanking(BackgroundJob):
             ]
             candidate.status = RUNNING
             self._log("INFO", f"estimating the uncertainty of {candidate.name} ({self.current + 1}/{len(self.candidates)})")
-            env = self.environment if self.environment is not None else childEnvironment()
-            self.runner = ProcessRunner(
-                repuxCommand(arguments, self.pythonExecutable or findPythonExecutable()), env=env, cwd=work, onLog=self._onRunnerLog, control=True
-            )
-            self.runner.start()
+            self._startEngine(arguments, cwd=work, logPrefix=None)
             return
 
     def _onRunnerLog(self, message: Any) -> None:
