@@ -272,7 +272,7 @@ def add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
             "--control",
             choices=("none", "stdin"),
             default="none",
-            help="'stdin': a parent program stops the job by writing the line {\"command\": \"stop\"} on stdin (or by closing "
+            help='\'stdin\': a parent program stops the job by writing the line {"command": "stop"} on stdin (or by closing '
             "stdin); the job stops at its next progress point (training: after the current iteration, with a checkpoint), "
             "prints a 'stopped' progress line and exits 0 (default: none; SIGINT/SIGTERM always work)",
         )
@@ -294,13 +294,12 @@ def add_device_options(
     return g
 
 
-def add_window_options(p: argparse.ArgumentParser, quality: bool = True) -> Any:
-    """The sliding-window options of inference (MONAI's names); returns the group."""
+def add_window_options(p: argparse.ArgumentParser) -> Any:
+    """The quality preset and the sliding-window options of inference (MONAI's names); returns the group."""
     g = p.add_argument_group("inference")
-    if quality:
-        g.add_argument(
-            "--quality", choices=("fast", "standard", "best"), help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)"
-        )
+    g.add_argument(
+        "--quality", choices=("fast", "standard", "best"), help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)"
+    )
     g.add_argument("--overlap", type=open_fraction, help="sliding-window overlap in [0, 1) (default: the model's, usually 0.5)")
     g.add_argument("--roi-size", type=roi_size, help="window size, e.g. 96 or 96,96,64 (default: the model's)")
     g.add_argument(
