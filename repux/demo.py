@@ -37,10 +37,18 @@ def _to_display(image: sitk.Image, interpolator: int) -> sitk.Image:
     return sitk.Resample(img, size, sitk.Transform(), interpolator, img.GetOrigin(), (sp, sp, sp), img.GetDirection(), 0, img.GetPixelID())
 
 
-def overlay_png(ct: sitk.Image, labels: sitk.Image, label_set: LabelSet, path: str | Path, title: str = "", reference: sitk.Image | None = None) -> Path:
+def overlay_png(
+    ct: sitk.Image,
+    labels: sitk.Image,
+    label_set: LabelSet,
+    path: str | Path,
+    title: str = "",
+    reference: sitk.Image | None = None,
+    row_names: tuple[str, str] = ("RepUX", "ground truth"),
+) -> Path:
     """Write a PNG with axial, coronal and sagittal slices through the organs' centre, labels overlaid.
 
-    With ``reference`` a second row shows the reference labels for comparison.
+    With ``reference`` a second row shows the reference labels for comparison (rows named ``row_names``).
     Display is radiological: patient right on the image left, anterior up (axial).
     """
     from PIL import Image, ImageDraw
@@ -83,7 +91,7 @@ def overlay_png(ct: sitk.Image, labels: sitk.Image, label_set: LabelSet, path: s
             canvas.paste(p, (x, y))
             x += p.width + 10
         if reference is not None:
-            draw.text((14, y + 4), "RepUX" if i == 0 else "ground truth", fill=(255, 255, 0))
+            draw.text((14, y + 4), row_names[min(i, 1)], fill=(255, 255, 0))
         y += 266
     for i, lab in enumerate(label_set):
         lx, ly = 10 + (i % 4) * (width // 4), y + 4 + (i // 4) * 22
@@ -92,6 +100,12 @@ def overlay_png(ct: sitk.Image, labels: sitk.Image, label_set: LabelSet, path: s
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
+
+
+def _phantom_lut(label_set: Any) -> np.ndarray:
+    from .data.phantom import _structure_lut
+
+    return _structure_lut(label_set)
 
 
 def run_demo(
@@ -126,7 +140,10 @@ def run_demo(
     pred = sitk.GetArrayViewFromImage(result.labels)
     ref = sitk.GetArrayViewFromImage(truth)
     dice = {}
+    drawn = set(int(v) for v in np.unique(_phantom_lut(result.label_set)) if v)  # organs the phantom labels (it draws no portal vein label, e.g.)
     for lab in result.label_set:
+        if lab.value not in drawn:
+            continue
         x, y = pred == lab.value, ref == lab.value
         dice[lab.name] = round(2 * float(np.logical_and(x, y).sum()) / max(1.0, float(x.sum() + y.sum())), 4) if (x.any() or y.any()) else None
     card = segmenter.card

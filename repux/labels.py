@@ -161,6 +161,12 @@ ORGANS: dict[str, Label] = {
             _sct("64131007", "Inferior vena cava"),
             aliases=["postcava", "postcava (inferior vena cava)", "ivc", "vena cava inferior"],
         ),
+        _o(
+            "portal vein and splenic vein",
+            (0, 122, 171),
+            _sct("32764006", "Portal vein"),
+            aliases=["portal vein", "portal and splenic vein", "portal splenic vein", "portal vein splenic vein"],
+        ),
         _o("right adrenal gland", (220, 245, 20), _sct("23451007", "Adrenal gland"), RIGHT, aliases=["adrenal gland right"]),
         _o("left adrenal gland", (220, 245, 20), _sct("23451007", "Adrenal gland"), LEFT, aliases=["adrenal gland left"]),
         _o("duodenum", (255, 253, 229), _sct("38848004", "Duodenum")),

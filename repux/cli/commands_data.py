@@ -1,4 +1,4 @@
-"""Data sub-commands: ``phantoms`` and ``dataset check``."""
+"""Data sub-commands: ``phantoms``, ``synth`` and ``dataset check``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ def register(sub: Any) -> None:
     add_common(p)
     p.set_defaults(func=cmd_phantoms)
 
+    p = sub.add_parser(
+        "synth",
+        help="render synthetic CTs from real organ label maps (the built-in model's training data)",
+        description="Splits the label maps' background into synthetic tissues (body wall, fat, spine, ribs, lungs, pelvis, bowel "
+        "with gas, random blobs) and renders CT intensities (CT priors for native/portal/arterial phases, or fully random), "
+        "blur, bias, noise and slice thickness, after a random affine. Writes a RepUX dataset folder.",
+    )
+    p.add_argument("--labels", required=True, metavar="FOLDER", help="folder of label maps (.nii.gz, .nii, .nrrd, .mha)")
+    add_output_option(p, help="dataset folder to create (existing examples are kept: resumable)", metavar="FOLDER")
+    add_synth_options(p, n_flag="--n")
+    add_common(p)
+    p.set_defaults(func=cmd_synth)
+
     p = sub.add_parser("dataset", help="dataset tools")
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION")
     dsub.required = True
@@ -40,6 +53,60 @@ def register(sub: Any) -> None:
     q.add_argument("--json", action="store_true", help="print JSON")
     add_common(q, progress=False)
     q.set_defaults(func=cmd_dataset_check)
+
+
+#: the intensity modes of repux.data.synth.MODES (listed here so that --help needs no heavy import)
+SYNTH_MODES = ("mixed", "ct", "random")
+
+
+def add_synth_options(p: Any, n_flag: str = "--synth-n") -> None:
+    """Generator options shared by ``repux synth`` and ``repux train --synth``."""
+    g = p.add_argument_group("synthesis")
+    g.add_argument(n_flag, dest="synth_n", type=positive_int, default=5, metavar="N", help="examples per label map (default: 5)")
+    g.add_argument(
+        "--synth-labels", default="btcv", metavar="SET", help="organs of the label maps: btcv (13 BTCV organs, default), amos, or a label JSON file"
+    )
+    g.add_argument(
+        "--synth-mode", choices=SYNTH_MODES, default="mixed", help="intensities: ct (CT priors, contrast phases), random (SynthSeg), mixed (ct, 10%% random; default)"
+    )
+    g.add_argument(
+        "--synth-background", choices=("split", "flat"), default="split", help="split label 0 into synthetic tissues (default) or leave it flat (ablation)"
+    )
+    g.add_argument("--synth-spacing", type=csv_floats(3, "x,y,z (mm)", positive=True), help="voxel spacing of the examples (default: 3,3,3)")
+    g.add_argument("--synth-val-maps", type=non_negative_int, default=2, metavar="K", help="label maps held out for validation (default: 2)")
+    g.add_argument("--synth-workers", type=positive_int, default=1, metavar="N", help="rendering processes (default: 1)")
+    g.add_argument("--synth-seed", type=non_negative_int, default=0, help="generator seed (default: 0)")
+
+
+def synth_dataset(args: argparse.Namespace, folder: Any, progress: Any = None, cancel: Any = None) -> Any:
+    """Render (or complete) the synthetic dataset the options describe into ``folder``; returns the manifest path."""
+    from ..data.synth import BTCV, SynthConfig, write_synth_dataset
+    from ..labels import get_label_set
+
+    labels = BTCV if args.synth_labels.lower() == "btcv" else get_label_set(args.synth_labels)
+    kw: dict[str, Any] = {"mode": args.synth_mode, "background": args.synth_background == "split"}
+    if args.synth_spacing:
+        kw["spacing"] = tuple(args.synth_spacing)
+    return write_synth_dataset(
+        args.synth_source,
+        folder,
+        args.synth_n,
+        label_set=labels,
+        config=SynthConfig(**kw),
+        seed=args.synth_seed,
+        val_maps=args.synth_val_maps,
+        workers=args.synth_workers,
+        progress=progress,
+        cancel=cancel,
+    )
+
+
+def cmd_synth(args: argparse.Namespace, ctx: Any) -> int:
+    args.synth_source = args.labels
+    manifest = synth_dataset(args, args.output, ctx.progress, ctx.cancel)
+    if ctx.progress_mode != "json":
+        print(f"wrote {manifest}")
+    return 0
 
 
 def cmd_phantoms(args: argparse.Namespace, ctx: Any) -> int:

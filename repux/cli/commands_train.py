@@ -32,7 +32,14 @@ TRAIN_CANCEL_GRACE_S = 600.0
 
 
 def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
-    p.add_argument("--dataset", required=True, help="dataset folder: repux-dataset.json, MSD dataset.json or nnU-Net v2 raw")
+    src = p.add_mutually_exclusive_group(required=True) if not finetune else p
+    src.add_argument("--dataset", required=finetune, help="dataset folder: repux-dataset.json, MSD dataset.json or nnU-Net v2 raw")
+    if not finetune:
+        src.add_argument(
+            "--synth",
+            metavar="LABELMAP_FOLDER",
+            help="train on synthetic CTs rendered from these label maps (into <run-dir>/synth; see 'repux synth')",
+        )
     add_output_option(p, help="new model: a folder path, or an id (no slashes) to create it in the model store", metavar="MODEL")
     p.add_argument("--name", default="", help="human-readable model name stored in model.json")
     p.add_argument("--description", default="", help="model description stored in model.json")
@@ -77,6 +84,9 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         g.add_argument(
             "--kernel-mode", choices=("bfr", "plain"), default="bfr", help="bfr: Bayesian frequency re-parameterized kernels (default); plain: ablation"
         )
+        from .commands_data import add_synth_options
+
+        add_synth_options(p)
     h = add_device_options(p, algorithm=False)
     h.add_argument("--cache", choices=("memory", "disk", "none"), default="memory", help="cache preprocessed cases (default: memory)")
     h.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory, ~30%% slower)")
@@ -183,8 +193,8 @@ def _run_training(args: argparse.Namespace, ctx: Any, finetune: bool) -> int:
     from ..data.datasets import load_dataset
     from ..training.trainer import train
 
-    dataset = load_dataset(args.dataset)
     out_dir, model_id, in_store = _resolve_out(args.output)
+    dataset = load_dataset(args.dataset) if getattr(args, "dataset", None) else _synth_dataset(args, ctx, _run_dir(args, model_id))
     base_roi = None
     if finetune:
         from ..store import resolve_model
@@ -219,6 +229,27 @@ def _run_training(args: argparse.Namespace, ctx: Any, finetune: bool) -> int:
         where = f"model store as '{model_id}'" if in_store else str(result.card.path)
         print(f"{result.iterations} iterations ({result.stopped_by}); best validation Dice: {dice or 'n/a'}; saved to {where}")
     return 0
+
+
+def _synth_dataset(args: argparse.Namespace, ctx: Any, run_dir: Path) -> Any:
+    """The synthetic dataset of ``--synth`` in ``<run-dir>/synth``: rendered by rank 0 (resumable), awaited by the other ranks."""
+    import os
+    import time
+
+    from ..data.datasets import load_dataset
+    from .commands_data import synth_dataset
+
+    folder = run_dir / "synth"
+    manifest = folder / "repux-dataset.json"
+    args.synth_source = args.synth
+    if int(os.environ.get("RANK", "0")) == 0:
+        synth_dataset(args, folder, ctx.progress, ctx.cancel)
+    else:
+        while not manifest.exists():
+            if ctx.cancel is not None and ctx.cancel.cancelled:
+                raise ConfigError("stopped while waiting for rank 0 to render the synthetic dataset.")
+            time.sleep(2.0)
+    return load_dataset(folder)
 
 
 def cmd_train(args: argparse.Namespace, ctx: Any) -> int:

@@ -555,10 +555,26 @@ class _Run:
         self.scaler.update()
         self.scheduler.step()
         self.iteration += 1
+        if cfg.time_budget_s:
+            self._schedule_by_time()
         loss_value = loss_sum / cfg.grad_accumulation
         if not math.isfinite(loss_value):
             raise ConfigError(f"training diverged at iteration {self.iteration} (loss {loss_value}); lower --lr or use --precision fp32.")
         return loss_value
+
+    def _schedule_by_time(self) -> None:
+        """With a time budget the cosine decay follows whichever ends first, the iterations or the budget.
+
+        The schedule position is ``max(iteration, max_iterations * elapsed / budget)``, so a run stopped by its
+        budget still ends at the low learning rate instead of in the middle of the decay.
+        """
+        cfg = self.cfg
+        elapsed = time.monotonic() - self.t_start
+        position = max(self.iteration, int(cfg.max_iterations * elapsed / float(cfg.time_budget_s or 1.0)))
+        factor = _lr_lambda(cfg.warmup_iterations, cfg.max_iterations)(min(position, cfg.max_iterations))
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def validate(self) -> None:
         """Sliding-window Dice on the validation cases (rank 0); keeps the best weights.  Stops within one window when cancelled."""

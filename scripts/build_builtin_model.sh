@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Rebuild the built-in default model repux/resources/models/repux-tiny-abdomen-ct exactly as shipped:
+# synthetic CTs rendered from the 30 real BTCV organ label maps (no real image), then 'repux train'.
+# CPU, 2 cores: ~10-20 minutes of rendering (120 examples) + the training (time budget, default 90 minutes).
+# The same command runs on a GPU (--device cuda) and under torchrun (rank 0 renders, the others wait).
+# Resumable: rerun with RESUME=1 after an interruption (rendered examples are kept, training continues from
+# its last checkpoint in $WORK). SYNTH_N, VAL_MAPS, MAX_IT, BUDGET, DEVICE, LABELS and OUT override the recipe (the slow
+# test Testing/test_synth.py::test_recipe_builds_a_model runs it small).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LABELS=${LABELS:-../shared/data/labelmaps/btcv-13organ-2mm}
+WORK=${1:-runs/builtin}
+BUDGET=${BUDGET:-90m}
+OUT=${OUT:-repux/resources/models/repux-tiny-abdomen-ct}
+mkdir -p "$WORK"
+EXTRA=()
+[ "${RESUME:-0}" = "1" ] && EXTRA+=(--resume)
+python -m repux train --synth "$LABELS" --synth-n "${SYNTH_N:-4}" --synth-val-maps "${VAL_MAPS:-2}" --synth-workers 2 --synth-seed 0 \
+  --run-dir "$WORK" --output "$OUT" \
+  --name "RepUX tiny, abdominal CT (synthetic images from real BTCV label maps, 3 mm)" \
+  --description "Built-in default: trained only on synthetic CTs rendered by 'repux synth' from the 30 manual BTCV organ label maps (background split into synthetic tissues; CT priors for native/portal/arterial phases, 10% random intensities). No real image was used in training. Research use only; not a medical device. Fine-tune it on your corrected cases (RepUX Trainer / repux finetune)." \
+  --preset tiny --spacing 3,3,3 --roi-size 64 --max-iterations "${MAX_IT:-6000}" --time-budget "$BUDGET" --val-interval 500 \
+  --lr 3e-3 --warmup 50 --crop-sampling classes --channels-last --seed 0 --device "${DEVICE:-cpu}" --weights-dtype float16 "${EXTRA[@]}"
