@@ -197,9 +197,10 @@ def _dicom_cases(folder: Path, exclude: Path | None) -> tuple[list[Case], list[s
         if info.get("modality") in NON_IMAGE_MODALITIES:
             skipped.append(info["modality"])
             continue
-        label = info.get("description") or s["uid"]
+        label = info.get("description") or s["uid"] or "series"
         name = safe_name(f"{info.get('patient_id') or 'dicom'}_{label}")
-        cases.append(Case(name, str(Path(files[0]).parent), series_uid=s["uid"], files=list(files)))
+        parent = os.path.commonpath([str(Path(f).parent) for f in files])  # a series may span nested folders
+        cases.append(Case(name, parent, series_uid=s["uid"] or None, files=list(files), error=s.get("error")))
     return cases, skipped
 
 
