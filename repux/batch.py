@@ -417,6 +417,17 @@ def _read_statistics_csv(path: Path) -> list[dict[str, Any]] | None:
 
 
 # ----------------------------------------------------------------------------- the batch
+def _seg_source_problem(files: Sequence[str]) -> str | None:
+    """Why a DICOM SEG cannot reference these source files (None: it can)."""
+    from .dicomseg import check_seg_sources
+
+    try:
+        check_seg_sources(files)
+    except RepuxError as err:
+        return str(err)
+    return None
+
+
 def _next_prepared(q: queue.Queue, thread: threading.Thread, cancel: Any) -> Any:
     while True:
         try:
@@ -520,6 +531,9 @@ def run_batch(
             plan.append((c, "failed"))
         elif format == "dicom-seg" and not c.is_dicom:
             c.error = f"--format dicom-seg needs a DICOM series input; {c.input!r} is not DICOM (use seg.nrrd, nii.gz, nrrd or mha)."
+            plan.append((c, "failed"))
+        elif format == "dicom-seg" and (seg_problem := _seg_source_problem(c.files or [])):
+            c.error = seg_problem  # the SEG could not reference this series: refused before inference
             plan.append((c, "failed"))
         elif not overwrite and all(p.exists() for p in expected_outputs(c)):
             plan.append((c, "skipped"))

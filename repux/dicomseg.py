@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError
+from .errors import InputImageError, OutputError, guard_io
 from .labels import Label, LabelSet
 
 __all__ = ["NON_IMAGE_MODALITIES", "check_seg_sources", "dicom_source_files", "segment_descriptions", "write_dicom_seg"]
@@ -45,6 +45,7 @@ REQUIRED_SOURCE_UIDS = {
 OTHER_FORMATS = "write .seg.nrrd, .nii.gz, .nrrd or .mha instead (--format seg.nrrd)"
 
 
+@guard_io("reading the DICOM headers of", InputImageError)
 def dicom_source_files(path: str | Path, series_uid: str | None = None) -> list[str]:
     """The files of the DICOM series a path stands for (a folder, or one file of the series), checked for a SEG.
 
@@ -179,6 +180,9 @@ def _load_sources(source_files: Sequence[str | Path]) -> tuple[list[Any], list[s
             if not str(ds.get(keyword, "") or "").strip() and _source_uid(ds, keyword):
                 setattr(ds, keyword, _source_uid(ds, keyword))
                 patched += 1
+        for keyword in _TYPE2:  # removed by an anonymiser: present and empty, as the SEG's modules need them
+            if keyword not in ds:
+                setattr(ds, keyword, "")
         sources.append(ds)
     if patched:
         notes.append(f"took {patched} blank SOP Class/Instance UID(s) of the source from the file meta (Media Storage SOP Class/Instance UID)")
@@ -201,6 +205,7 @@ def _frame_positions(ds: Any) -> list[list[float]]:
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
+@guard_io("writing the DICOM SEG", OutputError, 3)
 def write_dicom_seg(
     label_image: sitk.Image,
     labels: LabelSet,

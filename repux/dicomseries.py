@@ -47,6 +47,16 @@ SECONDARY_CAPTURE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.3",
     "1.2.840.10008.5.1.4.1.1.7.4",
 }
+#: image storage SOP classes whose files must hold rows and pixels (a file without them is truncated)
+IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2",  # CT
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.4",  # MR
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
+    "1.2.840.10008.5.1.4.1.1.128",  # PET
+    *SECONDARY_CAPTURE_SOP_CLASSES,
+}
 #: Image Type values of images that are not slices of the volume
 NON_VOLUME_IMAGE_TYPES = {"LOCALIZER", "SCOUT", "SCREEN SAVE", "SCREENSHOT"}
 #: a blank or missing Series Instance UID: instances grouped per folder under this key
@@ -147,7 +157,7 @@ def read_instance(path: str | Path) -> DicomInstance | None:
     if not preamble and p.lower().endswith(_SKIP_SUFFIXES):
         return None
     try:
-        ds = pydicom.dcmread(p, stop_before_pixels=True, force=not preamble)
+        ds = pydicom.dcmread(p, defer_size="2 KB", force=not preamble)  # large values (pixels) are skipped, not read
         # touch the elements we use: a truncated or corrupt header fails here, not later
         meta = getattr(ds, "file_meta", None)
         sop_class = _text(ds, "SOPClassUID")
@@ -163,6 +173,9 @@ def read_instance(path: str | Path) -> DicomInstance | None:
     media_class = _text(meta, "MediaStorageSOPClassUID") if meta is not None else ""
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return None
+    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if preamble and (len(ds) == 0 or (rows and not has_pixels) or (not rows and (sop_class or media_class) in IMAGE_SOP_CLASSES)):
+        raise InputImageError(f"DICOM file {p!r} is truncated or corrupt (it ends before its {'pixel data' if rows else 'header'} is complete); remove it or export the series again.")
     if not preamble and not (sop_class or rows):
         return None  # force=True read something that is not DICOM
     from_meta = False

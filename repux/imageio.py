@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError, OutputError
+from .errors import InputImageError, OutputError, guard_io
 from .fileio import atomic_path, atomic_write_text, check_output_location
 
 __all__ = [
@@ -155,6 +155,10 @@ def _read_multiframe(path: str) -> sitk.Image:
     # highdicom's array is (slice, row, column) with an affine to LPS; SimpleITK's (k, j, i) is the same order
     affine = np.asarray(volume.affine, dtype=float)
     cols = [affine[:3, 2], affine[:3, 1], affine[:3, 0]]  # i: along a row, j: down the rows, k: across slices
+    if float(np.dot(np.cross(cols[0], cols[1]), cols[2])) < 0:  # frames stored against the slice normal: sort them along it, as a series is
+        arr = arr[::-1]
+        affine[:3, 3] = affine[:3, 3] + affine[:3, 0] * (arr.shape[0] - 1)
+        cols[2] = -cols[2]
     spacing = [float(np.linalg.norm(c)) for c in cols]
     direction = np.stack([c / s for c, s in zip(cols, spacing)], axis=1)
     img = sitk.GetImageFromArray(arr)
@@ -173,6 +177,7 @@ def _first_line(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+@guard_io("reading the input", InputImageError)
 def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     """Read a 3-D image file or DICOM series folder.
 
@@ -320,6 +325,7 @@ def _write_verified(image: sitk.Image, path: str | Path, compress: bool) -> None
             ) from err
 
 
+@guard_io("writing the output", OutputError, 1)
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
     """Write an image atomically (format from the suffix), verified before the rename.
 
@@ -330,6 +336,7 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> P
     return Path(path)
 
 
+@guard_io("writing the output", OutputError, 2)
 def write_segmentation_nrrd(label_image: sitk.Image, labels, path: str | Path, compress: bool = True) -> Path:
     """Write a label map as a 3D Slicer segmentation (``.seg.nrrd``) with names, colours and terminology.
 

@@ -271,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RepuxError as err:
         ctx.cleanup()
         close()
+        if getattr(err, "unexpected", False) and getattr(args, "verbose", 0) >= 1 and err.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(err.__cause__, file=sys.stderr)  # -v: the traceback of an unexpected reader/writer error
         print(f"repux: error: {err}", file=sys.stderr)
         return 1
     except MemoryError:
