@@ -458,3 +458,26 @@ def test_unexpected_writer_errors_become_one_line_and_nothing_half_written(outpu
     if attr != "statistics_csv":
         assert str(out) in line and not out.exists()
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "RLELossless", "JPEGLSLossless"])
+def test_compressed_multiframe_is_decoded_by_the_declared_decoders(syntax, tmp_path):
+    import pydicom.uid
+
+    ds3 = _series3()  # 512x512: openjpeg needs more than 16x16 for its resolution levels
+    ref = read_image(_write(copy.deepcopy(ds3), tmp_path / "ref"))
+    mf = _enhanced(ds3)
+    mf.compress(getattr(pydicom.uid, syntax))
+    (tmp_path / "mf").mkdir()
+    mf.save_as(str(tmp_path / "mf" / "enhanced"))
+    img = read_image(tmp_path / "mf")
+    assert same_grid(img, ref, tol=1e-3) and np.array_equal(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(ref))
+
+
+def test_doctor_lists_the_dicom_decoders():
+    from repux.doctor import diagnose, format_report
+
+    report = diagnose(forward=False)
+    dec = report["dicom_decoders"]
+    assert dec["JPEG 2000 (lossless/lossy)"] and dec["JPEG-LS lossless"] and dec["RLE lossless"] and dec["JPEG baseline (8-bit)"]
+    assert report["dicom_packages"]["pylibjpeg-openjpeg"] and "JPEG-LS lossless" in format_report(report)
