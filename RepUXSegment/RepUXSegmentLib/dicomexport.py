@@ -106,7 +106,7 @@ def dicomSegArguments(labelmapPath: str, labelsPath: str, sourceListPath: str, o
         str(outputPath),
         "--series-description",
         seriesDescription,
-        "--algorithm",
+        "--algorithm-name",
         algorithm,
     ]
 

@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
     p.add_argument("--source", required=True, nargs="+", metavar="PATH", help="the series: its folder, its files, or @list.txt (one file per line)")
     p.add_argument("--labels", metavar="JSON", help="segment names, colours and codes by label value (default: the .seg.nrrd's segments)")
     p.add_argument("--series-description", default="RepUX segmentation", help="Series Description of the SEG (default: 'RepUX segmentation')")
-    p.add_argument("--algorithm", dest="algorithm_name", default="manual", metavar="NAME", help="algorithm (model) name recorded in the SEG (default: manual)")
+    p.add_argument("--algorithm-name", dest="algorithm_name", default="manual", metavar="NAME", help="algorithm (model) name recorded in the SEG (default: manual)")
     add_output_option(p, help="the DICOM SEG file to write (.dcm)")
     add_common(p, progress=False)
     p.set_defaults(func=cmd_dicom_seg)
