@@ -481,3 +481,30 @@ def test_doctor_lists_the_dicom_decoders():
     dec = report["dicom_decoders"]
     assert dec["JPEG 2000 (lossless/lossy)"] and dec["JPEG-LS lossless"] and dec["RLE lossless"] and dec["JPEG baseline (8-bit)"]
     assert report["dicom_packages"]["pylibjpeg-openjpeg"] and "JPEG-LS lossless" in format_report(report)
+
+
+def test_dicom_seg_command_writes_a_valid_seg_and_refuses_in_one_line(tmp_path, capsys):
+    import json
+
+    ds3 = _tiny3()
+    src = _write(ds3, tmp_path / "ct", ext="")
+    lab = tmp_path / "labels.nrrd"
+    sitk.WriteImage(_labels_on(read_image(src)), str(lab))
+    names = tmp_path / "labels.json"
+    names.write_text(json.dumps([{"value": 1, "name": "liver"}, {"value": 2, "name": "kidney"}, {"value": 3, "name": "spleen"}]))
+    lst = tmp_path / "files.txt"
+    lst.write_text("".join(f"{p}\n" for p in sorted(src.iterdir())))
+    out = tmp_path / "seg.dcm"
+    rc, err = _main(["dicom-seg", "-i", str(lab), "--labels", str(names), "--source", f"@{lst}", "-o", str(out)], capsys)
+    assert rc == 0, err
+    _check_seg(out, ds3, expected_labels=("liver", "kidney", "spleen"))
+    # a label the JSON does not name, and a source without its Series Instance UID: one line each, nothing written
+    names.write_text(json.dumps([{"value": 1, "name": "liver"}]))
+    rc, err = _main(["dicom-seg", "-i", str(lab), "--labels", str(names), "--source", str(src), "-o", str(tmp_path / "x.dcm")], capsys)
+    assert rc == 1 and "label values [3]" in _error_lines(err)[0]
+    for ds in ds3:
+        ds.SeriesInstanceUID = ""
+    anon = _write(ds3, tmp_path / "anon")
+    rc, err = _main(["dicom-seg", "-i", str(lab), "--source", str(anon), "-o", str(tmp_path / "x.dcm")], capsys)
+    (line,) = _error_lines(err)
+    assert rc == 1 and "Series Instance UID (0020,000E)" in line and not (tmp_path / "x.dcm").exists()

@@ -9,10 +9,12 @@ MONAI/nibabel arrays are ``(i, j, k)``: always carry the IJK->RAS matrix
 (:func:`ijk_to_ras`) with an array.
 
 Supported inputs: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``,
-``.seg.nrrd``), MetaImage (``.mha``, ``.mhd``) and DICOM series (a folder, or
-one file of the series; the largest series is used unless a Series Instance
-UID is given; compressed transfer syntaxes such as JPEG 2000 are decoded by
-GDCM).  Every write goes to a temporary file in the target folder that is
+``.seg.nrrd``), MetaImage (``.mha``, ``.mhd``) and DICOM series (a folder, a
+DICOMDIR, or one file of the series; the largest series is used unless a Series
+Instance UID is given; :mod:`repux.dicomseries` leaves out duplicates,
+localizers and secondary captures and refuses what has no volume geometry;
+single-frame series are decoded by SimpleITK's GDCM, multi-frame enhanced CT by
+highdicom/pydicom).  Every write goes to a temporary file in the target folder that is
 renamed into place, so a crash or a kill never leaves half a file.
 """
 
