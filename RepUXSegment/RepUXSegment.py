@@ -197,6 +197,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+        self._addExportDicomSegButton()
         self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
         self.ui.importOfficialButton.connect("clicked(bool)", self.onImportOfficialCheckpoint)
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModel)
@@ -616,6 +617,26 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if node is not None and slicer.mrmlScene.IsNodePresent(node):
             return node
         return None
+
+    def _addExportDicomSegButton(self):
+        """"Export DICOM SEG..." beside "Edit": the result of a volume loaded from Slicer's DICOM database (logic: RepUXSegmentLib.dicomexport)."""
+        self.exportDicomSegButton = qt.QPushButton(_("Export DICOM SEG..."))
+        self.exportDicomSegButton.toolTip = _("Save the segmentation as a DICOM SEG referencing the input's DICOM series (load it back with the DICOM module and QuantitativeReporting).")
+        layout = getattr(self.ui, "resultButtonsLayout", None) or self.ui.editButton.parentWidget().layout()
+        layout.addWidget(self.exportDicomSegButton)
+        self.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+
+    def onExportDicomSeg(self):
+        segmentationNode = self._resultSegmentation()
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        if segmentationNode is None or volumeNode is None:
+            slicer.util.warningDisplay(_("Segment a volume loaded from the DICOM database first."))
+            return
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export DICOM SEG"), f"{segmentationNode.GetName()}.dcm", "DICOM (*.dcm)")
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Failed to export the DICOM SEG.")):
+                self.logic.exportDicomSeg(segmentationNode, volumeNode, path)
+                self.ui.statusLabel.text = _("DICOM SEG saved to {path}").format(path=path)
 
     def onEditButton(self):
         segmentationNode = self._resultSegmentation()

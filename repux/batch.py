@@ -197,9 +197,10 @@ def _dicom_cases(folder: Path, exclude: Path | None) -> tuple[list[Case], list[s
         if info.get("modality") in NON_IMAGE_MODALITIES:
             skipped.append(info["modality"])
             continue
-        label = info.get("description") or s["uid"]
+        label = info.get("description") or s["uid"] or "series"
         name = safe_name(f"{info.get('patient_id') or 'dicom'}_{label}")
-        cases.append(Case(name, str(Path(files[0]).parent), series_uid=s["uid"], files=list(files)))
+        parent = os.path.commonpath([str(Path(f).parent) for f in files])  # a series may span nested folders
+        cases.append(Case(name, parent, series_uid=s["uid"] or None, files=list(files), error=s.get("error")))
     return cases, skipped
 
 
@@ -416,6 +417,17 @@ def _read_statistics_csv(path: Path) -> list[dict[str, Any]] | None:
 
 
 # ----------------------------------------------------------------------------- the batch
+def _seg_source_problem(files: Sequence[str]) -> str | None:
+    """Why a DICOM SEG cannot reference these source files (None: it can)."""
+    from .dicomseg import check_seg_sources
+
+    try:
+        check_seg_sources(files)
+    except RepuxError as err:
+        return str(err)
+    return None
+
+
 def _next_prepared(q: queue.Queue, thread: threading.Thread, cancel: Any) -> Any:
     while True:
         try:
@@ -519,6 +531,9 @@ def run_batch(
             plan.append((c, "failed"))
         elif format == "dicom-seg" and not c.is_dicom:
             c.error = f"--format dicom-seg needs a DICOM series input; {c.input!r} is not DICOM (use seg.nrrd, nii.gz, nrrd or mha)."
+            plan.append((c, "failed"))
+        elif format == "dicom-seg" and (seg_problem := _seg_source_problem(c.files or [])):
+            c.error = seg_problem  # the SEG could not reference this series: refused before inference
             plan.append((c, "failed"))
         elif not overwrite and all(p.exists() for p in expected_outputs(c)):
             plan.append((c, "skipped"))

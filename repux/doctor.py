@@ -73,6 +73,32 @@ def _forward_pass(device: Any, model: str, roi_size: tuple[int, int, int] | None
     return {"model": card.id, "roi_size": list(roi), "seconds": round(seconds, 4), "output_classes": int(y.shape[1])}
 
 
+#: transfer syntaxes of CT from a PACS, and what decodes them in pydicom (multi-frame input; SimpleITK's GDCM decodes single-frame series)
+DICOM_TRANSFER_SYNTAXES = {
+    "JPEG 2000 (lossless/lossy)": "JPEG2000Lossless",
+    "JPEG-LS lossless": "JPEGLSLossless",
+    "RLE lossless": "RLELossless",
+    "JPEG baseline (8-bit)": "JPEGBaseline8Bit",
+    "JPEG lossless (process 14)": "JPEGLosslessSV1",
+}
+
+
+def dicom_decoders() -> dict[str, list[str]]:
+    """The pydicom pixel decoder plugins available for each transfer syntax (an empty list: none)."""
+    try:
+        import pydicom.uid
+        from pydicom.pixels import get_decoder
+    except ImportError:
+        return {}
+    out = {}
+    for name, keyword in DICOM_TRANSFER_SYNTAXES.items():
+        try:
+            out[name] = list(get_decoder(getattr(pydicom.uid, keyword)).available_plugins)
+        except Exception:  # an old pydicom without the plugin interface
+            out[name] = []
+    return out
+
+
 def diagnose(device: str = "auto", forward: bool = True, model: str | None = None, roi_size: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """The installation report (see the module docstring); never raises for a broken installation."""
     from ._version import __version__
@@ -82,9 +108,14 @@ def diagnose(device: str = "auto", forward: bool = True, model: str | None = Non
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in ("torch", "monai", "SimpleITK", "safetensors", "numpy", "slicer-core")},
+        "dicom_packages": {name: _version(name) for name in ("pydicom", "highdicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pyjpegls", "python-gdcm")},
+        "dicom_decoders": dicom_decoders(),
         "problems": [],
     }
     problems: list[str] = report["problems"]
+    for name in ("JPEG 2000 (lossless/lossy)", "JPEG-LS lossless", "RLE lossless"):
+        if report["dicom_decoders"] and not report["dicom_decoders"].get(name):
+            problems.append(f"no decoder for {name} multi-frame DICOM (pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls).")
     for required in ("torch", "monai", "SimpleITK", "safetensors"):
         if report["packages"][required] is None:
             problems.append(f"{required} is not installed (pip install {required}).")
@@ -141,6 +172,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"RepUX {report['repux']} on Python {report['python']} ({report['platform']})"]
     packages = report["packages"]
     lines.append("packages:    " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in packages.items() if v or k != "slicer-core"))
+    dp = report.get("dicom_packages") or {}
+    if dp:
+        lines.append("DICOM:       " + ", ".join(f"{k} {v}" for k, v in dp.items() if v) + "; single-frame series decoded by SimpleITK (GDCM)")
+    for name, plugins in (report.get("dicom_decoders") or {}).items():
+        lines.append(f"  {name:<28} {', '.join(plugins) if plugins else 'no decoder (pip install python-gdcm, or single-frame series only)'}")
     if "cuda_available" in report:
         cuda = f"CUDA build {report['torch_cuda_build']}" if report["torch_cuda_build"] else "CPU-only PyTorch build"
         lines.append(f"accelerators: {cuda}; CUDA available: {'yes' if report['cuda_available'] else 'no'}; MPS available: {'yes' if report['mps_available'] else 'no'}")

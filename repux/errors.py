@@ -8,7 +8,10 @@ genuine bug (any other exception) still shows a traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 __all__ = [
     "Cancelled",
@@ -20,7 +23,11 @@ __all__ = [
     "OutputError",
     "RepuxError",
     "did_you_mean",
+    "guard_io",
 ]
+
+_logger = logging.getLogger("repux.errors")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class RepuxError(Exception):
@@ -59,3 +66,42 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.4)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def guard_io(stage: str, error: type[RepuxError], path_argument: int | str = 0) -> Callable[[_F], _F]:
+    """Decorator: an unexpected exception of a reader or writer becomes ``error`` naming the file and the stage.
+
+    ``stage`` reads like "reading the input" / "writing the output"; ``path_argument`` is the position
+    or name of the function's file argument.  RepUX's own errors, cancellation, ``MemoryError`` and the
+    user's ``OSError`` (missing file, full disk: the command line explains those) pass unchanged.  The
+    traceback goes to the log (DEBUG) and stays attached as ``__cause__`` (``repux -v`` prints it).
+    """
+
+    def decorate(func: _F) -> _F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except (RepuxError, MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
+                raise
+            except Exception as err:
+                from .fileio import is_user_os_error
+
+                if is_user_os_error(err):
+                    raise
+                if isinstance(path_argument, int):
+                    target = args[path_argument] if len(args) > path_argument else kwargs.get("path", "?")
+                else:
+                    target = kwargs.get(path_argument, args[0] if args else "?")
+                text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                _logger.debug("unexpected error while %s %s", stage, target, exc_info=True)
+                wrapped = error(
+                    f"unexpected error while {stage} {str(target)!r}: {type(err).__name__}{': ' + text if text else ''} "
+                    "(nothing was written; rerun with -v for the traceback and report it)"
+                )
+                wrapped.unexpected = True  # type: ignore[attr-defined]
+                raise wrapped from err
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -9,10 +9,12 @@ MONAI/nibabel arrays are ``(i, j, k)``: always carry the IJK->RAS matrix
 (:func:`ijk_to_ras`) with an array.
 
 Supported inputs: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``,
-``.seg.nrrd``), MetaImage (``.mha``, ``.mhd``) and DICOM series (a folder, or
-one file of the series; the largest series is used unless a Series Instance
-UID is given; compressed transfer syntaxes such as JPEG 2000 are decoded by
-GDCM).  Every write goes to a temporary file in the target folder that is
+``.seg.nrrd``), MetaImage (``.mha``, ``.mhd``) and DICOM series (a folder, a
+DICOMDIR, or one file of the series; the largest series is used unless a Series
+Instance UID is given; :mod:`repux.dicomseries` leaves out duplicates,
+localizers and secondary captures and refuses what has no volume geometry;
+single-frame series are decoded by SimpleITK's GDCM, multi-frame enhanced CT by
+highdicom/pydicom).  Every write goes to a temporary file in the target folder that is
 renamed into place, so a crash or a kill never leaves half a file.
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError, OutputError
+from .errors import InputImageError, OutputError, guard_io
 from .fileio import atomic_path, atomic_write_text, check_output_location
 
 __all__ = [
@@ -64,102 +66,109 @@ def suffix_of(path: str | Path) -> str:
 
 
 def list_dicom_series(folder: str | Path) -> list[dict[str, Any]]:
-    """DICOM series in ``folder`` (recursively), largest first: uid, number of files, description."""
-    root = Path(folder)
-    series: dict[str, list[str]] = {}
-    dirs = [root] + [p for p in sorted(root.rglob("*")) if p.is_dir()]
-    shown = sitk.ProcessObject_GetGlobalWarningDisplay()
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # "No Series were found" for every non-DICOM sub-folder
-    try:
-        for d in dirs:
-            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
-                files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)
-                series.setdefault(uid, [])
-                series[uid].extend(f for f in files if f not in series[uid])
-    finally:
-        sitk.ProcessObject_SetGlobalWarningDisplay(shown)
+    """DICOM series in ``folder`` (recursively), largest first.
+
+    Each: ``uid``, ``files`` (the volume's files in slice order, after :func:`repux.dicomseries.prepare_series`:
+    duplicates, localizers and secondary captures left out), ``num_files``, ``description``, ``modality``,
+    ``notes`` (what was left out) and ``error`` (why the series cannot be segmented, or None).
+    """
+    from .dicomseries import prepare_series, scan_folder
+
     out = []
-    for uid, files in series.items():
-        desc = ""
+    for s in scan_folder(folder):
+        error = None
         try:
-            r = sitk.ImageFileReader()
-            r.SetFileName(files[0])
-            r.ReadImageInformation()
-            desc = r.GetMetaData("0008|103e").strip() if r.HasMetaDataKey("0008|103e") else ""
-        except RuntimeError:
-            pass
-        out.append({"uid": uid, "files": files, "num_files": len(files), "description": desc})
-    out.sort(key=lambda s: s["num_files"], reverse=True)
+            prepare_series(s)
+        except InputImageError as err:
+            error = str(err)
+        files = s.files or [i.path for i in s.instances]
+        modality = next((i.modality for i in s.instances if i.modality), "")
+        out.append(
+            {"uid": s.uid, "files": files, "num_files": len(files), "description": s.description, "modality": modality, "notes": s.notes, "error": error, "series": s}
+        )
     return out
 
 
 def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
-    series = list_dicom_series(folder)
+    from .dicomseg import NON_IMAGE_MODALITIES
+    from .dicomseries import prepare_series, scan_folder
+
+    broken: list[str] = []
+    found = scan_folder(folder, broken=broken)
+    if broken:
+        raise InputImageError(broken[0])
+    series = [s for s in found if any(i.is_image for i in s.instances) and not {i.modality for i in s.instances} <= NON_IMAGE_MODALITIES]
     if not series:
-        raise InputImageError(f"no DICOM series found in folder {str(folder)!r}.")
+        others = sorted({i.modality or "?" for s in found for i in s.instances})
+        why = f" (only non-image objects: {', '.join(others)})" if others else ""
+        raise InputImageError(f"no DICOM series found in folder {str(folder)!r}{why}.")
     if series_uid:
-        match = [s for s in series if s["uid"] == series_uid]
+        match = [s for s in series if s.uid == series_uid]
         if not match:
             raise InputImageError(
-                f"--series-uid {series_uid} is not in {str(folder)!r}; available: " + ", ".join(f"{s['uid']} ({s['num_files']} files)" for s in series)
+                f"--series-uid {series_uid} is not in {str(folder)!r}; available: " + ", ".join(f"{s.name} ({s.num_files} files)" for s in series)
             )
         chosen = match[0]
     else:
         chosen = series[0]
         if len(series) > 1:
             logger.info(
-                "folder holds %d DICOM series; using the largest (%s, %d files); choose another with --series-uid",
+                "folder holds %d DICOM series; using the largest (%s, %d files); the others: %s; choose another with --series-uid",
                 len(series),
-                chosen["uid"],
-                chosen["num_files"],
+                chosen.name,
+                chosen.num_files,
+                ", ".join(f"{s.name} ({s.description or 'no description'}, {s.num_files} files)" for s in series[1:]),
             )
-    files = _check_slice_spacing(chosen["files"], chosen["uid"])
+    prepare_series(chosen)
+    if chosen.multiframe:
+        return _read_multiframe(chosen.files[0])
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(chosen.files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         img = reader.Execute()
     except RuntimeError as err:
-        raise InputImageError(f"cannot read DICOM series {chosen['uid']} in {str(folder)!r}: {_first_line(err)}") from err
-    logger.info("read DICOM series %s: %d slices", chosen["uid"], chosen["num_files"])
+        raise InputImageError(f"cannot read DICOM series {chosen.name} in {str(folder)!r}: {_first_line(err)}") from err
+    logger.info("read DICOM series %s: %d slices", chosen.name, len(chosen.files))
     return img
 
 
-def _check_slice_spacing(files: list[str], uid: str) -> list[str]:
-    """Refuse series whose slice positions are irregular (ITK would silently assume even spacing).
+def _read_multiframe(path: str) -> sitk.Image:
+    """A multi-frame (enhanced or legacy-converted enhanced) CT instance as a volume (highdicom: frame geometry, rescale)."""
+    import highdicom as hd
 
-    Returns the files sorted along the slice normal.
-    """
-    positions = []
-    normal = None
-    for f in files:
-        r = sitk.ImageFileReader()
-        r.SetFileName(f)
-        try:
-            r.ReadImageInformation()
-            ipp = [float(v) for v in r.GetMetaData("0020|0032").split("\\")]
-            iop = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
-        except (RuntimeError, ValueError):
-            return files  # no usable geometry tags: leave it to ITK
-        if normal is None:
-            normal = np.cross(iop[:3], iop[3:6])
-        positions.append(float(np.dot(ipp, normal)))
-    if len(files) < 3:
-        return [f for _, f in sorted(zip(positions, files))]
-    order = np.argsort(positions)
-    steps = np.diff(np.asarray(positions)[order])
-    if (steps <= 1e-4).any():
+    try:
+        volume = hd.imread(path).get_volume(dtype=np.float32)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "decode" in text.lower() or "plugin" in text.lower() or "handler" in text.lower():
+            raise InputImageError(
+                f"cannot decode the pixel data of the multi-frame DICOM {path!r} ({text}); run 'repux doctor' to see the installed DICOM decoders "
+                "(pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls), or decompress it (e.g. gdcmconv --raw)."
+            ) from err
         raise InputImageError(
-            f"DICOM series {uid} has {int((steps <= 1e-4).sum()) + 1} slices at the same position (duplicates or several acquisitions); select the intended series with --series-uid or clean the folder."
-        )
-    median = float(np.median(steps))
-    if steps.max() - steps.min() > max(0.01 * median, 1e-3):
-        i = int(np.argmax(np.abs(steps - median)))
-        raise InputImageError(
-            f"DICOM series {uid} has irregular slice spacing ({steps.min():.2f} to {steps.max():.2f} mm; a step of {steps[i]:.2f} mm after slice {i + 1} of {len(files)}): "
-            "slices are missing or acquisitions are mixed. Load it in 3D Slicer (which can regularize the geometry) and export a volume, or remove the stray slices."
-        )
-    return [files[i] for i in order]
+            f"the multi-frame DICOM {path!r} is not a regular 3-D volume ({text}); load it in 3D Slicer and export a volume, or export the series as single-frame images."
+        ) from err
+    arr = np.asarray(volume.array)
+    if arr.ndim != 3:
+        raise InputImageError(f"the multi-frame DICOM {path!r} has pixel data of shape {arr.shape}; RepUX needs a scalar 3-D CT volume.")
+    if np.all(np.isfinite(arr)) and np.array_equal(arr, np.round(arr)) and arr.min() >= -32768 and arr.max() <= 32767:
+        arr = arr.astype(np.int16)
+    # highdicom's array is (slice, row, column) with an affine to LPS; SimpleITK's (k, j, i) is the same order
+    affine = np.asarray(volume.affine, dtype=float)
+    cols = [affine[:3, 2], affine[:3, 1], affine[:3, 0]]  # i: along a row, j: down the rows, k: across slices
+    if float(np.dot(np.cross(cols[0], cols[1]), cols[2])) < 0:  # frames stored against the slice normal: sort them along it, as a series is
+        arr = arr[::-1]
+        affine[:3, 3] = affine[:3, 3] + affine[:3, 0] * (arr.shape[0] - 1)
+        cols[2] = -cols[2]
+    spacing = [float(np.linalg.norm(c)) for c in cols]
+    direction = np.stack([c / s for c, s in zip(cols, spacing)], axis=1)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin([float(v) for v in affine[:3, 3]])
+    img.SetDirection([float(v) for v in direction.ravel()])
+    logger.info("read multi-frame DICOM %s: %d frames", path, arr.shape[0])
+    return img
 
 
 def _first_line(err: Exception) -> str:
@@ -170,6 +179,7 @@ def _first_line(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+@guard_io("reading the input", InputImageError)
 def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     """Read a 3-D image file or DICOM series folder.
 
@@ -317,6 +327,7 @@ def _write_verified(image: sitk.Image, path: str | Path, compress: bool) -> None
             ) from err
 
 
+@guard_io("writing the output", OutputError, 1)
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
     """Write an image atomically (format from the suffix), verified before the rename.
 
@@ -327,6 +338,7 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> P
     return Path(path)
 
 
+@guard_io("writing the output", OutputError, 2)
 def write_segmentation_nrrd(label_image: sitk.Image, labels, path: str | Path, compress: bool = True) -> Path:
     """Write a label map as a 3D Slicer segmentation (``.seg.nrrd``) with names, colours and terminology.
 

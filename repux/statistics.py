@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputImageError
+from .errors import InputImageError, OutputError, guard_io
 from .labels import LabelSet
 
 __all__ = ["FIELDS", "organ_statistics", "statistics_csv", "statistics_paths", "write_statistics"]
@@ -113,6 +113,7 @@ def statistics_paths(output: str | Path) -> tuple[Path, Path]:
     return p.with_name(stem + ".statistics.csv"), p.with_name(stem + ".statistics.json")
 
 
+@guard_io("writing the statistics beside", OutputError, 1)
 def write_statistics(rows: Sequence[dict[str, Any]], output: str | Path, info: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write the CSV and JSON beside ``output`` (atomically); returns their paths."""
     from .imageio import atomic_path

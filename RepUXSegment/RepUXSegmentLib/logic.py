@@ -148,6 +148,20 @@ class SegmentLogic:
         job.start()
         return job
 
+    def exportDicomSeg(self, segmentationNode: Any, volumeNode: Any, outputPath: Any, dicomDatabase: Any = None, segmentIds: Any = None) -> Any:
+        """Write ``segmentationNode`` as a DICOM SEG of ``volumeNode``'s DICOM series (a volume loaded from the DICOM database).
+
+        ``dicomDatabase``: default ``slicer.dicomDatabase``.  Blocks until the engine has written the file (seconds).
+        :raises RepUXSegmentLib.dicomexport.DicomSegExportError: not a DICOM volume, or the engine refused (one line).
+        """
+        from .dicomexport import exportDicomSeg
+
+        if dicomDatabase is None:
+            import slicer
+
+            dicomDatabase = getattr(slicer, "dicomDatabase", None)
+        return exportDicomSeg(segmentationNode, volumeNode, outputPath, dicomDatabase, self.context, self.pythonExecutable, segmentIds=segmentIds)
+
     def segment(
         self,
         inputVolume: Any,

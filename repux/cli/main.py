@@ -78,13 +78,14 @@ class JobContext:
 
 
 def _commands() -> list[Callable[[Any], None]]:
-    from . import commands_bench, commands_core, commands_data, commands_doctor, commands_infer, commands_train, commands_web
+    from . import commands_bench, commands_core, commands_data, commands_dicom, commands_doctor, commands_infer, commands_train, commands_web
 
     return [
         commands_core.register,
         commands_infer.register,
         commands_train.register,
         commands_data.register,
+        commands_dicom.register,
         commands_bench.register,
         commands_doctor.register,
         commands_web.register,
@@ -271,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RepuxError as err:
         ctx.cleanup()
         close()
+        if getattr(err, "unexpected", False) and getattr(args, "verbose", 0) >= 1 and err.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(err.__cause__, file=sys.stderr)  # -v: the traceback of an unexpected reader/writer error
         print(f"repux: error: {err}", file=sys.stderr)
         return 1
     except MemoryError:

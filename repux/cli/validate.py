@@ -53,6 +53,7 @@ COMMAND_RULES: dict[str, dict[str, tuple[str, str]]] = {
     "evaluate": {"dataset": (IN_DIR, "--dataset"), "output": (OUT_PREFIX, "--output"), "model": (MODEL, "--model")},
     "phantoms": {"output": (OUT_DIR, "--output")},
     "dataset check": {"path": (IN_DIR, "PATH")},
+    "dicom-seg": {"input": (IN_FILE, "--input"), "labels": (IN_FILE, "--labels"), "output": (OUT_FILE, "--output")},
     "benchmark": {"input": (IN_ANY, "--input"), "output": (OUT_FILE, "--output"), "model": (MODEL, "--model")},
 }
 
