@@ -224,7 +224,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def cleanup(self):
         if self._task is not None:
-            self._task.cancel()
+            self._cancelTaskForSceneChange()
             try:
                 self._task.wait(timeout=30)
             except TimeoutError:
@@ -237,8 +237,16 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def onSceneStartClose(self, caller, event):
         if self._task is not None:
-            self._task.cancel()
+            self._cancelTaskForSceneChange()
         self.setParameterNode(None)
+
+    def _cancelTaskForSceneChange(self):
+        """The scene closes (or the module goes away): stop the task at once; a batch imports nothing more (its
+        volumes belong to the closed scene; a soft cancel would import the running case into the next one)."""
+        if isinstance(self._task, BatchSegmentationJob):
+            self._task.cancel(discardResults=True)
+        else:
+            self._task.cancel()
 
     def onSceneEndClose(self, caller, event):
         self._lastSegmentation = None
