@@ -45,6 +45,7 @@ from RepUXSegmentLib.widgethelpers import (
     IMPORT_MODEL_ITEM,
     IMPORT_OFFICIAL_ITEM,
     ModuleWidgetMixin,
+    askInDialog,
     chosenOrgans,
     fillChecklist,
     fillCombo,
@@ -364,17 +365,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     @staticmethod
     def _askText(title, label, items=None, text=""):
         """A choice from ``items`` or a line of text; None when cancelled (QInputDialog.getItem cannot tell)."""
-        dialog = qt.QInputDialog(slicer.util.mainWindow())
-        dialog.setWindowTitle(title)
-        dialog.setLabelText(label)
-        if items:
-            dialog.setComboBoxItems(items)
-            dialog.setComboBoxEditable(False)
-        else:
-            dialog.setTextValue(text)
-        if not dialog.exec_():
-            return None
-        return dialog.textValue().strip()
+        return askInDialog(qt.QInputDialog(slicer.util.mainWindow()), title, label, items=items, text=text)
 
     def onDownloadModel(self):
         selected = self._selectedModel()

@@ -16,6 +16,7 @@ import slicer
 from RepUXSegmentLib.dependencies import ensureDependencies
 from RepUXSegmentLib.widgethelpers import (
     ModuleWidgetMixin,
+    askInDialog,
     fillCombo,
     fillTable,
     modelChoices,
@@ -445,7 +446,8 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         with slicer.util.tryWithErrorDisplay(_("Failed to resume fine-tuning."), waitCursor=True):
             runDirectory = None
             if self.logic.job is None:
-                ask = lambda names: qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume fine-tuning"), _("Stopped run:"), names, 0, False)
+                # not QInputDialog.getItem: it returns the current item on Cancel (PythonQt has no ok flag)
+                ask = lambda names: askInDialog(qt.QInputDialog(slicer.util.mainWindow()), _("Resume fine-tuning"), _("Stopped run:"), items=names)
                 run = chooseResumeRun(self._resumableRuns, ask)
                 if run is None:
                     return
@@ -461,7 +463,10 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def _onFinetuneFinished(self, outcome):
         if outcome.succeeded:
-            self._parameterNode.resultModel = outcome.modelId
+            # the scene may have been closed while the run went on (the widget then has no parameter node): the
+            # result goes to the current scene's one
+            p = self._parameterNode if self._parameterNode is not None else self.logic.getParameterNode()
+            p.resultModel = outcome.modelId
             self.ui.progressBar.value = 100
         self.ui.statusLabel.text = finetuneFinishedText(outcome, _)
         if outcome.succeeded:

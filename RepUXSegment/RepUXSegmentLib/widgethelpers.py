@@ -34,6 +34,7 @@ __all__ = [
     "IMPORT_OFFICIAL_ITEM",
     "ErrorReport",
     "ModuleWidgetMixin",
+    "askInDialog",
     "chosenOrgans",
     "deviceChoices",
     "fillChecklist",
@@ -88,6 +89,24 @@ def reportErrors(message: str, display: Callable[..., Any] | None = None) -> Ite
                 display(report.message, detailedText=details)
             except Exception:
                 logger.exception("could not display the error")
+
+
+def askInDialog(dialog: Any, title: str, label: str, items: Sequence[str] | None = None, text: str = "") -> str | None:
+    """A choice from ``items`` (or a line of text) asked with ``dialog``, a ``qt.QInputDialog``; None when cancelled.
+
+    ``qt.QInputDialog.getItem`` cannot be used: on Cancel Qt returns the current item, and PythonQt does not return
+    the ``ok`` flag, so a cancelled choice reads like the first item.  ``exec_()`` tells (0 on Cancel).
+    """
+    dialog.setWindowTitle(title)
+    dialog.setLabelText(label)
+    if items:
+        dialog.setComboBoxItems(list(items))
+        dialog.setComboBoxEditable(False)
+    else:
+        dialog.setTextValue(text)
+    if not dialog.exec_():
+        return None
+    return str(dialog.textValue()).strip()
 
 
 def selectComboData(combo: Any, value: str) -> None:
