@@ -66,6 +66,9 @@ from slicer.util import VTKObservationMixin
 
 logger = logging.getLogger(__name__)
 
+#: seconds the panel waits for the model catalog (read on a background thread) before it lists the other models
+CATALOG_WAIT_SECONDS = 1.0
+
 
 def _checkItem(text, data, checked):
     """A checkable item of a checklist (the organs, the batch's volumes), its ``data`` in the user role."""
@@ -174,6 +177,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._models = []
         self._lastSegmentation = None
         self._statisticsCases = []
+        self._catalogErrorShown = ""
+        self._catalogTimerActive = False
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # ------------------------------------------------------------------ set-up
@@ -203,7 +208,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModel)
         self.ui.deleteModelButton.connect("clicked(bool)", self.onDeleteModel)
         self.ui.openStoreFolderButton.connect("clicked(bool)", self.onOpenStoreFolder)
-        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.refreshModelsButton.connect("clicked(bool)", lambda checked: self.refreshModels(refreshCatalog=True))
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.checkInstallationButton.connect("clicked(bool)", self.onCheckInstallation)
         self.ui.modelsTable.connect("itemSelectionChanged()", self._updateModelButtons)
@@ -294,9 +299,12 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._parameterNode.model = data
 
     # ------------------------------------------------------------------ models
-    def refreshModels(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
-            self._models = self.logic.models()
+    def refreshModels(self, refreshCatalog=False):
+        # never re-raises (tryWithErrorDisplay would): setup(), enter() and the poll path call this; a catalog that
+        # cannot be read leaves the built-in and installed models listed and is logged (RepUXSegmentLib.models.CatalogCache)
+        with reportErrors(_("Failed to list the RepUX models."), slicer.util.errorDisplay):
+            self._models = self.logic.models(wait=CATALOG_WAIT_SECONDS, refresh=refreshCatalog)
+            self._reportCatalogState()
             with self._syncing():
                 fillCombo(self.ui.modelComboBox, modelChoices(self._models, _))
             self._fillModelsTable()
@@ -306,6 +314,24 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                     self._parameterNode.model = defaultModelId(self._models)  # triggers the GUI update
                 else:
                     self._onParameterNodeModified()
+
+    def _reportCatalogState(self):
+        """Log a catalog failure once; list the catalog's models when its background read is done."""
+        error = self.logic.catalogError()
+        if error and error != self._catalogErrorShown:
+            self._appendLog(_("The model catalog cannot be read; only the built-in and installed models are listed: {error}").format(error=error))
+        self._catalogErrorShown = error
+        if self.logic.catalogPending() and not self._catalogTimerActive:
+            self._catalogTimerActive = True
+            qt.QTimer.singleShot(500, self._onCatalogTimer)
+
+    def _onCatalogTimer(self):
+        self._catalogTimerActive = False
+        if self.logic.catalogPending():
+            self._catalogTimerActive = True
+            qt.QTimer.singleShot(500, self._onCatalogTimer)
+        else:
+            self.refreshModels()
 
     def _fillModelsTable(self):
         fillTable(self.ui.modelsTable, modelTableRows(self._models, _), qt.QTableWidgetItem)

@@ -288,7 +288,9 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     # ------------------------------------------------------------ models/devices
     def refreshModels(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
+        # never re-raises (tryWithErrorDisplay would): setup(), enter() and the poll path call this; only installed
+        # models are listed (the catalog is not read)
+        with reportErrors(_("Failed to list the RepUX models."), slicer.util.errorDisplay):
             self._models = self.logic.models()
             with self._syncing():
                 fillCombo(self.ui.baseModelComboBox, modelChoices(self._models, _, importActions=False))

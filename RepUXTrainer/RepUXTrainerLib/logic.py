@@ -139,7 +139,7 @@ class TrainerLogic:
         """Models of the store (``RepUXSegmentLib.models.ModelInfo``), the ones that can be fine-tuned by default."""
         from RepUXSegmentLib.models import listModels
 
-        return [m for m in listModels() if m.installed or not installedOnly]
+        return [m for m in listModels(catalog=not installedOnly) if m.installed or not installedOnly]  # installed only: no catalog read
 
     # -------------------------------------------------------------- fine-tune
     def finetuneOptions(self, baseModel: str | None = None, newModelId: str | None = None, **settings: Any) -> FinetuneOptions:

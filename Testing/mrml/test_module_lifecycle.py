@@ -25,6 +25,37 @@ def segmentationNodes(scene):
     return [scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
 
 
+class FakeItem:
+    """A table or list item (``qt.QTableWidgetItem``, ``qt.QListWidgetItem``): text, data, flags, check state."""
+
+    def __init__(self, text=""):
+        self._text, self._data, self._flags, self._check, self.toolTip = text, {}, 0, 0, None
+
+    def text(self):
+        return self._text
+
+    def setToolTip(self, text):
+        self.toolTip = text
+
+    def setData(self, role, value):
+        self._data[role] = value
+
+    def data(self, role):
+        return self._data.get(role)
+
+    def flags(self):
+        return self._flags
+
+    def setFlags(self, flags):
+        self._flags = flags
+
+    def setCheckState(self, state):
+        self._check = state
+
+    def checkState(self):
+        return self._check
+
+
 class GuiApp(SimpleNamespace):
     """What the tests need of ``slicer.app`` and ``qt`` beyond the stand-ins: the wait cursor (counted), the error popups
     (recorded) and a main window (None)."""
@@ -44,7 +75,10 @@ def guiApp(trainerModuleFile, slicerApp, monkeypatch):
     slicer = slicerApp.slicer
     app = GuiApp(temporaryPath=str(slicerApp.tempDirectory), processEvents=lambda: None, waitCursor=0, popups=[])
     monkeypatch.setattr(slicer, "app", app, raising=False)
-    monkeypatch.setattr(sys.modules["qt"], "Qt", SimpleNamespace(WaitCursor=3), raising=False)
+    qt = sys.modules["qt"]
+    monkeypatch.setattr(qt, "Qt", SimpleNamespace(WaitCursor=3, UserRole=32, ItemIsUserCheckable=16, Checked=2, Unchecked=0), raising=False)
+    monkeypatch.setattr(qt, "QTableWidgetItem", FakeItem, raising=False)
+    monkeypatch.setattr(qt, "QListWidgetItem", FakeItem, raising=False)
     monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: app.popups.append(text))
     app.mrml = slicerApp
@@ -191,3 +225,83 @@ def test_cancel_in_the_resume_dialog_resumes_nothing(guiApp, monkeypatch, answer
     assert FakeInputDialog.shown == ["Resume fine-tuning"]  # asked once
     assert resumed == ([] if answer is None else ["/runs/ft-2"])
     assert guiApp.waitCursor == 0
+
+
+# ----------------------------------------------------------------------------- 5: a model catalog that cannot be read
+
+
+@pytest.fixture
+def silentCatalogServer():
+    """An http URL that accepts the connection and never answers (a slow or hanging catalog server)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/catalog.json"
+    server.close()
+
+
+@pytest.fixture
+def freshCatalogCache(monkeypatch):
+    from RepUXSegmentLib import logic, models
+
+    if not hasattr(models, "CatalogCache"):  # (before issue 23: no cache, the catalog was read on every listing)
+        return SimpleNamespace(error="", pending=False)
+    cache = models.CatalogCache()
+    monkeypatch.setattr(models, "catalogCache", cache)
+    monkeypatch.setattr(logic, "catalogCache", cache)
+    return cache
+
+
+def test_installed_models_are_listed_when_the_catalog_is_malformed_or_hangs(freshCatalogCache, tiny_model_dir, tmp_path, monkeypatch, silentCatalogServer, caplog):
+    import time
+
+    from RepUXSegmentLib.models import listModels
+    from RepUXSegmentLib.process import ProcessRunner, childEnvironment, repuxCommand
+
+    runner = ProcessRunner(repuxCommand(["models", "import", str(tiny_model_dir)], sys.executable), env=childEnvironment())
+    runner.start()
+    runner.wait(timeout=120)
+    assert runner.succeeded, runner.errorMessage
+    bad = tmp_path / "catalog.json"
+    bad.write_text('{"models": [{"id": "no-url"}]}')  # an entry without its url and sha256
+    monkeypatch.setenv("REPUX_CATALOG", str(bad))
+    ids = {m.id: m.status for m in listModels()}
+    assert ids.get(tiny_model_dir.name) == "installed" and "built-in" in ids.values()
+    assert "no-url" in freshCatalogCache.error and "catalog" in caplog.text
+
+    monkeypatch.setenv("REPUX_CATALOG", silentCatalogServer)
+    start = time.monotonic()
+    ids = {m.id for m in listModels(wait=0.3)}
+    assert time.monotonic() - start < 2.0  # the GUI thread is not blocked by the catalog server
+    assert tiny_model_dir.name in ids and freshCatalogCache.pending
+    start = time.monotonic()
+    listModels(wait=0.3)  # a second panel refresh does not start a second read or wait longer
+    assert time.monotonic() - start < 2.0
+
+
+@pytest.mark.parametrize("module", ["RepUXSegment", "RepUXTrainer"])
+def test_both_panels_list_their_models_when_the_catalog_cannot_be_read(guiApp, freshCatalogCache, tmp_path, monkeypatch, module):
+    bad = tmp_path / "catalog.json"
+    bad.write_text("{ not json")
+    monkeypatch.setenv("REPUX_CATALOG", str(bad))
+    moduleFile = sys.modules[module]
+    logic = getattr(moduleFile, f"{module}Logic")()
+    widget = widgetWithoutSetup(moduleFile, logic=logic, _pollTimer=FakeWidget("timer"))
+    for name in ("modelComboBox", "baseModelComboBox", "deviceComboBox"):
+        setattr(widget.ui, name, Combo())
+    widget._refreshMapping = lambda *args: None
+    widget.setParameterNode(logic.getParameterNode())
+    monkeypatch.setattr(moduleFile.qt, "QTimer", SimpleNamespace(singleShot=lambda msec, callback: None), raising=False)
+
+    widget.refreshModels()  # what setup() and enter() call: must not raise (Slicer's tryWithErrorDisplay re-raises)
+
+    assert guiApp.popups == [] and guiApp.waitCursor == 0
+    combo = widget.ui.modelComboBox if module == "RepUXSegment" else widget.ui.baseModelComboBox
+    assert "repux-tiny-phantom" in [row[1] for row in combo.rows if row]  # the built-in model
+    if module == "RepUXSegment":
+        logged = [c[1][0] for c in widget.ui.logTextEdit.called("appendPlainText")]
+        assert len(logged) == 1 and "catalog cannot be read" in logged[0] and str(bad) in logged[0]
+        widget.refreshModels()  # logged once, not on every entry
+        assert len(widget.ui.logTextEdit.called("appendPlainText")) == 1
