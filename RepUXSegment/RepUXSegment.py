@@ -577,6 +577,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         unchecked = {data for _text, data, checked in _checklist(self.ui.batchVolumesListWidget) if not checked}
         rows = volumeChecklistRows(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), unchecked)
         fillChecklist(self.ui.batchVolumesListWidget, rows, _checkItem)
+        # re-evaluate the buttons now: the input selector's scene model observes the scene at a higher priority, so
+        # the parameter-node update it causes ran before this refill (filling the list emits no itemChanged)
+        self._checkCanApply()
 
     def _checkedBatchVolumes(self):
         ids = [data for _text, data, checked in _checklist(self.ui.batchVolumesListWidget) if checked]

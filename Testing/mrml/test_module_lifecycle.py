@@ -305,3 +305,93 @@ def test_both_panels_list_their_models_when_the_catalog_cannot_be_read(guiApp, f
         assert len(logged) == 1 and "catalog cannot be read" in logged[0] and str(bad) in logged[0]
         widget.refreshModels()  # logged once, not on every entry
         assert len(widget.ui.logTextEdit.called("appendPlainText")) == 1
+
+
+# ----------------------------------------------------------------------------- 6 and 7: the volume checklist of the batch
+
+
+class FakeListWidget:
+    """A QListWidget of checkable items (what the checklist helpers use)."""
+
+    def __init__(self):
+        self.items = []
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def clear(self):
+        self.items = []
+
+    def addItem(self, item):
+        self.items.append(item)
+
+    def item(self, index):
+        return self.items[index]
+
+
+def segmentWidget(guiApp, monkeypatch):
+    module = sys.modules["RepUXSegment"]
+    logic = module.RepUXSegmentLogic()
+    widget = widgetWithoutSetup(module, logic=logic, _pollTimer=FakeWidget("timer"))
+    widget.ui.modelComboBox, widget.ui.deviceComboBox = Combo(), Combo()
+    widget.ui.batchVolumesListWidget, widget.ui.organsListWidget = FakeListWidget(), FakeListWidget()
+    widget._models = []
+    widget.setParameterNode(logic.getParameterNode())
+    widget._parameterNode.model = "repux-tiny-phantom"
+    return widget
+
+
+def addVector(scene, name="photo", components=3):
+    import vtk
+
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", name)
+    image = vtk.vtkImageData()
+    image.SetDimensions(4, 4, 4)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, components)
+    node.SetAndObserveImageData(image)
+    return node
+
+
+def test_segment_checked_volumes_follows_volumes_added_and_removed(guiApp, monkeypatch):
+    from RepUXSegmentLib.testing import syntheticCTArray, syntheticIJKToRAS
+
+    scene = guiApp.mrml.scene
+    widget = segmentWidget(guiApp, monkeypatch)
+    widget.addObserver(scene, scene.NodeAddedEvent, widget._fillBatchVolumes)  # as setup() does
+    widget.addObserver(scene, scene.NodeRemovedEvent, widget._fillBatchVolumes)
+    widget._checkCanApply()
+    assert widget.ui.batchApplyButton.enabled is False
+    volumes = [guiApp.mrml.addVolumeFromArray(syntheticCTArray((6, 8, 8), seed=i), syntheticIJKToRAS(), f"ct {i}") for i in range(3)]
+    assert [item.text() for item in widget.ui.batchVolumesListWidget.items] == ["ct 0", "ct 1", "ct 2"]
+    assert widget.ui.batchApplyButton.enabled is True, "three CTs loaded and checked, the button stays disabled"
+    for volume in volumes:
+        scene.RemoveNode(volume)
+    assert widget.ui.batchVolumesListWidget.items == []
+    assert widget.ui.batchApplyButton.enabled is False, "every volume removed, the button stays enabled"
+    widget.removeObservers()
+
+
+def test_vector_and_tensor_volumes_are_not_offered_as_inputs(guiApp, monkeypatch):
+    from RepUXSegmentLib.testing import syntheticCTArray, syntheticIJKToRAS
+    from RepUXTrainerLib.suggest import unannotatedVolumes
+
+    scene = guiApp.mrml.scene
+    rgb = addVector(scene)  # loaded first: it must not become the default input
+    oneComponentVector = addVector(scene, "vector, one component", components=1)
+    tensor = scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "dti")
+    dwi = scene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode", "dwi")
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    ct = guiApp.mrml.addVolumeFromArray(syntheticCTArray((6, 8, 8)), syntheticIJKToRAS(), "ct")
+    widget = segmentWidget(guiApp, monkeypatch)
+    widget._parameterNode.inputVolume = None
+    widget.initializeParameterNode()
+    assert widget._parameterNode.inputVolume is ct  # the input selector shows only vtkMRMLScalarVolumeNode itself
+    widget._fillBatchVolumes()
+    assert [item.text() for item in widget.ui.batchVolumesListWidget.items] == ["ct"]
+    assert widget._checkedBatchVolumes() == [ct]
+    assert unannotatedVolumes(scene, None) == [ct]  # the Trainer's default input and its uncertainty candidates
+    from RepUXSegmentLib.panel import ctVolumes, isCTVolume
+
+    everything = [rgb, oneComponentVector, tensor, dwi, labels, ct]
+    assert ctVolumes(everything) == [ct] and not any(isCTVolume(n) for n in everything[:-1])
