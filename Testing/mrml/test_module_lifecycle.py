@@ -395,3 +395,61 @@ def test_vector_and_tensor_volumes_are_not_offered_as_inputs(guiApp, monkeypatch
 
     everything = [rgb, oneComponentVector, tensor, dwi, labels, ct]
     assert ctVolumes(everything) == [ct] and not any(isCTVolume(n) for n in everything[:-1])
+
+
+# ----------------------------------------------------------------------------- 8: GUI bindings on every module entry
+
+
+class Slicer58Binding:
+    """What Slicer 5.8's parameterNodeWrapper does on ``connectGui``: the connections are stored by a tag it does not
+    return (``None``), so ``disconnectGui(None)`` removes nothing.  ``live`` counts the connections still made."""
+
+    live = 0
+
+    def connectGui(self, gui):
+        self._parameterGUIs = getattr(self, "_parameterGUIs", {})
+        tag = len(self._parameterGUIs) + 100 * id(self)
+        self._parameterGUIs[tag] = gui
+        Slicer58Binding.live += 1
+        return None
+
+    def disconnectGui(self, tag):
+        if tag in getattr(self, "_parameterGUIs", {}):
+            del self._parameterGUIs[tag]
+            Slicer58Binding.live -= 1
+
+
+class Slicer510Binding(Slicer58Binding):
+    def connectGui(self, gui):
+        super().connectGui(gui)
+        return max(self._parameterGUIs)
+
+
+@pytest.mark.parametrize("version", ["5.8", "5.10"])
+@pytest.mark.parametrize("module", ["RepUXSegment", "RepUXTrainer"])
+def test_module_entries_do_not_pile_up_gui_bindings(guiApp, monkeypatch, module, version, recwarn):
+    moduleFile = sys.modules[module]
+    wrapperClass = getattr(moduleFile, f"{module}ParameterNode")
+    binding = Slicer58Binding if version == "5.8" else Slicer510Binding
+    monkeypatch.setattr(Slicer58Binding, "live", 0)
+    wrapper = type("Wrapper", (binding, wrapperClass), {})
+    logic = getattr(moduleFile, f"{module}Logic")()
+    scriptedNode = logic.getParameterNode().parameterNode
+    monkeypatch.setattr(logic, "getParameterNode", lambda: wrapper(scriptedNode))  # a new wrapper per call, as Slicer's
+    widget = widgetWithoutSetup(moduleFile, logic=logic, _pollTimer=FakeWidget("timer"))
+    for name in ("modelComboBox", "baseModelComboBox", "deviceComboBox"):
+        setattr(widget.ui, name, Combo())
+    widget.ui.organsListWidget, widget.ui.batchVolumesListWidget = FakeListWidget(), FakeListWidget()
+    widget._refreshMapping = lambda *args: None
+    for _cycle in range(5):
+        widget.initializeParameterNode()  # enter()
+        widget.exit()
+    assert Slicer58Binding.live == 1
+    widget.initializeParameterNode()
+    observers = [o for o in widget.Observations if o[0] is widget._parameterNode]
+    assert len(observers) == 1  # one panel observer of the parameter node
+    widget.exit()
+    widget.setParameterNode(None)  # Close Scene after leaving the module: the binding of the closed scene's node goes
+    assert Slicer58Binding.live == 0
+    widget.removeObservers()  # cleanup()
+    assert [str(w.message) for w in recwarn if "observer" in str(w.message)] == []  # no "does not have observer" (issue 23, 10)
