@@ -8,6 +8,7 @@ slicer-core scene; ``slicer.util`` is Slicer's real one.
 from __future__ import annotations
 
 import sys
+import typing
 from types import SimpleNamespace
 
 import pytest
@@ -176,7 +177,7 @@ class FakeInputDialog:
     ``exec_()`` returns 0 on Cancel.  ``answer`` is what the user does: None = Cancel, else the chosen item."""
 
     answer = None
-    shown = []
+    shown: typing.ClassVar[list] = []
 
     def __init__(self, parent=None):
         self.items, self.title = [], ""
@@ -254,7 +255,9 @@ def freshCatalogCache(monkeypatch):
     return cache
 
 
-def test_installed_models_are_listed_when_the_catalog_is_malformed_or_hangs(freshCatalogCache, tiny_model_dir, tmp_path, monkeypatch, silentCatalogServer, caplog):
+def test_installed_models_are_listed_when_the_catalog_is_malformed_or_hangs(
+    freshCatalogCache, tiny_model_dir, tmp_path, monkeypatch, silentCatalogServer, caplog
+):
     import time
 
     from RepUXSegmentLib.models import listModels
@@ -410,8 +413,7 @@ class Slicer58Binding:
         self._parameterGUIs = getattr(self, "_parameterGUIs", {})
         tag = len(self._parameterGUIs) + 100 * id(self)
         self._parameterGUIs[tag] = gui
-        Slicer58Binding.live += 1
-        return None
+        Slicer58Binding.live += 1  # and no tag returned
 
     def disconnectGui(self, tag):
         if tag in getattr(self, "_parameterGUIs", {}):

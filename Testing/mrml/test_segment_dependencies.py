@@ -172,7 +172,9 @@ def test_a_fresh_slicer_session_imports_slicer_packaging_before_pip_ensure(tmp_p
 def test_slicer_5_8_to_5_10_fallback_shows_which_package_it_installs(monkeypatch):
     """Slicer 5.8 and 5.10 have no slicer.packaging (it came with 5.12): the fallback confirms, then installs one package at
     a time under a progress dialog naming it (issue 23, 9)."""
-    monkeypatch.setattr(deps, "isSatisfied", lambda requirement: deps.requirementName(requirement) not in ("monai", "tqdm") or installed.get(requirement, False))
+    monkeypatch.setattr(
+        deps, "isSatisfied", lambda requirement: deps.requirementName(requirement) not in ("monai", "tqdm") or installed.get(requirement, False)
+    )
     installed, events = {}, []
 
     class Dialog:
