@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import qt
 import slicer
 from RepUXSegmentLib import selftest
-from RepUXSegmentLib.batch import STATISTICS_TABLE_HEADERS, BatchSegmentationJob, statisticsTableRows, writeStatisticsCsv
+from RepUXSegmentLib.batch import BatchSegmentationJob, statisticsTableRows, writeStatisticsCsv
 from RepUXSegmentLib.dependencies import missingRequirements, readRequirements, torchStatus
 from RepUXSegmentLib.logic import SegmentLogic
 from RepUXSegmentLib.models import convertOfficialArguments, doctorArguments, findModel, importArguments, installArguments
@@ -68,6 +68,22 @@ logger = logging.getLogger(__name__)
 
 #: seconds the panel waits for the model catalog (read on a background thread) before it lists the other models
 CATALOG_WAIT_SECONDS = 1.0
+
+
+def statisticsHeaders():
+    """The Statistics table's column titles, translated (literals, so that lupdate finds them; the order of
+    RepUXSegmentLib.batch.STATISTICS_TABLE_HEADERS)."""
+    return [
+        _("Volume"),
+        _("Organ"),
+        _("Volume (mL)"),
+        _("HU mean"),
+        _("HU std"),
+        _("HU median"),
+        _("HU p5"),
+        _("HU p95"),
+        _("Cut by the image border"),
+    ]
 
 
 def _checkItem(text, data, checked):
@@ -216,8 +232,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.batchVolumesListWidget.connect("itemChanged(QListWidgetItem*)", lambda item: self._checkCanApply())
         self.ui.batchApplyButton.connect("clicked(bool)", self.onBatchApply)
         self.ui.exportStatisticsButton.connect("clicked(bool)", self.onExportStatistics)
-        self.ui.statisticsTable.setColumnCount(len(STATISTICS_TABLE_HEADERS))
-        self.ui.statisticsTable.setHorizontalHeaderLabels([_(h) for h in STATISTICS_TABLE_HEADERS])
+        self.ui.statisticsTable.setColumnCount(len(statisticsHeaders()))
+        self.ui.statisticsTable.setHorizontalHeaderLabels(statisticsHeaders())
 
         self.ui.warningLabel.hide()
         self.ui.modelsTable.horizontalHeader().setStretchLastSection(True)
@@ -350,9 +366,19 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         return organItems(info.labels if info is not None else (), parseUncheckedOrgans(p.uncheckedOrgans) if p is not None else ())
 
     def _fillOrganList(self):
-        """The organ checklist: the model card's organs, checked unless the user unchecked them."""
+        """The organ checklist: the model card's organs, checked unless the user unchecked them.  Rebuilt only when the
+        organs change (another model): any other parameter-node change only updates check states, so the list keeps
+        its scroll position and focus."""
+        rows = [(name, name, checked) for name, checked in self._organItems()]
+        listWidget = self.ui.organsListWidget
+        current = _checklist(listWidget)
         with self._syncing():
-            fillChecklist(self.ui.organsListWidget, [(name, name, checked) for name, checked in self._organItems()], _checkItem)
+            if [row[:2] for row in current] != [row[:2] for row in rows]:
+                fillChecklist(listWidget, rows, _checkItem)
+                return
+            for index, (row, shown) in enumerate(zip(rows, current)):
+                if row[2] != shown[2]:
+                    listWidget.item(index).setCheckState(qt.Qt.Checked if row[2] else qt.Qt.Unchecked)
 
     def _onOrganToggled(self, item):
         if self._syncingGui or self._parameterNode is None:
@@ -382,8 +408,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if answers is None:
             return
         checkpoint, labels, modelId = answers
+        if not self._ensureRequirements(slicer.util.errorDisplay):  # its dialogs: not under the wait cursor
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to convert the checkpoint."), waitCursor=True):
-            self.logic.setupPythonRequirements(askConfirmation=True)
             workFolder = tempfile.mkdtemp(prefix="RepUX-convert-", dir=slicer.app.temporaryPath)
             arguments = convertOfficialArguments(checkpoint, labels, os.path.join(workFolder, modelId), modelId)
             self._startStoreCommand(arguments, _("Converting the checkpoint"), temporaryFolder=workFolder)
@@ -418,14 +445,16 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
     def onInstallDependencies(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to install the Python packages."), waitCursor=True):
-            self.logic.setupPythonRequirements(askConfirmation=True)
+        self._ensureRequirements(slicer.util.errorDisplay)  # asks first: no wait cursor over its dialogs
         self._updateDependenciesLabel()
         self._detectDevices()
 
     def onCheckInstallation(self):
         """``repux doctor`` in the background: the report goes to the log; problems are shown once."""
-        if self._task is not None:
+        if self._task is not None:  # one background task at a time: say so instead of ignoring the press
+            self.ui.statusLabel.text = _("Check installation: wait until '{task}' is finished (or cancel it), then press it again.").format(
+                task=self._taskTitle
+            )
             return
         self.ui.logCollapsibleButton.collapsed = False
 
@@ -509,15 +538,19 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if self._task is not None:
             self.onCancel()
             return
+        self.ui.warningLabel.hide()
+        # the questions first, without the wait cursor (installing packages, downloading the model)
+        installed = self._ensureRequirements(slicer.util.errorDisplay)
+        self._updateDependenciesLabel()
+        if not installed:
+            return
+        info = findModel(self._parameterNode.model, self._models)
+        download = info is not None and info.status == "downloadable"
+        if download and not slicer.util.confirmOkCancelDisplay(downloadQuestion(info, _)):
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            self.ui.warningLabel.hide()
-            self.logic.setupPythonRequirements(askConfirmation=True)
-            self._updateDependenciesLabel()
             self._detectDevices()
-            info = findModel(self._parameterNode.model, self._models)
-            if info is not None and info.status == "downloadable":
-                if not slicer.util.confirmOkCancelDisplay(downloadQuestion(info, _)):
-                    return
+            if download:
                 self._startStoreCommand(installArguments(info.id), _("Downloading {model}").format(model=info.id), then=self._startSegmentation)
                 return
             self._startSegmentation()
@@ -586,8 +619,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         return [node for node in (slicer.mrmlScene.GetNodeByID(i) for i in ids) if node is not None]
 
     def onBatchApply(self):
+        if not self._ensureRequirements(slicer.util.errorDisplay):  # its dialogs: not under the wait cursor
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation of several volumes."), waitCursor=True):
-            self.logic.setupPythonRequirements(askConfirmation=True)
             p = self._parameterNode
             volumes = self._checkedBatchVolumes()
             self._statisticsCases = []

@@ -194,7 +194,29 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def cleanup(self):
         if self.logic is not None:
-            self.logic.shutdown()  # a running fine-tuning is stopped with a checkpoint: Resume continues it next time
+            # a running fine-tuning is stopped with a checkpoint (Resume continues it next time); the application
+            # exit waits for it, up to 2 minutes: say so in a progress dialog
+            dialog = []
+
+            def onWaiting(waited, atMost):
+                if not dialog:
+                    dialog.append(
+                        slicer.util.createProgressDialog(
+                            labelText=_("Stopping the fine-tuning: its checkpoint is being written (at most {minutes:.0f} minutes)...").format(
+                                minutes=atMost / 60
+                            ),
+                            maximum=int(atMost),
+                            windowTitle=_("RepUX Trainer"),
+                        )
+                    )
+                dialog[0].value = int(waited)
+                slicer.app.processEvents()
+
+            try:
+                self.logic.shutdown(onWaiting=onWaiting)
+            finally:
+                if dialog:
+                    dialog[0].close()
         self._stopBackground()
 
     def enter(self):
@@ -376,16 +398,17 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 _("The segments changed since the mapping was shown. Check the mapping, then press Add again."), windowTitle=_("RepUX Trainer")
             )
             return
+        export = None
         with slicer.util.tryWithErrorDisplay(_("Failed to add the case."), waitCursor=True):
             export = self.logic.addCase(p.inputVolume, p.inputSegmentation, mapping=self._mapping)
             for line in export.messages():
                 self._appendLog(line)
             self.ui.statusLabel.text = _("Added case '{case}'.").format(case=export.caseId)
-            if export.resampled:
-                slicer.util.infoDisplay(
-                    _("The segmentation was on another grid than the volume and was resampled onto the volume's voxels:\n{how}").format(how=export.resampled),
-                    windowTitle=_("RepUX Trainer"),
-                )
+        if export is not None and export.resampled:  # after the wait cursor is gone
+            slicer.util.infoDisplay(
+                _("The segmentation was on another grid than the volume and was resampled onto the volume's voxels:\n{how}").format(how=export.resampled),
+                windowTitle=_("RepUX Trainer"),
+            )
         self._refreshCases()
         self._refreshMapping()
 
@@ -423,8 +446,9 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     # ----------------------------------------------------------------- fine-tune
     def onStart(self):
         p = self._parameterNode
+        if not self._ensureRequirements(slicer.util.errorDisplay):  # its dialogs: not under the wait cursor
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
-            self.logic.setupPythonRequirements(askConfirmation=True)
             self.ui.logTextEdit.clear()
             self.logic.startFinetune(
                 p.baseModel,
@@ -483,7 +507,8 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         plot = self.logic.plot
         if plot is None:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the training plot.")):
+        # never re-raises: onStart and onResume call this inside their own error display (one message, not two)
+        with reportErrors(_("Failed to show the training plot."), slicer.util.errorDisplay):
             slicer.modules.plots.logic().ShowChartInLayout(plot.chartNode)
 
     # ---------------------------------------------------------------- new model

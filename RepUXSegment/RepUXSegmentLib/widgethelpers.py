@@ -333,6 +333,14 @@ class ModuleWidgetMixin:
         self._releaseGui()
         self.removeObservers()
 
+    def _ensureRequirements(self, display: Callable[..., Any]) -> bool:
+        """Install the missing Python packages (PyTorch extension, pip; asks first) *outside* any wait cursor: the
+        confirmation and progress dialogs must not sit under one.  False (the error shown once with ``display``,
+        ``slicer.util.errorDisplay``) when it failed or the user declined."""
+        with reportErrors(self.tr("Failed to install the Python packages."), display) as failed:
+            self.logic.setupPythonRequirements(askConfirmation=True)
+        return not failed
+
     # log panel
     def _appendLog(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)

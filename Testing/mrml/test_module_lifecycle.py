@@ -455,3 +455,144 @@ def test_module_entries_do_not_pile_up_gui_bindings(guiApp, monkeypatch, module,
     assert Slicer58Binding.live == 0
     widget.removeObservers()  # cleanup()
     assert [str(w.message) for w in recwarn if "observer" in str(w.message)] == []  # no "does not have observer" (issue 23, 10)
+
+
+# ----------------------------------------------------------------------------- 10: small UI defects
+
+
+def test_install_questions_are_not_asked_under_the_wait_cursor(guiApp, monkeypatch):
+    """Apply, Segment checked volumes and the Trainer's Start ask to install packages (and Apply to download the
+    model) before the wait cursor is set."""
+    cursorWhenAsked = []
+    monkeypatch.setattr(guiApp.mrml.slicer.util, "confirmOkCancelDisplay", lambda *args, **kwargs: cursorWhenAsked.append(guiApp.waitCursor) or False)
+
+    def setupPythonRequirements(askConfirmation=True):
+        if not guiApp.mrml.slicer.util.confirmOkCancelDisplay("Install MONAI?"):
+            raise RuntimeError("the user declined")
+
+    segment = segmentWidget(guiApp, monkeypatch)
+    segment.logic.setupPythonRequirements = setupPythonRequirements
+    segment._updateDependenciesLabel = lambda: None
+    segment.onApplyButton()
+    segment.onBatchApply()
+    trainer = widgetWithoutSetup(sys.modules["RepUXTrainer"], logic=SimpleNamespace(setupPythonRequirements=setupPythonRequirements))
+    trainer._parameterNode = SimpleNamespace()
+    trainer.onStart()
+    assert cursorWhenAsked == [0, 0, 0]
+    assert len(guiApp.popups) == 3 and all("the user declined" in p for p in guiApp.popups) and guiApp.waitCursor == 0
+
+    guiApp.popups.clear()
+    segment.logic.setupPythonRequirements = lambda askConfirmation=True: None
+    from RepUXSegmentLib.models import ModelInfo
+
+    segment._models = [ModelInfo("repux-big", "1", "downloadable", 300.0, ("liver",))]
+    segment._parameterNode.model = "repux-big"
+    cursorWhenAsked.clear()
+    segment.onApplyButton()  # "download 300 MB?" -> no
+    assert cursorWhenAsked == [0] and guiApp.popups == []
+
+
+def test_an_error_showing_the_training_plot_is_shown_once(guiApp, monkeypatch):
+    module = sys.modules["RepUXTrainer"]
+
+    class Plots:
+        def ShowChartInLayout(self, chartNode):
+            raise RuntimeError("no plot view in this layout")
+
+    monkeypatch.setattr(module.slicer, "modules", SimpleNamespace(plots=SimpleNamespace(logic=lambda: Plots())), raising=False)
+    logic = SimpleNamespace(
+        setupPythonRequirements=lambda askConfirmation=True: None,
+        startFinetune=lambda *args, **kwargs: None,
+        plot=SimpleNamespace(chartNode="chart"),
+    )
+    widget = widgetWithoutSetup(module, logic=logic, _pollTimer=FakeWidget("timer"))
+    widget._parameterNode = SimpleNamespace(
+        baseModel="m",
+        newModelId="",
+        maxIterations=10,
+        timeBudgetMinutes=0.0,
+        device="cpu",
+        learningRate=1e-4,
+        freezeEncoderIterations=0,
+        validationFraction=0.2,
+        validationInterval=5,
+    )
+    widget._startPolling = lambda: None
+    widget.onStart()
+    assert len(guiApp.popups) == 1 and "no plot view" in guiApp.popups[0]
+
+
+def test_the_organ_checklist_is_rebuilt_only_when_the_organs_change(guiApp, monkeypatch):
+    from RepUXSegmentLib.models import ModelInfo
+
+    widget = segmentWidget(guiApp, monkeypatch)
+    widget._models = [ModelInfo("m", "1", "installed", 1.0, ("liver", "spleen", "kidney")), ModelInfo("other", "1", "installed", 1.0, ("lung",))]
+    listWidget = widget.ui.organsListWidget
+    clears = []
+    listWidget.clear = lambda: (clears.append(1), FakeListWidget.clear(listWidget))
+    p = widget._parameterNode
+    p.model = "m"
+    assert [i.text() for i in listWidget.items] == ["liver", "spleen", "kidney"] and len(clears) == 1
+    first = list(listWidget.items)
+    p.device = "cpu"
+    p.quality = sys.modules["RepUXSegment"].Quality.BEST
+    p.uncheckedOrgans = "spleen"  # e.g. set from a script: only the check state changes
+    assert len(clears) == 1 and listWidget.items == first
+    assert [i.checkState() for i in listWidget.items] == [2, 0, 2]
+    p.model = "other"
+    assert [i.text() for i in listWidget.items] == ["lung"] and len(clears) == 2
+
+
+def test_check_installation_says_why_it_waits(guiApp, monkeypatch):
+    widget = segmentWidget(guiApp, monkeypatch)
+    started = []
+    widget.logic.startRepuxCommand = lambda *args, **kwargs: started.append(args)
+    widget._task, widget._taskTitle = SimpleNamespace(), "Segmenting CT 1"
+    widget.onCheckInstallation()
+    assert started == [] and "Segmenting CT 1" in widget.ui.statusLabel.text and "wait" in widget.ui.statusLabel.text
+
+
+def test_the_application_exit_shows_that_a_fine_tune_is_stopping(guiApp, monkeypatch):
+    """cleanup() waits up to 2 minutes for the checkpoint: a progress dialog says so (TrainerLogic.shutdown(onWaiting))."""
+    from RepUXTrainerLib.logic import TrainerLogic
+
+    class SlowStop:
+        running, polls, stopped = True, 0, False
+
+        def stop(self):
+            self.stopped = True
+
+        def processEvents(self):
+            self.polls += 1
+            self.running = self.polls < 12  # about 1.2 s to write the checkpoint
+            return self.running
+
+    dialogs = []
+
+    class Dialog(SimpleNamespace):
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(guiApp.mrml.slicer.util, "createProgressDialog", lambda **kwargs: dialogs.append(Dialog(**kwargs, closed=False)) or dialogs[-1])
+    logic = TrainerLogic(context=guiApp.mrml.context())
+    logic.job = SlowStop()
+    widget = widgetWithoutSetup(sys.modules["RepUXTrainer"], logic=logic, _pollTimer=FakeWidget("timer"))
+    widget.removeObservers = lambda: None
+    widget.cleanup()
+    assert logic.job.stopped and not logic.job.running
+    assert len(dialogs) == 1 and "Stopping the fine-tuning" in dialogs[0].labelText and dialogs[0].maximum == 120 and dialogs[0].closed
+
+
+def test_translated_texts_are_literals(trainerModuleFile):
+    """lupdate extracts only literal strings: every _(), tr() and translate() of the module files gets one."""
+    import ast
+
+    from RepUXSegmentLib.batch import STATISTICS_TABLE_HEADERS
+
+    for module in ("RepUXSegment", "RepUXTrainer"):
+        tree = ast.parse((trainer_fixtures.REPO / module / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "tr", "translate"):
+                text = node.args[-1] if node.func.id == "translate" else node.args[0]
+                assert isinstance(text, ast.Constant) and isinstance(text.value, str), f"{module}.py:{node.lineno}: {ast.unparse(node)}"
+    assert sys.modules["RepUXSegment"].statisticsHeaders() == list(STATISTICS_TABLE_HEADERS)
