@@ -469,15 +469,15 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._updateButtons()
 
     def onResume(self):
+        run = None
+        if self.logic.job is None:  # a run stopped in an earlier session: which one (asked before the wait cursor)
+            # not QInputDialog.getItem: it returns the current item on Cancel (PythonQt has no ok flag)
+            ask = lambda names: askInDialog(qt.QInputDialog(slicer.util.mainWindow()), _("Resume fine-tuning"), _("Stopped run:"), items=names)
+            run = chooseResumeRun(self._resumableRuns, ask)
+            if run is None:
+                return
         with slicer.util.tryWithErrorDisplay(_("Failed to resume fine-tuning."), waitCursor=True):
-            runDirectory = None
-            if self.logic.job is None:
-                # not QInputDialog.getItem: it returns the current item on Cancel (PythonQt has no ok flag)
-                ask = lambda names: askInDialog(qt.QInputDialog(slicer.util.mainWindow()), _("Resume fine-tuning"), _("Stopped run:"), items=names)
-                run = chooseResumeRun(self._resumableRuns, ask)
-                if run is None:
-                    return
-                runDirectory = str(run.resolvedRunDirectory())
+            runDirectory = str(run.resolvedRunDirectory()) if run is not None else None
             self.logic.resumeFinetune(runDirectory=runDirectory, onProgress=self._onFinetuneProgress, onLog=self._onLog, onFinished=self._onFinetuneFinished)
             self.ui.statusLabel.text = _("Resuming...")
             self.onShowChart()

@@ -116,7 +116,8 @@ class CatalogCache:
     The catalog is a file or an http(s) URL (``$REPUX_CATALOG``): a slow or unreachable URL must not block Slicer's
     GUI, and a malformed catalog must not hide the models already installed.  :meth:`rows` starts the read when
     the location has not been read yet (or ``refresh``), waits at most ``wait`` seconds for it and returns what is
-    known: the rows, or none while the read runs or after it failed (``error`` says why; logged once).
+    known: the rows, or none while the read runs or after it failed (``error`` says why; logged once).  Only the call
+    that starts a read waits (or one with ``wait=None``); later calls return at once.
     """
 
     def __init__(self, reader: Any = None) -> None:
@@ -156,12 +157,15 @@ class CatalogCache:
             if refresh or location != self._location:
                 self._location, self._rows, self.error = location, None, ""
                 self._thread = None
-            thread = self._thread
-            if self._rows is None and thread is None:
-                thread = self._thread = threading.Thread(target=self._read, args=(location,), name="repux-catalog", daemon=True)
-                thread.start()
-        if thread is not None and self._rows is None:
-            thread.join(wait)
+            started = None
+            if self._rows is None and self._thread is None:
+                started = self._thread = threading.Thread(target=self._read, args=(location,), name="repux-catalog", daemon=True)
+                started.start()
+            # only the call that started the read waits, or a caller that waits until read (wait=None, scripts):
+            # a hanging URL blocks no later panel refresh
+            waitFor = started if started is not None else (self._thread if wait is None else None)
+        if waitFor is not None:
+            waitFor.join(wait)
         with self._lock:
             return list(self._rows or [])
 
