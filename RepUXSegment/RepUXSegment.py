@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import qt
 import slicer
 from RepUXSegmentLib import selftest
-from RepUXSegmentLib.batch import STATISTICS_TABLE_HEADERS, BatchSegmentationJob, statisticsTableRows, writeStatisticsCsv
+from RepUXSegmentLib.batch import BatchSegmentationJob, statisticsTableRows, writeStatisticsCsv
 from RepUXSegmentLib.dependencies import missingRequirements, readRequirements, torchStatus
 from RepUXSegmentLib.logic import SegmentLogic
 from RepUXSegmentLib.models import convertOfficialArguments, doctorArguments, findModel, importArguments, installArguments
@@ -45,6 +45,7 @@ from RepUXSegmentLib.widgethelpers import (
     IMPORT_MODEL_ITEM,
     IMPORT_OFFICIAL_ITEM,
     ModuleWidgetMixin,
+    askInDialog,
     chosenOrgans,
     fillChecklist,
     fillCombo,
@@ -64,6 +65,25 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 from slicer.util import VTKObservationMixin
 
 logger = logging.getLogger(__name__)
+
+#: seconds the panel waits for the model catalog (read on a background thread) before it lists the other models
+CATALOG_WAIT_SECONDS = 1.0
+
+
+def statisticsHeaders():
+    """The Statistics table's column titles, translated (literals, so that lupdate finds them; the order of
+    RepUXSegmentLib.batch.STATISTICS_TABLE_HEADERS)."""
+    return [
+        _("Volume"),
+        _("Organ"),
+        _("Volume (mL)"),
+        _("HU mean"),
+        _("HU std"),
+        _("HU median"),
+        _("HU p5"),
+        _("HU p95"),
+        _("Cut by the image border"),
+    ]
 
 
 def _checkItem(text, data, checked):
@@ -173,6 +193,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._models = []
         self._lastSegmentation = None
         self._statisticsCases = []
+        self._catalogErrorShown = ""
+        self._catalogTimerActive = False
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # ------------------------------------------------------------------ set-up
@@ -203,7 +225,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModel)
         self.ui.deleteModelButton.connect("clicked(bool)", self.onDeleteModel)
         self.ui.openStoreFolderButton.connect("clicked(bool)", self.onOpenStoreFolder)
-        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.refreshModelsButton.connect("clicked(bool)", lambda checked: self.refreshModels(refreshCatalog=True))
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.checkInstallationButton.connect("clicked(bool)", self.onCheckInstallation)
         self.ui.modelsTable.connect("itemSelectionChanged()", self._updateModelButtons)
@@ -211,8 +233,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.batchVolumesListWidget.connect("itemChanged(QListWidgetItem*)", lambda item: self._checkCanApply())
         self.ui.batchApplyButton.connect("clicked(bool)", self.onBatchApply)
         self.ui.exportStatisticsButton.connect("clicked(bool)", self.onExportStatistics)
-        self.ui.statisticsTable.setColumnCount(len(STATISTICS_TABLE_HEADERS))
-        self.ui.statisticsTable.setHorizontalHeaderLabels([_(h) for h in STATISTICS_TABLE_HEADERS])
+        self.ui.statisticsTable.setColumnCount(len(statisticsHeaders()))
+        self.ui.statisticsTable.setHorizontalHeaderLabels(statisticsHeaders())
 
         self.ui.warningLabel.hide()
         self.ui.modelsTable.horizontalHeader().setStretchLastSection(True)
@@ -225,7 +247,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def cleanup(self):
         if self._task is not None:
-            self._task.cancel()
+            self._cancelTaskForSceneChange()
             try:
                 self._task.wait(timeout=30)
             except TimeoutError:
@@ -238,8 +260,16 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def onSceneStartClose(self, caller, event):
         if self._task is not None:
-            self._task.cancel()
+            self._cancelTaskForSceneChange()
         self.setParameterNode(None)
+
+    def _cancelTaskForSceneChange(self):
+        """The scene closes (or the module goes away): stop the task at once; a batch imports nothing more (its
+        volumes belong to the closed scene; a soft cancel would import the running case into the next one)."""
+        if isinstance(self._task, BatchSegmentationJob):
+            self._task.cancel(discardResults=True)
+        else:
+            self._task.cancel()
 
     def onSceneEndClose(self, caller, event):
         self._lastSegmentation = None
@@ -286,9 +316,12 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._parameterNode.model = data
 
     # ------------------------------------------------------------------ models
-    def refreshModels(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
-            self._models = self.logic.models()
+    def refreshModels(self, refreshCatalog=False):
+        # never re-raises (tryWithErrorDisplay would): setup(), enter() and the poll path call this; a catalog that
+        # cannot be read leaves the built-in and installed models listed and is logged (RepUXSegmentLib.models.CatalogCache)
+        with reportErrors(_("Failed to list the RepUX models."), slicer.util.errorDisplay):
+            self._models = self.logic.models(wait=CATALOG_WAIT_SECONDS, refresh=refreshCatalog)
+            self._reportCatalogState()
             with self._syncing():
                 fillCombo(self.ui.modelComboBox, modelChoices(self._models, _))
             self._fillModelsTable()
@@ -298,6 +331,24 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                     self._parameterNode.model = defaultModelId(self._models)  # triggers the GUI update
                 else:
                     self._onParameterNodeModified()
+
+    def _reportCatalogState(self):
+        """Log a catalog failure once; list the catalog's models when its background read is done."""
+        error = self.logic.catalogError()
+        if error and error != self._catalogErrorShown:
+            self._appendLog(_("The model catalog cannot be read; only the built-in and installed models are listed: {error}").format(error=error))
+        self._catalogErrorShown = error
+        if self.logic.catalogPending() and not self._catalogTimerActive:
+            self._catalogTimerActive = True
+            qt.QTimer.singleShot(500, self._onCatalogTimer)
+
+    def _onCatalogTimer(self):
+        self._catalogTimerActive = False
+        if self.logic.catalogPending():
+            self._catalogTimerActive = True
+            qt.QTimer.singleShot(500, self._onCatalogTimer)
+        else:
+            self.refreshModels()
 
     def _fillModelsTable(self):
         fillTable(self.ui.modelsTable, modelTableRows(self._models, _), qt.QTableWidgetItem)
@@ -316,9 +367,19 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         return organItems(info.labels if info is not None else (), parseUncheckedOrgans(p.uncheckedOrgans) if p is not None else ())
 
     def _fillOrganList(self):
-        """The organ checklist: the model card's organs, checked unless the user unchecked them."""
+        """The organ checklist: the model card's organs, checked unless the user unchecked them.  Rebuilt only when the
+        organs change (another model): any other parameter-node change only updates check states, so the list keeps
+        its scroll position and focus."""
+        rows = [(name, name, checked) for name, checked in self._organItems()]
+        listWidget = self.ui.organsListWidget
+        current = _checklist(listWidget)
         with self._syncing():
-            fillChecklist(self.ui.organsListWidget, [(name, name, checked) for name, checked in self._organItems()], _checkItem)
+            if [row[:2] for row in current] != [row[:2] for row in rows]:
+                fillChecklist(listWidget, rows, _checkItem)
+                return
+            for index, (row, shown) in enumerate(zip(rows, current)):
+                if row[2] != shown[2]:
+                    listWidget.item(index).setCheckState(qt.Qt.Checked if row[2] else qt.Qt.Unchecked)
 
     def _onOrganToggled(self, item):
         if self._syncingGui or self._parameterNode is None:
@@ -348,8 +409,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if answers is None:
             return
         checkpoint, labels, modelId = answers
+        if not self._ensureRequirements(slicer.util.errorDisplay):  # its dialogs: not under the wait cursor
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to convert the checkpoint."), waitCursor=True):
-            self.logic.setupPythonRequirements(askConfirmation=True)
             workFolder = tempfile.mkdtemp(prefix="RepUX-convert-", dir=slicer.app.temporaryPath)
             arguments = convertOfficialArguments(checkpoint, labels, os.path.join(workFolder, modelId), modelId)
             self._startStoreCommand(arguments, _("Converting the checkpoint"), temporaryFolder=workFolder)
@@ -357,17 +419,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     @staticmethod
     def _askText(title, label, items=None, text=""):
         """A choice from ``items`` or a line of text; None when cancelled (QInputDialog.getItem cannot tell)."""
-        dialog = qt.QInputDialog(slicer.util.mainWindow())
-        dialog.setWindowTitle(title)
-        dialog.setLabelText(label)
-        if items:
-            dialog.setComboBoxItems(items)
-            dialog.setComboBoxEditable(False)
-        else:
-            dialog.setTextValue(text)
-        if not dialog.exec_():
-            return None
-        return dialog.textValue().strip()
+        return askInDialog(qt.QInputDialog(slicer.util.mainWindow()), title, label, items=items, text=text)
 
     def onDownloadModel(self):
         selected = self._selectedModel()
@@ -394,14 +446,16 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
     def onInstallDependencies(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to install the Python packages."), waitCursor=True):
-            self.logic.setupPythonRequirements(askConfirmation=True)
+        self._ensureRequirements(slicer.util.errorDisplay)  # asks first: no wait cursor over its dialogs
         self._updateDependenciesLabel()
         self._detectDevices()
 
     def onCheckInstallation(self):
         """``repux doctor`` in the background: the report goes to the log; problems are shown once."""
-        if self._task is not None:
+        if self._task is not None:  # one background task at a time: say so instead of ignoring the press
+            self.ui.statusLabel.text = _("Check installation: wait until '{task}' is finished (or cancel it), then press it again.").format(
+                task=self._taskTitle
+            )
             return
         self.ui.logCollapsibleButton.collapsed = False
 
@@ -485,15 +539,19 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if self._task is not None:
             self.onCancel()
             return
+        self.ui.warningLabel.hide()
+        # the questions first, without the wait cursor (installing packages, downloading the model)
+        installed = self._ensureRequirements(slicer.util.errorDisplay)
+        self._updateDependenciesLabel()
+        if not installed:
+            return
+        info = findModel(self._parameterNode.model, self._models)
+        download = info is not None and info.status == "downloadable"
+        if download and not slicer.util.confirmOkCancelDisplay(downloadQuestion(info, _)):
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            self.ui.warningLabel.hide()
-            self.logic.setupPythonRequirements(askConfirmation=True)
-            self._updateDependenciesLabel()
             self._detectDevices()
-            info = findModel(self._parameterNode.model, self._models)
-            if info is not None and info.status == "downloadable":
-                if not slicer.util.confirmOkCancelDisplay(downloadQuestion(info, _)):
-                    return
+            if download:
                 self._startStoreCommand(installArguments(info.id), _("Downloading {model}").format(model=info.id), then=self._startSegmentation)
                 return
             self._startSegmentation()
@@ -553,14 +611,18 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         unchecked = {data for _text, data, checked in _checklist(self.ui.batchVolumesListWidget) if not checked}
         rows = volumeChecklistRows(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"), unchecked)
         fillChecklist(self.ui.batchVolumesListWidget, rows, _checkItem)
+        # re-evaluate the buttons now: the input selector's scene model observes the scene at a higher priority, so
+        # the parameter-node update it causes ran before this refill (filling the list emits no itemChanged)
+        self._checkCanApply()
 
     def _checkedBatchVolumes(self):
         ids = [data for _text, data, checked in _checklist(self.ui.batchVolumesListWidget) if checked]
         return [node for node in (slicer.mrmlScene.GetNodeByID(i) for i in ids) if node is not None]
 
     def onBatchApply(self):
+        if not self._ensureRequirements(slicer.util.errorDisplay):  # its dialogs: not under the wait cursor
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation of several volumes."), waitCursor=True):
-            self.logic.setupPythonRequirements(askConfirmation=True)
             p = self._parameterNode
             volumes = self._checkedBatchVolumes()
             self._statisticsCases = []

@@ -16,6 +16,7 @@ import slicer
 from RepUXSegmentLib.dependencies import ensureDependencies
 from RepUXSegmentLib.widgethelpers import (
     ModuleWidgetMixin,
+    askInDialog,
     fillCombo,
     fillTable,
     modelChoices,
@@ -193,7 +194,29 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def cleanup(self):
         if self.logic is not None:
-            self.logic.shutdown()  # a running fine-tuning is stopped with a checkpoint: Resume continues it next time
+            # a running fine-tuning is stopped with a checkpoint (Resume continues it next time); the application
+            # exit waits for it, up to 2 minutes: say so in a progress dialog
+            dialog = []
+
+            def onWaiting(waited, atMost):
+                if not dialog:
+                    dialog.append(
+                        slicer.util.createProgressDialog(
+                            labelText=_("Stopping the fine-tuning: its checkpoint is being written (at most {minutes:.0f} minutes)...").format(
+                                minutes=atMost / 60
+                            ),
+                            maximum=int(atMost),
+                            windowTitle=_("RepUX Trainer"),
+                        )
+                    )
+                dialog[0].value = int(waited)
+                slicer.app.processEvents()
+
+            try:
+                self.logic.shutdown(onWaiting=onWaiting)
+            finally:
+                if dialog:
+                    dialog[0].close()
         self._stopBackground()
 
     def enter(self):
@@ -287,7 +310,9 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     # ------------------------------------------------------------ models/devices
     def refreshModels(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to list the RepUX models."), waitCursor=True):
+        # never re-raises (tryWithErrorDisplay would): setup(), enter() and the poll path call this; only installed
+        # models are listed (the catalog is not read)
+        with reportErrors(_("Failed to list the RepUX models."), slicer.util.errorDisplay):
             self._models = self.logic.models()
             with self._syncing():
                 fillCombo(self.ui.baseModelComboBox, modelChoices(self._models, _, importActions=False))
@@ -373,16 +398,17 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 _("The segments changed since the mapping was shown. Check the mapping, then press Add again."), windowTitle=_("RepUX Trainer")
             )
             return
+        export = None
         with slicer.util.tryWithErrorDisplay(_("Failed to add the case."), waitCursor=True):
             export = self.logic.addCase(p.inputVolume, p.inputSegmentation, mapping=self._mapping)
             for line in export.messages():
                 self._appendLog(line)
             self.ui.statusLabel.text = _("Added case '{case}'.").format(case=export.caseId)
-            if export.resampled:
-                slicer.util.infoDisplay(
-                    _("The segmentation was on another grid than the volume and was resampled onto the volume's voxels:\n{how}").format(how=export.resampled),
-                    windowTitle=_("RepUX Trainer"),
-                )
+        if export is not None and export.resampled:  # after the wait cursor is gone
+            slicer.util.infoDisplay(
+                _("The segmentation was on another grid than the volume and was resampled onto the volume's voxels:\n{how}").format(how=export.resampled),
+                windowTitle=_("RepUX Trainer"),
+            )
         self._refreshCases()
         self._refreshMapping()
 
@@ -420,8 +446,9 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     # ----------------------------------------------------------------- fine-tune
     def onStart(self):
         p = self._parameterNode
+        if not self._ensureRequirements(slicer.util.errorDisplay):  # its dialogs: not under the wait cursor
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
-            self.logic.setupPythonRequirements(askConfirmation=True)
             self.ui.logTextEdit.clear()
             self.logic.startFinetune(
                 p.baseModel,
@@ -442,14 +469,15 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._updateButtons()
 
     def onResume(self):
+        run = None
+        if self.logic.job is None:  # a run stopped in an earlier session: which one (asked before the wait cursor)
+            # not QInputDialog.getItem: it returns the current item on Cancel (PythonQt has no ok flag)
+            ask = lambda names: askInDialog(qt.QInputDialog(slicer.util.mainWindow()), _("Resume fine-tuning"), _("Stopped run:"), items=names)
+            run = chooseResumeRun(self._resumableRuns, ask)
+            if run is None:
+                return
         with slicer.util.tryWithErrorDisplay(_("Failed to resume fine-tuning."), waitCursor=True):
-            runDirectory = None
-            if self.logic.job is None:
-                ask = lambda names: qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Resume fine-tuning"), _("Stopped run:"), names, 0, False)
-                run = chooseResumeRun(self._resumableRuns, ask)
-                if run is None:
-                    return
-                runDirectory = str(run.resolvedRunDirectory())
+            runDirectory = str(run.resolvedRunDirectory()) if run is not None else None
             self.logic.resumeFinetune(runDirectory=runDirectory, onProgress=self._onFinetuneProgress, onLog=self._onLog, onFinished=self._onFinetuneFinished)
             self.ui.statusLabel.text = _("Resuming...")
             self.onShowChart()
@@ -461,7 +489,10 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def _onFinetuneFinished(self, outcome):
         if outcome.succeeded:
-            self._parameterNode.resultModel = outcome.modelId
+            # the scene may have been closed while the run went on (the widget then has no parameter node): the
+            # result goes to the current scene's one
+            p = self._parameterNode if self._parameterNode is not None else self.logic.getParameterNode()
+            p.resultModel = outcome.modelId
             self.ui.progressBar.value = 100
         self.ui.statusLabel.text = finetuneFinishedText(outcome, _)
         if outcome.succeeded:
@@ -476,7 +507,8 @@ class RepUXTrainerWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         plot = self.logic.plot
         if plot is None:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the training plot.")):
+        # never re-raises: onStart and onResume call this inside their own error display (one message, not two)
+        with reportErrors(_("Failed to show the training plot."), slicer.util.errorDisplay):
             slicer.modules.plots.logic().ShowChartInLayout(plot.chartNode)
 
     # ---------------------------------------------------------------- new model

@@ -40,6 +40,7 @@ __all__ = [
     "CatalogEntry",
     "ModelStore",
     "builtin_models_dir",
+    "catalog_rows",
     "check_model_id",
     "download",
     "list_models",
@@ -500,11 +501,35 @@ def official_checkpoints(location: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def list_models(store: ModelStore | None = None) -> list[dict[str, Any]]:
+def catalog_rows(location: str | None = None) -> list[dict[str, Any]]:
+    """The catalog's rows of :func:`list_models`: the official checkpoints, then the downloadable models.
+
+    Raises:
+        ConfigError: the catalog cannot be read (unreachable URL, malformed JSON, an entry without a field).
+    """
+    rows = official_checkpoints(location)
+    for e in load_catalog(location):
+        rows.append(
+            {
+                "id": e.id,
+                "version": e.version,
+                "status": "downloadable",
+                "size_mb": round(e.size_bytes / 1e6, 1),
+                "labels": list(e.labels),
+                "path": "",
+                "name": e.name,
+                "description": e.description,
+            }
+        )
+    return rows
+
+
+def list_models(store: ModelStore | None = None, catalog: bool = True) -> list[dict[str, Any]]:
     """Built-in, installed and downloadable models as rows (what ``repux models list --json`` prints).
 
     Each row: ``id, version, status (built-in|installed|downloadable|official), size_mb, labels, path, name, description``;
     ``official`` rows are the paper's checkpoints, which are imported, not downloaded (their ``source`` and ``import_command``).
+    ``catalog=False``: the built-in and installed models only (the catalog is not read).
     """
     s = store or ModelStore()
     rows: list[dict[str, Any]] = []
@@ -525,22 +550,9 @@ def list_models(store: ModelStore | None = None) -> list[dict[str, Any]]:
                 "description": c.description,
             }
         )
-    have = {r["id"] for r in rows}
-    rows += [r for r in official_checkpoints() if r["id"] not in have]
-    for e in load_catalog():
-        if e.id not in have:
-            rows.append(
-                {
-                    "id": e.id,
-                    "version": e.version,
-                    "status": "downloadable",
-                    "size_mb": round(e.size_bytes / 1e6, 1),
-                    "labels": list(e.labels),
-                    "path": "",
-                    "name": e.name,
-                    "description": e.description,
-                }
-            )
+    if catalog:
+        have = {r["id"] for r in rows}
+        rows += [r for r in catalog_rows() if r["id"] not in have]
     return rows
 
 

@@ -176,6 +176,7 @@ class BatchSegmentationJob(BackgroundJob):
         self.tempDirectory: Path | None = None
         self.modelCard: Any = None
         self.specs: list[SegmentSpec] = []
+        self._discardResults = False
 
     timeoutMessage = "the batch did not finish within {timeout} s and was stopped."
 
@@ -209,8 +210,15 @@ class BatchSegmentationJob(BackgroundJob):
             raise
         self.state = RUNNING
 
-    def cancel(self, immediately: bool = False) -> None:
-        """Stop after the running case (imported when it finishes), or at once with ``immediately``."""
+    def cancel(self, immediately: bool = False, discardResults: bool = False) -> None:
+        """Stop after the running case (imported when it finishes), or at once with ``immediately``.
+
+        ``discardResults`` (the scene is closing, the module is cleaned up): stop at once and import nothing
+        more, not even a case the engine reports done after this call (its volume belongs to the closed scene).
+        """
+        if discardResults:
+            self._discardResults = True
+            immediately = True
         if self.runner is None or not self.running:
             return
         if immediately or self.state == STOPPING:
@@ -245,8 +253,8 @@ class BatchSegmentationJob(BackgroundJob):
         if update.stage != "case":
             return
         case = self._byName.get(str(update.data.get("case", "")))
-        if case is None or case.status != "pending":
-            return
+        if case is None or case.status != "pending" or self._discardResults:
+            return  # discarded results: the case stays pending and ends as cancelled
         status = str(update.data.get("status", ""))
         if status == "done":
             self._importCase(case, Path(str(update.data.get("output", ""))), update.data.get("volumes_ml") or {})

@@ -3,10 +3,11 @@
 * **PyTorch** only through the PyTorch extension (``PyTorchUtils``), which picks the
   build that matches the GPU driver; never ``pip install torch``.
 * **The rest** (``Resources/requirements.txt``: MONAI, safetensors, tqdm, pillow)
-  through ``slicer.packaging.pip_ensure`` (Slicer >= 5.10), which asks the user
-  first, with torch and SimpleITK excluded from the dependency walk so that pip
-  never replaces Slicer's SimpleITK or the PyTorch extension's torch; older Slicer
-  versions fall back to ``slicer.util.pip_install`` after a confirmation, installing
+  through ``slicer.packaging.pip_ensure`` (Slicer >= 5.12: ``slicer.packaging`` does
+  not exist in 5.8 and 5.10), which asks the user first, with torch and SimpleITK
+  excluded from the dependency walk so that pip never replaces Slicer's SimpleITK or
+  the PyTorch extension's torch; Slicer 5.8-5.10 fall back to ``slicer.util.pip_install``
+  after a confirmation, one package at a time under a progress dialog, installing
   MONAI without its dependencies for the same reason.
 
 Everything is imported lazily: importing this module costs nothing.
@@ -136,13 +137,13 @@ def _slicer() -> Any:
 
 
 def _slicerPackaging(slicer: Any) -> Any:
-    """``slicer.packaging`` (Slicer >= 5.10), imported here: a fresh Slicer session has not imported it yet,
+    """``slicer.packaging`` (Slicer >= 5.12), imported here: a fresh Slicer session has not imported it yet,
     so ``slicer.packaging`` is no attribute until something does (as Slicer's module template does, guarded)."""
     packaging = getattr(slicer, "packaging", None)
     if packaging is None:
         try:
             packaging = importlib.import_module("slicer.packaging")
-        except ImportError:  # Slicer < 5.10: no slicer.packaging
+        except ImportError:  # Slicer < 5.12 (5.8, 5.10): no slicer.packaging
             return None
     return packaging
 
@@ -169,6 +170,34 @@ def ensureTorch(askConfirmation: bool = True, torchRequirement: str = TORCH_REQU
             f"PyTorch {getattr(torch, '__version__', '?')} is installed but RepUX needs torch{torchRequirement}; restart Slicer and try again.",
             restartRequired=True,
         )
+
+
+def _pipInstallWithProgress(slicer: Any, requirements: list[str], requester: str) -> None:
+    """Slicer 5.8-5.10: ``slicer.util.pip_install`` one package at a time, under a progress dialog naming the
+    package (pip_install blocks and shows nothing; several minutes with no feedback looked like a hang)."""
+    util = slicer.util
+    app = getattr(slicer, "app", None)
+    dialog = None
+    if hasattr(util, "createProgressDialog"):
+        dialog = util.createProgressDialog(
+            value=0, maximum=len(requirements), labelText=f"Installing {requirements[0]}...", windowTitle=f"{requester} - installing Python packages"
+        )
+    try:
+        for index, req in enumerate(requirements):
+            text = f"Installing {req} ({index + 1} of {len(requirements)}); this can take a few minutes..."
+            logger.info("%s", text)
+            if dialog is not None:
+                dialog.labelText = text
+                dialog.value = index
+            if app is not None and hasattr(app, "processEvents"):
+                app.processEvents()  # paint the dialog before pip blocks
+            noDeps = requirementName(req).lower() in NO_DEPS_PACKAGES
+            util.pip_install([req, "--no-deps"] if noDeps else [req])
+        if dialog is not None:
+            dialog.value = len(requirements)
+    finally:
+        if dialog is not None:
+            dialog.close()
 
 
 def ensureRequirements(requirementsPath: str | os.PathLike[str], askConfirmation: bool = True, requester: str = "RepUX") -> list[str]:
@@ -200,9 +229,7 @@ def ensureRequirements(requirementsPath: str | os.PathLike[str], askConfirmation
                 f"{requester} - install Python packages",
             ):
                 raise InstallError(f"{requester} cannot run without: {', '.join(missing)}.")
-            for req in missing:
-                noDeps = requirementName(req).lower() in NO_DEPS_PACKAGES
-                slicer.util.pip_install([req, "--no-deps"] if noDeps else [req])
+            _pipInstallWithProgress(slicer, missing, requester)
     except InstallError:
         raise
     except RuntimeError as err:  # pip_ensure raises RuntimeError when the user declines

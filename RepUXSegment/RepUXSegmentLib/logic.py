@@ -10,7 +10,7 @@ from typing import Any
 
 from .batch import BatchSegmentationJob
 from .dependencies import ensureDependencies
-from .models import listModels, removeModel, storeFolder
+from .models import catalogCache, listModels, removeModel, storeFolder
 from .mrml import MRMLContext, roiBoundsInVolumeSpace
 from .segmentation import SegmentationError, SegmentationJob, SegmentationOptions
 from .widgethelpers import startRepuxCommand
@@ -48,9 +48,24 @@ class SegmentLogic:
         ensureDependencies(self.requirementsPath(), askConfirmation=askConfirmation, requester="RepUX")
 
     # models
-    def models(self) -> list[Any]:
-        """Built-in, installed, downloadable and official models (list of RepUXSegmentLib.models.ModelInfo)."""
-        return listModels()
+    def models(self, wait: float | None = None, refresh: bool = False) -> list[Any]:
+        """Built-in, installed, downloadable and official models (list of RepUXSegmentLib.models.ModelInfo).
+
+        The catalog's models (downloadable, official) are read on a background thread and kept: ``wait`` seconds at
+        most (None: until read; the panel waits briefly and lists them when the read is done), ``refresh`` reads the
+        catalog again.  A catalog that cannot be read is logged (:meth:`catalogError`); the other models are listed.
+        """
+        return listModels(wait=wait, refresh=refresh)
+
+    @staticmethod
+    def catalogPending() -> bool:
+        """The model catalog is still being read (its models are listed once it is)."""
+        return catalogCache.pending
+
+    @staticmethod
+    def catalogError() -> str:
+        """Why the model catalog could not be read ("" when it could)."""
+        return catalogCache.error
 
     def removeModel(self, modelId: str) -> Any:
         return removeModel(modelId)

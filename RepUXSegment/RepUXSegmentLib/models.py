@@ -12,8 +12,10 @@ so Slicer's own process never initialises CUDA.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "LABEL_SET_CHOICES",
+    "CatalogCache",
     "DeviceChoice",
     "ModelInfo",
     "convertOfficialArguments",
@@ -36,6 +39,8 @@ __all__ = [
     "storeFolder",
     "suggestModelId",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: label sets ``repux convert-official --labels`` knows by name
 LABEL_SET_CHOICES = ("flare", "amos")
@@ -91,24 +96,98 @@ class DeviceChoice:
         return self.device.startswith("cuda") or self.device == "mps"
 
 
-def listModels(store: Any = None) -> list[ModelInfo]:
-    """Built-in, installed and downloadable models (the ``repux models list --json`` rows), by id."""
+def _modelInfo(r: dict[str, Any]) -> ModelInfo:
+    return ModelInfo(
+        id=r["id"],
+        version=r["version"],
+        status=r["status"],
+        sizeMB=r["size_mb"],
+        labels=tuple(r["labels"]),
+        path=r["path"],
+        name=r["name"],
+        description=r["description"],
+        source=r.get("source", ""),
+    )
+
+
+class CatalogCache:
+    """The model catalog's rows (official checkpoints, downloadable models), read on a background thread and kept.
+
+    The catalog is a file or an http(s) URL (``$REPUX_CATALOG``): a slow or unreachable URL must not block Slicer's
+    GUI, and a malformed catalog must not hide the models already installed.  :meth:`rows` starts the read when
+    the location has not been read yet (or ``refresh``), waits at most ``wait`` seconds for it and returns what is
+    known: the rows, or none while the read runs or after it failed (``error`` says why; logged once).  Only the call
+    that starts a read waits (or one with ``wait=None``); later calls return at once.
+    """
+
+    def __init__(self, reader: Any = None) -> None:
+        self._reader = reader
+        self._lock = threading.Lock()
+        self._location: str | None = None
+        self._rows: list[dict[str, Any]] | None = None
+        self._thread: threading.Thread | None = None
+        self.error = ""
+
+    @property
+    def pending(self) -> bool:
+        """The catalog is being read."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _read(self, location: str) -> None:
+        try:
+            if self._reader is not None:
+                rows, error = list(self._reader(location)), ""
+            else:
+                from repux.store import catalog_rows
+
+                rows, error = catalog_rows(location), ""
+        except Exception as err:  # ConfigError, but also anything a broken catalog entry raises
+            rows, error = [], str(err) or type(err).__name__
+            logger.warning("the model catalog could not be read; only the built-in and installed models are listed: %s", error)
+        with self._lock:
+            if self._location == location:
+                self._rows, self.error = rows, error
+
+    def rows(self, wait: float | None = None, refresh: bool = False) -> list[dict[str, Any]]:
+        from repux.store import _catalog_location
+
+        location = _catalog_location()
+        with self._lock:
+            if refresh or location != self._location:
+                self._location, self._rows, self.error = location, None, ""
+                self._thread = None
+            started = None
+            if self._rows is None and self._thread is None:
+                started = self._thread = threading.Thread(target=self._read, args=(location,), name="repux-catalog", daemon=True)
+                started.start()
+            # only the call that started the read waits, or a caller that waits until read (wait=None, scripts):
+            # a hanging URL blocks no later panel refresh
+            waitFor = started if started is not None else (self._thread if wait is None else None)
+        if waitFor is not None:
+            waitFor.join(wait)
+        with self._lock:
+            return list(self._rows or [])
+
+
+#: the catalog of this process (the panels of both modules share it)
+catalogCache = CatalogCache()
+
+
+def listModels(store: Any = None, catalog: bool = True, wait: float | None = None, refresh: bool = False) -> list[ModelInfo]:
+    """Built-in, installed and downloadable models (the ``repux models list --json`` rows), by id.
+
+    The built-in and installed models are always listed; the catalog's rows (``catalog=True``) come from
+    :data:`catalogCache`: ``wait`` seconds at most (None: until read), ``refresh`` reads it again.  A catalog that
+    cannot be read is logged and left out (``catalogCache.error``).
+    """
     from repux.store import list_models
 
-    return [
-        ModelInfo(
-            id=r["id"],
-            version=r["version"],
-            status=r["status"],
-            sizeMB=r["size_mb"],
-            labels=tuple(r["labels"]),
-            path=r["path"],
-            name=r["name"],
-            description=r["description"],
-            source=r.get("source", ""),
-        )
-        for r in list_models(store)
-    ]
+    rows = list_models(store, catalog=False)
+    if catalog:
+        have = {r["id"] for r in rows}
+        rows += [r for r in catalogCache.rows(wait=wait, refresh=refresh) if r["id"] not in have]
+    return [_modelInfo(r) for r in rows]
 
 
 def findModel(modelId: str, models: Iterable[ModelInfo]) -> ModelInfo | None:

@@ -279,6 +279,15 @@ def _addEmptySegments(segmentation: Any, specs: Sequence[SegmentSpec]) -> Any:
     return ids
 
 
+def _setReferenceGeometryInVolumeSpace(segNode: Any, volumeNode: Any) -> None:
+    """The segmentation's reference geometry: the volume's IJK grid in the volume's own (untransformed) space."""
+    ijkToRAS = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRAS)
+    geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(ijkToRAS, volumeNode.GetImageData())
+    segNode.GetSegmentation().SetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometry)
+    segNode.SetNodeReferenceID(segNode.GetReferenceImageGeometryReferenceRole(), volumeNode.GetID())
+
+
 def importLabelmap(
     context: MRMLContext,
     labelmapNode: Any,
@@ -292,7 +301,8 @@ def importLabelmap(
     Label value ``spec.value`` goes to the segment of ``spec`` (labels absent from
     the map give empty segments, so the segmentation always lists the model's
     organs).  The segmentation's reference geometry is the volume, its parent
-    transform is the volume's, and it sits beside the volume in the subject
+    transform is the volume's (set after the import: the label map is in the
+    volume's untransformed space), and it sits beside the volume in the subject
     hierarchy.  An existing ``outputSegmentation`` has its segments replaced; a new
     node is added to the scene only when the import succeeded.
 
@@ -306,6 +316,7 @@ def importLabelmap(
         raise ValueError(f"label values must be 1..N; got {[s.value for s in specs]}.")
     created = outputSegmentation is None
     backup = None
+    backupTransformID = None
     if created:
         segNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name or f"{volumeNode.GetName()} segmentation"))
         segNode.CreateDefaultDisplayNodes()
@@ -313,20 +324,30 @@ def importLabelmap(
         segNode = outputSegmentation
         backup = slicer.vtkSegmentation()
         backup.DeepCopy(segNode.GetSegmentation())
+        backupTransformID = segNode.GetTransformNodeID()
     wasModifying = segNode.StartModify()
     try:
-        segNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        # The label map read from the engine is in the volume's own (untransformed) space and has no parent
+        # transform.  Slicer's import maps it from its parent (the world) into the segmentation's parent
+        # transform, so the segmentation must not be under a transform yet: import untransformed, then put the
+        # segmentation under the volume's transform, where its voxels coincide with the volume's (linear and
+        # non-linear transforms alike; no resampling through the transform).  The reference geometry is the
+        # volume's own grid too (SetReferenceImageGeometryParameterFromVolumeNode would move it by the transform
+        # between the volume's and the segmentation's parents).
+        segNode.SetAndObserveTransformNodeID(None)
+        _setReferenceGeometryInVolumeSpace(segNode, volumeNode)
         segmentation = segNode.GetSegmentation()
         segmentation.RemoveAllSegments()
         ids = _addEmptySegments(segmentation, specs)
         if not logic.ImportLabelmapToSegmentationNode(labelmapNode, segNode, ids):
             raise RuntimeError("Slicer could not import the label map into the segmentation.")
+        segNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
     except Exception:
         if created:
             removeNode(scene, segNode)
         elif backup is not None:
             segNode.GetSegmentation().DeepCopy(backup)
+            segNode.SetAndObserveTransformNodeID(backupTransformID)
         raise
     finally:
         if scene.IsNodePresent(segNode):

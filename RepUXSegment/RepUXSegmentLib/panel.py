@@ -32,6 +32,7 @@ __all__ = [
     "downloadQuestion",
     "failedVolumesText",
     "installationCheckResult",
+    "isCTVolume",
     "modelButtonStates",
     "modelInfoText",
     "modelTableRows",
@@ -245,9 +246,22 @@ def askOfficialImport(ask: Any, tr: Callable[[str], str] = _identity) -> tuple[s
     return checkpoint, labels, modelId
 
 
+#: subclasses of vtkMRMLScalarVolumeNode that are not CT volumes (label maps; RGB, vector, streaming, tensor, diffusion volumes)
+NOT_CT_VOLUME_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+
+
+def isCTVolume(node: Any) -> bool:
+    """A volume that can be segmented: a scalar volume node that is not a label map, vector (RGB), tensor or diffusion
+    volume (those subclass ``vtkMRMLScalarVolumeNode``), with one component per voxel when it has voxels."""
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or any(node.IsA(c) for c in NOT_CT_VOLUME_CLASSES):
+        return False
+    image = node.GetImageData()
+    return image is None or image.GetNumberOfScalarComponents() == 1
+
+
 def ctVolumes(nodes: Sequence[Any]) -> list[Any]:
-    """The volumes that can be segmented: scalar volume nodes that are not label maps."""
-    return [node for node in nodes if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+    """The volumes that can be segmented (:func:`isCTVolume`), in the given order."""
+    return [node for node in nodes if isCTVolume(node)]
 
 
 def volumeChecklistRows(nodes: Sequence[Any], unchecked: Any = ()) -> list[tuple[str, str, bool]]:

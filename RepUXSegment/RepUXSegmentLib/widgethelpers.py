@@ -34,6 +34,7 @@ __all__ = [
     "IMPORT_OFFICIAL_ITEM",
     "ErrorReport",
     "ModuleWidgetMixin",
+    "askInDialog",
     "chosenOrgans",
     "deviceChoices",
     "fillChecklist",
@@ -88,6 +89,24 @@ def reportErrors(message: str, display: Callable[..., Any] | None = None) -> Ite
                 display(report.message, detailedText=details)
             except Exception:
                 logger.exception("could not display the error")
+
+
+def askInDialog(dialog: Any, title: str, label: str, items: Sequence[str] | None = None, text: str = "") -> str | None:
+    """A choice from ``items`` (or a line of text) asked with ``dialog``, a ``qt.QInputDialog``; None when cancelled.
+
+    ``qt.QInputDialog.getItem`` cannot be used: on Cancel Qt returns the current item, and PythonQt does not return
+    the ``ok`` flag, so a cancelled choice reads like the first item.  ``exec_()`` tells (0 on Cancel).
+    """
+    dialog.setWindowTitle(title)
+    dialog.setLabelText(label)
+    if items:
+        dialog.setComboBoxItems(list(items))
+        dialog.setComboBoxEditable(False)
+    else:
+        dialog.setTextValue(text)
+    if not dialog.exec_():
+        return None
+    return str(dialog.textValue()).strip()
 
 
 def selectComboData(combo: Any, value: str) -> None:
@@ -216,6 +235,11 @@ def startRepuxCommand(
     return runner
 
 
+def _mrmlNodeOf(wrapper: Any) -> Any:
+    """The vtkMRMLScriptedModuleNode a parameterNodeWrapper wraps (``wrapper.parameterNode``)."""
+    return getattr(wrapper, "parameterNode", wrapper)
+
+
 class ModuleWidgetMixin:
     """What both module widgets do the same way, written once and without Qt (the widget supplies ``self.ui``,
     ``self.logic``, ``addObserver``/``removeObserver`` from ``VTKObservationMixin`` and ``_startPolling()``):
@@ -235,31 +259,61 @@ class ModuleWidgetMixin:
     def _initSharedState(self) -> None:
         self._parameterNode: Any = None
         self._parameterNodeGuiTag: Any = None
+        self._parameterNodeGuiBinding: Any = None  # (wrapper, tag) the GUI is connected to
         self._pollTimer: Any = None
         self._deviceRunner: Any = None
         self._devicesDetected = False
         self._syncingGui = False
 
     # parameter node
+    #
+    # The GUI is connected once per parameter node and stays connected while the panel is hidden: each
+    # ``connectGui`` adds Qt connections and an observer of the node that Slicer never removes, and Slicer 5.8's
+    # ``connectGui`` returns no tag, so ``disconnectGui(tag)`` cannot undo it (fixed in 5.10).  Connecting on every
+    # module entry piled the bindings up.  ``getParameterNode()`` makes a new wrapper each call: the bound wrapper
+    # is kept while it wraps the same vtkMRMLScriptedModuleNode.
     def setParameterNode(self, inputParameterNode: Any) -> None:
         import vtk
 
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._stopObservingParameterNode()
+        bound = self._parameterNodeGuiBinding
+        if inputParameterNode is not None and bound is not None and _mrmlNodeOf(bound[0]) is _mrmlNodeOf(inputParameterNode):
+            inputParameterNode = bound[0]  # already connected to the GUI
+        else:
+            self._releaseGui()
+            if inputParameterNode is not None:
+                self._parameterNodeGuiTag = inputParameterNode.connectGui(self.ui)
+                self._parameterNodeGuiBinding = (inputParameterNode, self._parameterNodeGuiTag)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._onParameterNodeModified()
 
-    def exit(self) -> None:
+    def _releaseGui(self) -> None:
+        """Disconnect the GUI from the parameter node it is bound to (another node comes, or the scene closes)."""
+        bound, self._parameterNodeGuiBinding, self._parameterNodeGuiTag = self._parameterNodeGuiBinding, None, None
+        if bound is None:
+            return
+        wrapper, tag = bound
+        if tag is not None:
+            wrapper.disconnectGui(tag)
+            return
+        # Slicer 5.8: no tag; its wrapper keeps the connections by tag in _parameterGUIs
+        for anyTag in list(getattr(wrapper, "_parameterGUIs", {}) or {}):
+            wrapper.disconnectGui(anyTag)
+
+    def _stopObservingParameterNode(self) -> None:
+        """Remove the panel's observer of the parameter node, if it is there (VTKObservationMixin warns "does not
+        have observer" otherwise: exit() then Close Scene or cleanup() removed it twice)."""
         import vtk
 
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        node = self._parameterNode
+        if node and self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified):
+            self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def exit(self) -> None:
+        # the GUI stays bound (see setParameterNode); only this panel's observer goes
+        self._stopObservingParameterNode()
 
     @contextlib.contextmanager
     def _syncing(self) -> Iterator[None]:
@@ -276,7 +330,16 @@ class ModuleWidgetMixin:
             self._deviceRunner.cancel(block=True)
         if self._pollTimer is not None:
             self._pollTimer.stop()
+        self._releaseGui()
         self.removeObservers()
+
+    def _ensureRequirements(self, display: Callable[..., Any]) -> bool:
+        """Install the missing Python packages (PyTorch extension, pip; asks first) *outside* any wait cursor: the
+        confirmation and progress dialogs must not sit under one.  False (the error shown once with ``display``,
+        ``slicer.util.errorDisplay``) when it failed or the user declined."""
+        with reportErrors(self.tr("Failed to install the Python packages."), display) as failed:
+            self.logic.setupPythonRequirements(askConfirmation=True)
+        return not failed
 
     # log panel
     def _appendLog(self, text: str) -> None:

@@ -139,7 +139,7 @@ class TrainerLogic:
         """Models of the store (``RepUXSegmentLib.models.ModelInfo``), the ones that can be fine-tuned by default."""
         from RepUXSegmentLib.models import listModels
 
-        return [m for m in listModels() if m.installed or not installedOnly]
+        return [m for m in listModels(catalog=not installedOnly) if m.installed or not installedOnly]  # installed only: no catalog read
 
     # -------------------------------------------------------------- fine-tune
     def finetuneOptions(self, baseModel: str | None = None, newModelId: str | None = None, **settings: Any) -> FinetuneOptions:
@@ -417,12 +417,22 @@ class TrainerLogic:
         if self.ranking is not None and self.ranking.running:
             self.ranking.cancel()
 
-    def shutdown(self) -> None:
-        """Stop everything (the fine-tuning with a checkpoint, waiting up to 2 minutes) and delete temporary files."""
+    def shutdown(self, onWaiting: Callable[[float, float], None] | None = None) -> None:
+        """Stop everything (the fine-tuning with a checkpoint, waiting up to 2 minutes) and delete temporary files.
+
+        ``onWaiting(secondsWaited, secondsAtMost)`` is called about twice a second while the fine-tuning writes its
+        checkpoint (the module shows a progress dialog: the application exit waits for it).
+        """
         if self.job is not None and self.job.running:
             self.job.stop()
-            deadline = time.monotonic() + SHUTDOWN_STOP_SECONDS
+            start = time.monotonic()
+            deadline = start + SHUTDOWN_STOP_SECONDS
+            reported = -1.0
             while self.job.processEvents() and time.monotonic() < deadline:
+                waited = time.monotonic() - start
+                if onWaiting is not None and waited - reported >= 0.5:
+                    reported = waited
+                    onWaiting(waited, SHUTDOWN_STOP_SECONDS)
                 time.sleep(0.1)
             if self.job.running:
                 self.job.abort()

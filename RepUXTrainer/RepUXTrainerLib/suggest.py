@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from RepUXSegmentLib.jobs import BackgroundJob, JobState
+from RepUXSegmentLib.panel import isCTVolume
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -112,10 +113,8 @@ def unannotatedVolumes(scene: Any, trainingSet: Any = None) -> list[Any]:
     out = []
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
-        if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(UNCERTAINTY_ATTRIBUTE) or node.GetImageData() is None:
-            continue
-        if node.GetImageData().GetNumberOfScalarComponents() != 1:
-            continue
+        if not isCTVolume(node) or node.GetAttribute(UNCERTAINTY_ATTRIBUTE) or node.GetImageData() is None:
+            continue  # label maps, vector/tensor volumes, overlays, volumes without voxels
         if trainingSet is not None:
             if node.GetAttribute(TRAINING_SET_ATTRIBUTE) == root and node.GetAttribute(CASE_ID_ATTRIBUTE) in caseIds:
                 continue

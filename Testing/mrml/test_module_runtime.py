@@ -221,7 +221,7 @@ def test_both_widgets_share_the_device_and_parameter_node_plumbing(trainerModule
     widget._detectDevices()  # detected once per session
     assert len(started) == 1
     widget.exit()
-    assert widget._parameterNodeGuiTag is None
+    assert widget._parameterNodeGuiBinding[0] is widget._parameterNode  # exit keeps the GUI bound: connected once per parameter node
 
 
 def test_batch_cancel_is_two_step_and_failed_volumes_are_named(trainerModuleFile, slicerApp, monkeypatch):

@@ -167,3 +167,43 @@ def test_a_fresh_slicer_session_imports_slicer_packaging_before_pip_ensure(tmp_p
         sys.modules.pop("slicer.packaging", None)
         if hasattr(slicer, "packaging"):
             delattr(slicer, "packaging")
+
+
+def test_slicer_5_8_to_5_10_fallback_shows_which_package_it_installs(monkeypatch):
+    """Slicer 5.8 and 5.10 have no slicer.packaging (it came with 5.12): the fallback confirms, then installs one package at
+    a time under a progress dialog naming it (issue 23, 9)."""
+    monkeypatch.setattr(
+        deps, "isSatisfied", lambda requirement: deps.requirementName(requirement) not in ("monai", "tqdm") or installed.get(requirement, False)
+    )
+    installed, events = {}, []
+
+    class Dialog:
+        def __init__(self, **kwargs):
+            events.append(("open", kwargs["maximum"]))
+
+        def __setattr__(self, name, value):
+            events.append((name, value))
+
+        def close(self):
+            events.append(("close",))
+
+    def pipInstall(args):
+        events.append(("pip", args[0]))
+        installed[args[0]] = True
+
+    util = SimpleNamespace(pip_install=pipInstall, confirmOkCancelDisplay=lambda *args: True, createProgressDialog=lambda **kwargs: Dialog(**kwargs))
+    app = SimpleNamespace(processEvents=lambda: events.append(("paint",)))
+    monkeypatch.setattr(deps, "_slicer", lambda: SimpleNamespace(util=util, app=app))  # no packaging attribute, none importable
+
+    deps.ensureRequirements(REQUIREMENTS, askConfirmation=True)
+
+    assert events[0] == ("open", 2) and events[-1] == ("close",)
+    labels = [e[1] for e in events if e[0] == "labelText"]
+    assert labels == [
+        "Installing monai>=1.3 (1 of 2); this can take a few minutes...",
+        "Installing tqdm>=4.60 (2 of 2); this can take a few minutes...",
+    ]
+    assert [e[1] for e in events if e[0] == "pip"] == ["monai>=1.3", "tqdm>=4.60"]
+    assert events.index(("paint",)) < events.index(("pip", "monai>=1.3"))  # the dialog is painted before pip blocks
+    source = Path(deps.__file__).read_text() + REQUIREMENTS.read_text()
+    assert "5.12" in source and ">= 5.10" not in source and "< 5.10" not in source

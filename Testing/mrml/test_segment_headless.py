@@ -358,3 +358,43 @@ def test_organ_subset_gives_the_engines_labels_voxel_for_voxel(mrml, tiny_model_
     expected = sampleInPhysicalSpace(cli.result(), exported, ijkToRASArray(volume))
     assert set(np.unique(expected)) == {0, 1, 2}, "the subset should show both organs"
     np.testing.assert_array_equal(exported, expected)
+
+
+def test_apply_on_a_transformed_volume_puts_the_organs_on_the_volume_in_the_world(mrml, tiny_model_dir, tmp_path):
+    """Issue 23 (1), through the whole Apply path (engine child process, import): the volume sits under a rotated and
+    shifted parent transform; every organ voxel the engine finds on the (untransformed) file is covered by its
+    segment at the same place in the world, and the segmentation follows the volume's transform."""
+    import vtk
+    from RepUXSegmentLib.mrml import writeVolumeNrrd
+    from RepUXSegmentLib.segmentation import segmentVolume
+    from RepUXSegmentLib.testing import syntheticCTArray, syntheticIJKToRAS
+    from test_segment_mrml import _segmentContainsWorldPoints, _worldPoints
+
+    ijkToRAS = syntheticIJKToRAS(spacing=(4.0, 4.0, 4.0), origin=(-90.0, -80.0, -60.0), angleDegrees=20.0)
+    volume = mrml.addVolumeFromArray(syntheticCTArray((32, 44, 48)), ijkToRAS, "registered ct")
+    transformNode = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    transform = vtk.vtkTransform()
+    transform.Translate(60.0, -25.0, 15.0)
+    transform.RotateWXYZ(30.0, 0.2, 0.3, 1.0)
+    transformNode.SetMatrixTransformToParent(transform.GetMatrix())
+    volume.SetAndObserveTransformNodeID(transformNode.GetID())
+    cli = CliRun(writeVolumeNrrd(volume, tmp_path / "local.nrrd"), tiny_model_dir, tmp_path / "cli.nrrd")  # the volume's own space
+
+    seg = segmentVolume(volume, str(tiny_model_dir), device="cpu", quality="fast", context=mrml.context(), pythonExecutable=sys.executable)
+
+    assert seg.GetTransformNodeID() == transformNode.GetID()
+    import SimpleITK as sitk
+
+    reference = sitk.GetArrayFromImage(cli.result())  # (k, j, i) on the volume's grid (written from it, right-handed)
+    segmentation = seg.GetSegmentation()
+    checked = 0
+    for index in range(segmentation.GetNumberOfSegments()):
+        kji = np.argwhere(reference == index + 1)
+        if len(kji) == 0:
+            continue
+        kji = kji[:: max(1, len(kji) // 400)]  # a few hundred voxels per organ are enough
+        local = (ijkToRAS @ np.c_[kji[:, ::-1], np.ones(len(kji))].T).T[:, :3]
+        inside = _segmentContainsWorldPoints(seg, segmentation.GetNthSegmentID(index), _worldPoints(transformNode, local))
+        assert inside.all(), f"{segmentation.GetNthSegment(index).GetName()}: {inside.mean():.0%} of its voxels covered in the world"
+        checked += len(kji)
+    assert checked > 100

@@ -185,3 +185,120 @@ def test_options_validate_and_build_the_command():
     ]:
         with pytest.raises(ValueError, match=match):
             bad.validate()
+
+
+def _parentTransform(mrml, kind):
+    """A parent transform for the geometry tests: a translation, a rotation with a shift, or a smooth grid warp."""
+    import vtk
+
+    scene = mrml.scene
+    if kind in ("translated", "rotated"):
+        node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", kind)
+        transform = vtk.vtkTransform()
+        transform.Translate(60.0, -15.0, 10.0 if kind == "rotated" else 0.0)
+        if kind == "rotated":
+            transform.RotateWXYZ(35.0, 0.3, 0.4, 1.0)
+        node.SetMatrixTransformToParent(transform.GetMatrix())
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", kind)
+    displacement = vtk.vtkImageData()
+    displacement.SetOrigin(-150.0, -150.0, -150.0)
+    displacement.SetSpacing(15.0, 15.0, 15.0)
+    displacement.SetDimensions(21, 21, 21)
+    displacement.AllocateScalars(vtk.VTK_DOUBLE, 3)
+    from vtkmodules.util import numpy_support
+
+    k, j, i = np.meshgrid(*(np.arange(21) for _ in range(3)), indexing="ij")
+    x, y, z = (-150.0 + 15.0 * a for a in (i, j, k))
+    field = np.stack([40.0 + 8.0 * np.sin(y / 40.0), 6.0 * np.cos(x / 50.0), 5.0 * np.sin(z / 45.0)], axis=-1)
+    displacement.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(field.reshape(-1, 3), deep=True))
+    grid = mrml.slicer.vtkOrientedGridTransform()
+    grid.SetDisplacementGridData(displacement)
+    node.SetAndObserveTransformToParent(grid)
+    return node
+
+
+def _worldPoints(transformNode, localPoints):
+    """``localPoints`` (N x 3, coordinates of a node under ``transformNode``) in world coordinates."""
+    import slicer
+    import vtk
+
+    toWorld = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(transformNode, None, toWorld)
+    return np.array([toWorld.TransformPoint(list(p)) for p in localPoints])
+
+
+def _segmentVoxels(segNode, segmentId):
+    """The segment's binary labelmap in the segmentation node's own space (no parent transform applied), 1 inside."""
+    import slicer
+    import vtk
+
+    image = slicer.vtkOrientedImageData()
+    assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segNode, segmentId, image, False)
+    threshold = vtk.vtkImageThreshold()  # a shared labelmap holds several segments: keep this one's label value
+    value = segNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+    threshold.ThresholdBetween(value, value)
+    threshold.SetInValue(1)
+    threshold.SetOutValue(0)
+    threshold.SetInputData(image)
+    threshold.Update()
+    result = slicer.vtkOrientedImageData()
+    result.ShallowCopy(threshold.GetOutput())
+    result.CopyDirections(image)
+    return result
+
+
+def _segmentContainsWorldPoints(segNode, segmentId, worldPoints):
+    """For each world point: is it inside the segment (its binary labelmap, through the segmentation's transform)?"""
+    import slicer
+    import vtk
+    from vtkmodules.util import numpy_support
+
+    image = _segmentVoxels(segNode, segmentId)
+    dims = image.GetDimensions()
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    worldToSegmentation = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, segNode.GetParentTransformNode(), worldToSegmentation)
+    worldToImage = vtk.vtkMatrix4x4()
+    image.GetWorldToImageMatrix(worldToImage)  # the image's "world" is the segmentation node's own space
+    extent = image.GetExtent()
+    inside = []
+    for p in worldPoints:
+        local = list(worldToSegmentation.TransformPoint(list(p))) + [1.0]
+        ijk = [round(v) for v in worldToImage.MultiplyPoint(local)[:3]]
+        rel = [ijk[a] - extent[2 * a] for a in range(3)]
+        ok = all(0 <= rel[a] < dims[a] for a in range(3)) and voxels[rel[2], rel[1], rel[0]] > 0
+        inside.append(bool(ok))
+    return np.array(inside)
+
+
+@pytest.mark.parametrize("kind", ["translated", "rotated", "warped"])
+def test_segmentation_of_a_transformed_volume_overlaps_the_organ_in_world_coordinates(mrml, kind):
+    """Issue 23 (1): the segmentation of a volume under a parent transform lies on the organ in the world."""
+    from RepUXSegmentLib.mrml import importLabelmap
+
+    shape = (16, 20, 24)
+    ijkToRAS = syntheticIJKToRAS(spacing=(3.0, 2.5, 3.5), origin=(-30.0, -25.0, -28.0), angleDegrees=15.0)
+    volume = mrml.addVolumeFromArray(syntheticCTArray(shape), ijkToRAS, "ct")
+    transform = _parentTransform(mrml, kind)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[4:10, 5:12, 3:9] = 1  # the "organ" (k, j, i): off-centre, so a wrong placement cannot overlap it
+    labels[11:14, 13:18, 15:21] = 3
+    existing = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "previous result")
+    other = _parentTransform(mrml, "translated")  # an output segmentation that sat under another transform
+    existing.SetAndObserveTransformNodeID(other.GetID())
+    for output in (None, existing):
+        segNode = importLabelmap(mrml.context(), labelmapNode(mrml, labels, ijkToRAS), specs(), volume, outputSegmentation=output)
+        assert segNode.GetTransformNodeID() == transform.GetID()
+        for value, index in ((1, 0), (3, 2)):
+            kji = np.argwhere(labels == value)
+            local = (ijkToRAS @ np.c_[kji[:, ::-1], np.ones(len(kji))].T).T[:, :3]  # voxel centres in the volume's space
+            world = _worldPoints(transform, local)  # where the organ is seen in the views
+            segmentId = segNode.GetSegmentation().GetNthSegmentID(index)
+            inside = _segmentContainsWorldPoints(segNode, segmentId, world)
+            assert inside.mean() > 0.97, f"{kind}: only {inside.mean():.0%} of organ {value} is covered by its segment in world coordinates"
+            from vtkmodules.util import numpy_support
+
+            count = int(numpy_support.vtk_to_numpy(_segmentVoxels(segNode, segmentId).GetPointData().GetScalars()).sum())
+            assert count == pytest.approx(len(kji), rel=0.03)  # and not much more than the organ

@@ -240,7 +240,10 @@ class Node:
         return self.name
 
     def IsA(self, className):
-        return self.labelmap and className == "vtkMRMLLabelMapVolumeNode"
+        return className == "vtkMRMLScalarVolumeNode" or (self.labelmap and className == "vtkMRMLLabelMapVolumeNode")
+
+    def GetImageData(self):
+        return None
 
 
 def test_volume_and_organ_checklists():

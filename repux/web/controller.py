@@ -416,7 +416,7 @@ class WebController:
 
         rows = [
             {"id": m.id, "title": f"{m.id} ({m.status})", "name": m.displayName, "organs": list(m.labels), "status": m.status}
-            for m in listModels()
+            for m in listModels(catalog=False)  # installed and built-in only: the catalog is not read
             if m.installed
         ]
         self.state["models"] = rows
