@@ -285,7 +285,7 @@ class InteractiveSession:
             "labels": self.labels.names,
             "warnings": prepared.warnings,
         }
-        logger.info("session open: %s input, model grid %s, %d windows, %.2f s", info["input_size"], grid_shape, len(slices), self.open_seconds)
+        logger.debug("session open: %s input, model grid %s, %d windows, %.2f s", info["input_size"], grid_shape, len(slices), self.open_seconds)
         if self.background:
             self._start_background()
         return info
@@ -769,6 +769,11 @@ def segment_points(segmenter: Any, image: sitk.Image | str | Path, points: Seque
     Raises:
         InputImageError: a point is outside the volume or on background (nothing is returned).
     """
+    if not isinstance(image, sitk.Image):
+        from .imageio import read_image
+
+        image = read_image(image)
+    check_points_inside(image, points)
     s = InteractiveSession(segmenter=segmenter, background=False)
     s.open(image, progress=progress, cancel=cancel)
     results = []
@@ -781,3 +786,18 @@ def segment_points(segmenter: Any, image: sitk.Image | str | Path, points: Seque
     out = s.label_image()
     s.close_volume()
     return out, results
+
+
+def check_points_inside(image: sitk.Image, points: Sequence[Sequence[float]]) -> None:
+    """Refuse RAS points outside the image's voxels (cheap: before a model is loaded).
+
+    Raises:
+        InputImageError: naming the first point outside.
+    """
+    size = np.array(image.GetSize())
+    for p in points:
+        r, a, s_ = (float(v) for v in p)
+        c = np.array(image.TransformPhysicalPointToContinuousIndex((-r, -a, s_)))
+        if np.any(c < -0.5) or np.any(c >= size - 0.5):
+            txt = ",".join(f"{float(v):g}" for v in p)
+            raise InputImageError(f"--point {txt}: the point is outside the volume (voxel index {np.round(c, 1).tolist()} of size {size.tolist()}); nothing written.")
