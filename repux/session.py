@@ -801,3 +801,51 @@ def check_points_inside(image: sitk.Image, points: Sequence[Sequence[float]]) ->
         if np.any(c < -0.5) or np.any(c >= size - 0.5):
             txt = ",".join(f"{float(v):g}" for v in p)
             raise InputImageError(f"--point {txt}: the point is outside the volume (voxel index {np.round(c, 1).tolist()} of size {size.tolist()}); nothing written.")
+
+
+def measure_latencies(segmenter: Any, *, size: Sequence[int] = (512, 512, 300), spacing: Sequence[float] = (0.8, 0.8, 1.5), seed: int = 3) -> dict[str, Any]:
+    """Session open, cold click and warm click times on a synthetic CT of ``size`` voxels (``repux benchmark --sections interactive``).
+
+    The phantom is generated on a coarse grid and resampled (linear) onto the requested grid. Cold: the liver click with
+    no window computed; warm: a spleen click, then the liver again, once every window is computed.
+    """
+    import torch
+
+    from .data.phantom import generate_phantom
+    from .labels import FLARE
+
+    size = [int(v) for v in size]
+    spacing = [float(v) for v in spacing]
+    extent = [n * sp for n, sp in zip(size, spacing)]
+    ph = generate_phantom(seed, orientation="axial", spacing=(4.0, 4.0, 4.0), size_mm=extent, noise_hu=15.0)
+    ref = sitk.Image(size, sitk.sitkInt16)
+    ref.SetSpacing(spacing)
+    ref.SetDirection(ph.image.GetDirection())
+    d = np.array(ph.image.GetDirection()).reshape(3, 3)
+    centre = np.array(ph.image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in ph.image.GetSize()]))
+    ref.SetOrigin(tuple(float(v) for v in centre - d @ ((np.array(size) - 1) / 2 * np.array(spacing))))
+    ct = sitk.Resample(ph.image, ref, sitk.Transform(), sitk.sitkLinear, -1000, sitk.sitkInt16)
+    labels = sitk.GetArrayFromImage(sitk.Resample(ph.label_map(FLARE), ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+
+    def ras(value: int) -> tuple[float, float, float]:
+        pts = np.argwhere(labels == value)
+        k, j, i = pts[len(pts) // 2]
+        x, y, z = ct.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))
+        return (-x, -y, z)
+
+    out: dict[str, Any] = {"input_size": size, "input_spacing": spacing, "torch_threads": torch.get_num_threads()}
+    s = InteractiveSession(segmenter=segmenter, background=False)
+    t = time.perf_counter()
+    info = s.open(ct)
+    out.update(open_s=round(time.perf_counter() - t, 3), windows=info["windows"], model_grid_size=info["model_grid_size"])
+    r = s.click(ras(1))
+    out.update(cold_click_s=round(r.seconds, 3), cold_click_windows=r.windows, cold_click_organ=r.organ)
+    t = time.perf_counter()
+    s.compute_all()
+    out["rest_of_full_pass_s"] = round(time.perf_counter() - t, 3)
+    r = s.click(ras(3))
+    out.update(warm_click_s=round(r.seconds, 3), warm_click_organ=r.organ)
+    r = s.click(ras(1))
+    out["warm_click_same_organ_s"] = round(r.seconds, 3)
+    s.close_volume()
+    return out
