@@ -11,7 +11,8 @@ the segment's previous content in that box (or removes a segment the click creat
 
 The owner calls :meth:`processEvents` from its event loop (a ``qt.QTimer`` in the module);
 nothing here blocks: a click only writes one line to the child's stdin.  A click sent while
-another computes supersedes it (the engine abandons the older one; a stale answer is ignored).
+another computes supersedes it: the engine abandons the older one (its answer is "cancelled"); answers
+arrive in the order of the clicks, so an older result never lands on top of a newer one.
 """
 
 from __future__ import annotations
@@ -237,16 +238,22 @@ class ClickSegmentTool:
             self._report(ClickOutcome("opened", seconds=latency, message=f"session open: {reply.get('windows')} windows"))
             return
         if kind in ("click", "undo", "reset"):
-            stale = kind == "click" and reply.get("id") != self._latestClick
+            # replies come in the order of the clicks: a click the engine finished before a newer one arrived is applied
+            # (then the newer one on top); one it abandoned for the newer click answers "cancelled" and changes nothing
             if reply.get("labels"):
-                deltas = self._updateMirror(reply)
-                if not stale and kind != "undo":
-                    self._applyDeltas(deltas, reply)
                 try:
-                    os.remove(reply["labels"])
-                except OSError:
-                    pass
-            status = "superseded" if stale else reply.get("status", "")
+                    deltas = self._updateMirror(reply)
+                    if kind != "undo":
+                        self._applyDeltas(deltas, reply)
+                except (OSError, RuntimeError) as err:
+                    self._report(ClickOutcome("error", message=f"could not apply the click: {err}", clickId=reply.get("id")))
+                    return
+                finally:
+                    try:
+                        os.remove(reply["labels"])
+                    except OSError:
+                        pass
+            status = reply.get("status", "")
             self._report(
                 ClickOutcome(
                     status,
