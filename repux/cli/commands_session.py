@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RepuxError
-from .options import add_common, add_device_options, add_window_options
+from .options import add_common, add_device_options, add_window_options, fraction
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-m", "--model", default=None, help="installed model id or model folder (default: the built-in demo model)")
     p.add_argument("--no-background", action="store_true", help="do not compute the whole volume in the background after open")
-    p.add_argument("--grow-threshold", type=float, default=None, help="probability for positive clicks that grow a missing organ (default: 0.3)")
+    p.add_argument("--grow-threshold", type=fraction, default=None, help="probability for positive clicks that grow a missing organ (default: 0.3)")
     g = add_window_options(p)
     add_device_options(g)
     add_common(p, progress=False)
-    p.add_argument("--progress", choices=("json",), default="json", help="progress and replies: JSON lines on stdout (the only mode)")
+    p.add_argument(
+        "--progress", choices=("json", "none"), default="json", help="json: progress lines on stdout besides the replies (default); none: replies only"
+    )
     p.set_defaults(func=cmd_session)
 
 
@@ -131,7 +133,8 @@ def cmd_session(args: argparse.Namespace, ctx: Any) -> int:
             sys.stdout.flush()
 
     def progress(ev: ProgressEvent) -> None:
-        emit(ev.to_dict())
+        if args.progress == "json":
+            emit(ev.to_dict())
 
     channel = _Channel(sys.stdin.fileno())
     channel.job_cancel = ctx.cancel
