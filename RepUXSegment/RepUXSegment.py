@@ -244,6 +244,10 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._fillBatchVolumes()
         self.initializeParameterNode()
         self._detectDevices()
+        try:
+            self._setupClickSection()  # "Click to segment" (RepUXSegmentLib.clicksession)
+        except Exception:  # noqa: BLE001 - the rest of the panel must work without this section
+            logger.exception("the Click to segment section could not be created")
 
     def cleanup(self):
         if self._task is not None:
@@ -253,6 +257,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             except TimeoutError:
                 logger.warning("the background RepUX task did not stop within 30 s")
         self._stopBackground()
+        self._stopClickTool()
 
     def enter(self):
         self.initializeParameterNode()
@@ -717,6 +722,110 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 #
 # RepUXSegmentLogic
 #
+
+
+    # ------------------------------------------------------------------ click to segment
+    def _setupClickSection(self):
+        """A collapsible "Click to segment" section: Initialize, a point list with +/- placement, Undo, a status line."""
+        import ctk
+
+        self._clickTool = None
+        self._clickTimer = qt.QTimer()
+        self._clickTimer.setInterval(50)
+        self._clickTimer.connect("timeout()", self._onClickTimer)
+        box = ctk.ctkCollapsibleButton()
+        box.text = _("Click to segment")
+        box.collapsed = True
+        form = qt.QFormLayout(box)
+        self._clickInitializeButton = qt.QPushButton(_("Initialize"))
+        self._clickInitializeButton.toolTip = _("Start the engine session on the input volume and model (the model and volume stay in memory)")
+        self._clickInitializeButton.connect("clicked(bool)", self.onClickInitialize)
+        form.addRow(self._clickInitializeButton)
+        self._clickPlaceWidget = slicer.qSlicerMarkupsPlaceWidget()
+        self._clickPlaceWidget.setMRMLScene(slicer.mrmlScene)
+        self._clickPlaceWidget.buttonsVisible = False
+        self._clickPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        self._clickPlaceWidget.enabled = False
+        self._clickPositiveButton = qt.QPushButton(_("+ organ"))
+        self._clickPositiveButton.checkable = True
+        self._clickPositiveButton.checked = True
+        self._clickPositiveButton.toolTip = _("+: a click selects the organ under it; -: a click removes the selected blob under it (shortcut: Shift+S toggles)")
+        self._clickPositiveButton.connect("toggled(bool)", self._onClickPolarity)
+        self._clickUndoButton = qt.QPushButton(_("Undo"))
+        self._clickUndoButton.shortcut = qt.QKeySequence("Ctrl+Shift+Z")
+        self._clickUndoButton.connect("clicked(bool)", self.onClickUndo)
+        row = qt.QHBoxLayout()
+        row.addWidget(self._clickPlaceWidget)
+        row.addWidget(self._clickPositiveButton)
+        row.addWidget(self._clickUndoButton)
+        form.addRow(_("Click:"), row)
+        self._clickPolarityShortcut = qt.QShortcut(qt.QKeySequence("Shift+S"), slicer.util.mainWindow() or box)
+        self._clickPolarityShortcut.connect("activated()", lambda: self._clickPositiveButton.toggle())
+        self._clickStatusLabel = qt.QLabel(_("Press Initialize, then click an organ in a slice view."))
+        self._clickStatusLabel.wordWrap = True
+        form.addRow(self._clickStatusLabel)
+        self.layout.insertWidget(max(self.layout.count() - 1, 0), box)
+
+    def onClickInitialize(self):
+        from RepUXSegmentLib.clicksession import ClickSegmentTool
+        from RepUXSegmentLib.mrml import MRMLContext
+
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        if volume is None:
+            self._clickStatusLabel.text = _("Choose the input volume first.")
+            return
+        self._stopClickTool()
+        points = slicer.mrmlScene.GetFirstNodeByName("RepUX clicks")
+        if points is None:
+            points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "RepUX clicks")
+            points.CreateDefaultDisplayNodes()
+        model = self._parameterNode.model or None
+        device = self._parameterNode.device or "auto"
+        self._clickTool = ClickSegmentTool(
+            MRMLContext.fromSlicer(), volume, points, self._parameterNode.outputSegmentation, model=model, device=device,
+            onOutcome=self._onClickOutcome, onProgress=lambda u: setattr(self._clickStatusLabel, "text", f"{u.message} ({100 * u.fraction:.0f} %)"),
+        )
+        try:
+            self._clickTool.start()
+        except Exception as err:  # noqa: BLE001 - shown in the status line
+            self._clickStatusLabel.text = _("Could not start the session: {error}").format(error=err)
+            self._clickTool = None
+            return
+        self._clickPlaceWidget.setCurrentNode(points)
+        self._clickPlaceWidget.enabled = True
+        self._clickStatusLabel.text = _("Starting the session (loading the model and the volume)...")
+        self._clickTimer.start()
+
+    def _onClickPolarity(self, positive):
+        self._clickPositiveButton.text = _("+ organ") if positive else _("- remove")
+        if self._clickTool is not None:
+            self._clickTool.positive = bool(positive)
+
+    def onClickUndo(self):
+        if self._clickTool is None or not self._clickTool.undo():
+            self._clickStatusLabel.text = _("Nothing to undo.")
+
+    def _onClickTimer(self):
+        if self._clickTool is not None and not self._clickTool.processEvents():
+            self._clickTimer.stop()
+
+    def _onClickOutcome(self, outcome):
+        if outcome.status in ("added", "grown", "removed", "unchanged"):
+            text = _("{message} - {seconds:.2f} s").format(message=outcome.message, seconds=outcome.seconds)
+        else:
+            text = outcome.message or outcome.status
+        self._clickStatusLabel.text = text
+        if self._clickTool is not None and self._clickTool.segmentationNode is not None and self._parameterNode.outputSegmentation is None:
+            self._parameterNode.outputSegmentation = self._clickTool.segmentationNode
+
+    def _stopClickTool(self):
+        tool = getattr(self, "_clickTool", None)
+        if tool is not None:
+            tool.stop()
+            self._clickTool = None
+        timer = getattr(self, "_clickTimer", None)
+        if timer is not None:
+            timer.stop()
 
 
 class RepUXSegmentLogic(SegmentLogic, ScriptedLoadableModuleLogic):

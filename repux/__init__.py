@@ -19,6 +19,7 @@ from ._version import __version__
 
 __all__ = [
     "InferenceSettings",
+    "InteractiveSession",
     "LabelSet",
     "Preprocessing",
     "RepUXNet",
@@ -49,6 +50,7 @@ _LAZY = {
     "Preprocessing": "repux.config",
     "InferenceSettings": "repux.config",
     "segment": "repux.inference",
+    "InteractiveSession": "repux.session",
     "Segmenter": "repux.inference",
     "segment_many": "repux.batch",
     "organ_statistics": "repux.statistics",

@@ -149,6 +149,38 @@ def label_counts(array: np.ndarray, num_classes: int, chunk: int = 1 << 24) -> n
     return counts
 
 
+def window_layout(shape: Sequence[int], roi_size: Sequence[int], overlap: float) -> tuple[list[int], list[tuple[slice, ...]]]:
+    """MONAI's sliding-window placement: the constant padding (``F.pad`` order) and the windows on the padded grid.
+
+    The windows are in stitching order (grouped by start plane along the last axis,
+    MONAI's order within a group), the order :func:`stream_argmax` blends them in;
+    :class:`repux.session.InteractiveSession` places and blends its windows with it.
+    """
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    shape = [int(s) for s in shape]
+    roi = [int(r) for r in roi_size]
+    pad: list[int] = []
+    for k in (2, 1, 0):  # F.pad order: last axis first
+        diff = max(roi[k] - shape[k], 0)
+        pad += [diff // 2, diff - diff // 2]
+    size = [shape[0] + pad[4] + pad[5], shape[1] + pad[2] + pad[3], shape[2] + pad[0] + pad[1]]
+    scan = _get_scan_interval(size, roi, 3, (float(overlap),) * 3)
+    slices = dense_patch_slices(size, roi, scan)
+    groups: dict[int, list[tuple[slice, ...]]] = {}
+    for sl in slices:
+        groups.setdefault(int(sl[2].start), []).append(sl)
+    return pad, [sl for z0 in sorted(groups) for sl in groups[z0]]
+
+
+def importance_map(roi_size: Sequence[int], mode: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The blending weight of one window (MONAI's ``compute_importance_map``, sigma_scale 0.125), ``(x, y, z)`` float32."""
+    from monai.data.utils import compute_importance_map
+
+    return compute_importance_map(tuple(int(r) for r in roi_size), mode=mode, sigma_scale=0.125, device=device, dtype=torch.float32)
+
+
 def stream_argmax(
     x: torch.Tensor,
     predictor: Predictor,
@@ -184,23 +216,15 @@ def stream_argmax(
         ``(labels, entropy)`` as ``(X, Y, Z)`` numpy arrays.
     """
     import torch.nn.functional as F
-    from monai.data.utils import compute_importance_map, dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
 
     sw_device = torch.device(sw_device)
     buffer_device = torch.device(buffer_device)
-    shape = [int(s) for s in x.shape[2:]]
     roi = [int(r) for r in roi_size]
-    pad: list[int] = []
-    for k in (2, 1, 0):  # F.pad order: last axis first
-        diff = max(roi[k] - shape[k], 0)
-        pad += [diff // 2, diff - diff // 2]
+    pad, slices = window_layout(x.shape[2:], roi, overlap)
     if any(pad):
         x = F.pad(x, pad, mode="constant", value=0.0)
     size = [int(s) for s in x.shape[2:]]
-    scan = _get_scan_interval(size, roi, 3, (float(overlap),) * 3)
-    slices = dense_patch_slices(size, roi, scan)
-    weight = compute_importance_map(tuple(roi), mode=mode, sigma_scale=0.125, device=sw_device, dtype=torch.float32)
+    weight = importance_map(roi, mode, sw_device)
     weight_z = weight.permute(2, 0, 1).to(buffer_device)  # (z, x, y)
     groups: dict[int, list[tuple[slice, ...]]] = {}
     for sl in slices:

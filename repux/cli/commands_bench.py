@@ -21,8 +21,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--sections",
         default="window,train,volume",
-        help="any of window,train,volume,memory,batch (default: window,train,volume); memory: peak RSS of a whole large CT "
-        "with the built-in model and a random-weights base model; batch: per-case wall vs network time of a cohort",
+        help="any of window,train,volume,memory,batch,interactive (default: window,train,volume); memory: peak RSS of a whole large CT "
+        "with the built-in model and a random-weights base model; batch: per-case wall vs network time of a cohort; interactive: "
+        "click-to-segment session open, cold and warm click on a synthetic CT of --memory-size voxels (built-in model)",
     )
     p.add_argument(
         "--memory-size",
@@ -75,14 +76,18 @@ def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
     if bad:
         raise ConfigError(f"--presets: unknown {bad}; choose from {', '.join(PRESETS)}.")
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
-    if not sections or set(sections) - {"window", "train", "volume", "memory", "batch"}:
-        raise ConfigError(f"--sections must be a subset of window,train,volume,memory,batch; got {args.sections!r}.")
+    if not sections or set(sections) - {"window", "train", "volume", "memory", "batch", "interactive"}:
+        raise ConfigError(f"--sections must be a subset of window,train,volume,memory,batch,interactive; got {args.sections!r}.")
+    interactive = "interactive" in sections
+    sections = tuple(s for s in sections if s != "interactive")
     try:
         memory_size = tuple(int(v) for v in args.memory_size.split(","))
     except ValueError:
         memory_size = ()
     if len(memory_size) != 3 or min(memory_size) < 8:
         raise ConfigError(f"--memory-size {args.memory_size!r}: give three voxel counts X,Y,Z, each at least 8, e.g. 512,512,1000.")
+    if not sections:
+        return _interactive_only(args, ctx)
     report = run_benchmark(
         presets=presets,
         device=args.device,
@@ -100,10 +105,47 @@ def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
         network_windows=args.network_windows,
         batch_cases=args.batch_cases,
     )
+    if interactive:
+        report["interactive"] = _interactive_section(args)
     report["command"] = "repux benchmark " + " ".join(__import__("shlex").quote(a) for a in __import__("sys").argv[2:])
     if args.output:
         with atomic_path(args.output) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
     if ctx.progress_mode != "json":
         print(format_report(report))
+    return 0
+
+
+def _interactive_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Click-to-segment figures (:func:`repux.session.measure_latencies`) with the model and device of the command."""
+    import time
+
+    from ..benchmark import machine_description
+    from ..inference import Segmenter
+    from ..session import measure_latencies
+    from ..store import DEFAULT_MODEL
+
+    t = time.perf_counter()
+    seg = Segmenter(args.model or DEFAULT_MODEL, device=args.device, threads=args.threads)
+    out = {"model_load_s": round(time.perf_counter() - t, 3), "machine": machine_description(args.device)}
+    size = tuple(int(v) for v in args.memory_size.split(","))
+    out.update(measure_latencies(seg, size=size))
+    return out
+
+
+def _interactive_only(args: argparse.Namespace, ctx: Any) -> int:
+    from ..imageio import atomic_path
+
+    res = _interactive_section(args)
+    res["command"] = "repux benchmark " + " ".join(__import__("shlex").quote(a) for a in __import__("sys").argv[2:])
+    if args.output:
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(json.dumps({"interactive": res}, indent=2) + "\n")
+    if ctx.progress_mode != "json":
+        cpu = res["machine"].get("cpu")
+        print(f"interactive ({res['machine'].get('name')}, {res['torch_threads']} threads{', CPU flags ' + str(cpu) if cpu else ''}):")
+        print(f"  input {res['input_size']}, model grid {res['model_grid_size']}, {res['windows']} windows")
+        print(f"  model load {res['model_load_s']:.2f} s, session open {res['open_s']:.2f} s")
+        print(f"  cold click ({res['cold_click_organ']}, {res['cold_click_windows']} windows) {res['cold_click_s']:.2f} s")
+        print(f"  warm click ({res['warm_click_organ']}) {res['warm_click_s']:.3f} s, same organ again {res['warm_click_same_organ_s']:.3f} s")
     return 0

@@ -88,6 +88,15 @@ def register(sub: Any) -> None:
         metavar="R0,A0,S0,R1,A1,S1",
         help="only process this box (RAS mm); write --roi-ras=... when R0 is negative",
     )
+    p.add_argument(
+        "--point",
+        action="append",
+        type=csv_floats(3, "R,A,S (RAS mm)"),
+        metavar="R,A,S",
+        help="only the organ(s) under these points (RAS mm, repeatable): each point keeps the connected part of the organ "
+        "containing it, as a click in the session (repux session); a point on background or outside the volume is an error "
+        "and nothing is written; write --point=... when R is negative",
+    )
     p.add_argument("--max-voxels", type=positive_int, default=DEFAULT_MAX_VOXELS, help=f"refuse larger inputs (default: {DEFAULT_MAX_VOXELS:,})")
     add_inference_options(p)
     add_common(p)
@@ -196,10 +205,63 @@ def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
     _check_organs(args)
     shard = args.shard  # (I, N), parsed by options.shard_spec
     if _is_batch(args):
+        if getattr(args, "point", None):
+            raise ConfigError("--point is for a single case: give one input and an output file.")
         return _cmd_segment_batch(args, ctx, shard)
     if shard is not None:
         raise ConfigError("--shard splits a batch: give several inputs, a folder tree or @list.txt and an output folder.")
+    if getattr(args, "point", None):
+        return _cmd_segment_points(args, ctx)
     return _cmd_segment_one(args, ctx)
+
+
+def _cmd_segment_points(args: argparse.Namespace, ctx: Any) -> int:
+    """``--point``: the organ components under the points (as session clicks), written only when every point hits an organ."""
+    from ..batch import format_for_output, write_result
+
+    out = _check_output(args.output)
+    fmt = format_for_output(out, args.format)
+    for opt, why in (("uncertainty", "--uncertainty"), ("roi_ras", "--roi-ras"), ("organs", "--organs"), ("largest_component", "--largest-component")):
+        if getattr(args, opt, None):
+            raise ConfigError(f"{why} does not go with --point: the points choose the organs and their connected parts.")
+    if fmt == "dicom-seg":
+        raise ConfigError("--point writes .seg.nrrd, .nii.gz, .nrrd or .mha (not DICOM SEG).")
+    from ..imageio import read_image
+    from ..inference import SegmentationResult, label_counts
+    from ..session import check_points_inside, segment_points
+
+    image = read_image(args.input[0], args.series_uid)
+    check_points_inside(image, args.point)  # before the model is loaded
+    seg = segmenter_from_args(args, args.model, max_voxels=args.max_voxels)
+    labels, clicks = segment_points(seg, image, [list(p) for p in args.point], progress=ctx.progress, cancel=ctx.cancel)
+    ctx.cancel.check()
+    import SimpleITK as sitk
+
+    spacing = labels.GetSpacing()
+    counts = label_counts(sitk.GetArrayViewFromImage(labels), seg.model_labels.num_classes)
+    voxel_ml = float(spacing[0] * spacing[1] * spacing[2]) / 1000.0
+    organs = sorted({c.organ for c in clicks if c.organ}, key=seg.model_labels.names.index)
+    summary = {
+        "points": [{"ras": list(p), "organ": c.organ, "index": list(c.index or ())} for p, c in zip(args.point, clicks)],
+        "volumes_ml": {name: round(float(counts[seg.model_labels.find(name).value]) * voxel_ml, 2) for name in organs},
+        "device": str(seg.device),
+    }
+    result = SegmentationResult(labels, seg.model_labels, summary)
+    write_result(result, out, "nii.gz" if fmt == "nii" else fmt)
+    outputs = {"labels": str(out)}
+    if args.summary:
+        from ..imageio import atomic_path
+
+        with atomic_path(args.summary) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        outputs["summary"] = str(args.summary)
+    if ctx.progress:
+        from ..progress import ProgressEvent
+
+        ctx.progress(ProgressEvent("done", 1.0, f"wrote {out}", 0.0, {"outputs": outputs, "volumes_ml": summary["volumes_ml"], "summary": summary}))
+    if ctx.progress_mode != "json":
+        print(f"wrote {out} ({', '.join(f'{k} {v:.0f} mL' for k, v in summary['volumes_ml'].items())})")
+    return 0
 
 
 def _cmd_segment_one(args: argparse.Namespace, ctx: Any) -> int:

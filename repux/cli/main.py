@@ -78,11 +78,22 @@ class JobContext:
 
 
 def _commands() -> list[Callable[[Any], None]]:
-    from . import commands_bench, commands_core, commands_data, commands_dicom, commands_doctor, commands_infer, commands_train, commands_web
+    from . import (
+        commands_bench,
+        commands_core,
+        commands_data,
+        commands_dicom,
+        commands_doctor,
+        commands_infer,
+        commands_session,
+        commands_train,
+        commands_web,
+    )
 
     return [
         commands_core.register,
         commands_infer.register,
+        commands_session.register,
         commands_train.register,
         commands_data.register,
         commands_dicom.register,
