@@ -21,3 +21,18 @@ python -m repux train --synth "$LABELS" --synth-n "${SYNTH_N:-4}" --synth-val-ma
   --description "Built-in default: trained only on synthetic CTs rendered by 'repux synth' from the 30 manual BTCV organ label maps (background split into synthetic tissues; CT priors for native/portal/arterial phases, 10% random intensities). No real image was used in training. Research use only; not a medical device. Fine-tune it on your corrected cases (RepUX Trainer / repux finetune)." \
   --preset tiny --spacing 3,3,3 --roi-size 64 --max-iterations "${MAX_IT:-6000}" --time-budget "$BUDGET" --val-interval 500 \
   --lr 3e-3 --warmup 50 --crop-sampling classes --channels-last --seed 0 --device "${DEVICE:-cpu}" --weights-dtype float16 "${EXTRA[@]}"
+# attribution of the training label maps in the model card (model.json only; the weights' sha256 is unchanged)
+python - "$OUT" <<'PY'
+import json, sys
+p = sys.argv[1] + "/model.json"
+d = json.load(open(p))
+d["provenance"]["training_data"] = {
+    "images": "none: synthetic CTs rendered by repux synth (repux.data.synth) from label maps only",
+    "label_maps": "30 BTCV subjects, 13 manual organ labels at 2 mm (Learn2Reg 2020 task 3 version; 28 train, 2 validation maps)",
+    "attribution": "BTCV: Landman et al., Multi-Atlas Labeling Beyond the Cranial Vault, 2015 (CC BY 4.0 as listed by kaiko-ai/eva; the Synapse release has its own terms of use); Learn2Reg: Hering et al., 2022",
+    "dev_set_never_used": "../shared/data/ct-abdomen/example_ct (image and labels) was not used in training or model selection",
+}
+d["license"] = "Apache-2.0 (weights); training label maps: BTCV, attribution required (see provenance.training_data)"
+json.dump(d, open(p, "w"), indent=2)
+open(p, "a").write("\n")
+PY
