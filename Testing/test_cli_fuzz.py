@@ -168,8 +168,10 @@ def generate() -> tuple[list[Case], dict]:
         base_opts: list[str] = []
         positionals: dict[str, str] = {}
         unknown_required = []
+        # the first option of each required mutually exclusive group (train: --dataset | --synth) is part of the baseline
+        group_firsts = {id(g._group_actions[0]) for g in p._mutually_exclusive_groups if g.required and g._group_actions}
         for a in actions:
-            if a.option_strings and not a.required:
+            if a.option_strings and not a.required and id(a) not in group_firsts:
                 continue
             v = _valid_value(cmd, a)
             if v is None:

@@ -29,7 +29,7 @@ def test_report_has_versions_device_forward_pass_and_store(_isolated_store):
     forward = report["forward"]
     assert forward["ok"] and forward["model"] == "repux-tiny-phantom" and forward["roi_size"] == [32, 32, 32] and forward["output_classes"] == 5
     assert 0 < forward["seconds"] < 60
-    assert report["store"]["path"] == str(_isolated_store) and report["store"]["models"] == ["repux-tiny-phantom"]
+    assert report["store"]["path"] == str(_isolated_store) and report["store"]["models"] == ["repux-tiny-abdomen-ct", "repux-tiny-phantom"]
     text = format_report(report)
     assert "forward pass: repux-tiny-phantom, one 32x32x32 window" in text and "OK" in text and "problems:    none" in text
 
