@@ -169,4 +169,5 @@ def test_the_module_files_share_one_copy_of_the_helpers():
             and 'tryWithErrorDisplay(_("Failed to open the training set."), waitCursor=True):\n                self.logic.openTrainingSet(folder)\n'
             not in source
         )
-        assert len(source.splitlines()) < 800  # the module files stay wiring
+        # the module files stay wiring; 900 since the click-to-segment section (issue 18), to come down with issue 21
+        assert len(source.splitlines()) < 900
