@@ -19,6 +19,7 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 
 __all__ = [
+    "BTCV",
     "LABEL_SETS",
     "ORGANS",
     "Code",
@@ -298,6 +299,25 @@ AMOS = LabelSet.from_names(
         "prostate/uterus",
     ],
     name="amos",
+)
+#: The 13 organs of the BTCV label maps (values 1..13 as in the files): the built-in abdomen model's labels.
+BTCV = LabelSet.from_names(
+    [
+        "spleen",
+        "right kidney",
+        "left kidney",
+        "gallbladder",
+        "esophagus",
+        "liver",
+        "stomach",
+        "aorta",
+        "inferior vena cava",
+        "portal vein and splenic vein",
+        "pancreas",
+        "right adrenal gland",
+        "left adrenal gland",
+    ],
+    name="btcv",
 )
 LABEL_SETS: dict[str, LabelSet] = {"flare": FLARE, "amos": AMOS}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -24,7 +25,48 @@ from typing import Any, TextIO
 
 from .errors import Cancelled
 
-__all__ = ["BarProgressPrinter", "CancelToken", "JsonProgressPrinter", "ProgressCallback", "ProgressEvent", "ProgressTracker"]
+__all__ = [
+    "STOP_COMMANDS",
+    "BarProgressPrinter",
+    "CancelToken",
+    "JsonProgressPrinter",
+    "ProgressCallback",
+    "ProgressEvent",
+    "ProgressTracker",
+    "read_command_lines",
+]
+
+#: control-channel commands that stop the job (``{"command": "stop"}``)
+STOP_COMMANDS = ("stop", "cancel")
+
+
+def read_command_lines(fd: int, chunk: int = 65536):
+    """Yield the JSON command objects a parent writes, one per line, on the raw descriptor ``fd``, until end of input.
+
+    A line that is not a JSON object comes as ``{"command": None, "raw": <its first 80 characters>}``; blank
+    lines are skipped; a read error ends the stream like end of input.  Reads the raw descriptor (not
+    ``sys.stdin``): a daemon thread blocked in a buffered read would hold the stream's lock when the
+    interpreter shuts down.
+    """
+    pending = b""
+    try:
+        while True:
+            data = os.read(fd, chunk)
+            if not data:
+                return
+            pending += data
+            while b"\n" in pending:
+                raw, pending = pending.split(b"\n", 1)
+                text = raw.decode("utf-8", "replace").strip()
+                if not text:
+                    continue
+                try:
+                    cmd = json.loads(text)
+                except ValueError:
+                    cmd = None
+                yield cmd if isinstance(cmd, dict) else {"command": None, "raw": text[:80]}
+    except OSError:
+        return
 
 
 @dataclass

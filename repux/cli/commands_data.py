@@ -80,8 +80,8 @@ def add_synth_options(p: Any, n_flag: str = "--synth-n") -> None:
 
 def synth_dataset(args: argparse.Namespace, folder: Any, progress: Any = None, cancel: Any = None) -> Any:
     """Render (or complete) the synthetic dataset the options describe into ``folder``; returns the manifest path."""
-    from ..data.synth import BTCV, SynthConfig, write_synth_dataset
-    from ..labels import get_label_set
+    from ..data.synth import SynthConfig, write_synth_dataset
+    from ..labels import BTCV, get_label_set
 
     labels = BTCV if args.synth_labels.lower() == "btcv" else get_label_set(args.synth_labels)
     kw: dict[str, Any] = {"mode": args.synth_mode, "background": args.synth_background == "split"}

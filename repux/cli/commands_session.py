@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RepuxError
+from ..progress import STOP_COMMANDS, read_command_lines
 from .options import add_common, add_device_options, add_window_options, fraction
 
 logger = logging.getLogger(__name__)
@@ -73,35 +74,16 @@ class _Channel:
         self.job_cancel: Any = None
 
     def run(self) -> None:
-        pending = b""
-        try:
-            while True:
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    break
-                pending += chunk
-                while b"\n" in pending:
-                    raw, pending = pending.split(b"\n", 1)
-                    text = raw.decode("utf-8", "replace").strip()
-                    if not text:
-                        continue
-                    try:
-                        cmd = json.loads(text)
-                        if not isinstance(cmd, dict):
-                            raise ValueError
-                    except ValueError:
-                        cmd = {"command": None, "raw": text[:80]}
-                    name = cmd.get("command")
-                    if name in ("stop", "cancel"):
-                        self._stop("stopped on request")
-                        return
-                    if name == "click":
-                        with self.lock:
-                            if self.running_click is not None:
-                                self.running_click.cancel("superseded by a newer click")
-                    self.queue.put(cmd)
-        except OSError:
-            pass
+        for cmd in read_command_lines(self.fd):
+            name = cmd.get("command")
+            if name in STOP_COMMANDS:
+                self._stop("stopped on request")
+                return
+            if name == "click":
+                with self.lock:
+                    if self.running_click is not None:
+                        self.running_click.cancel("superseded by a newer click")
+            self.queue.put(cmd)
         self._stop("stopped: the parent program closed the control channel")
 
     def _stop(self, reason: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from .._version import __version__
 from ..errors import Cancelled, RepuxError
 from ..fileio import describe_os_error, is_user_os_error
-from ..progress import BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback, ProgressEvent
+from ..progress import STOP_COMMANDS, BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback, ProgressEvent, read_command_lines
 from .options import RepuxArgumentParser, add_common, warn_deprecated_spellings
 from .validate import validate_args
 
@@ -141,39 +141,14 @@ def _progress_callback(args: argparse.Namespace) -> tuple[ProgressCallback | Non
     return None, mode, lambda: None
 
 
-#: control-channel commands that stop the job (``{"command": "stop"}``)
-STOP_COMMANDS = ("stop", "cancel")
-
-
 def _watch_control(fd: int, ctx: JobContext, requested: list[str]) -> None:
-    """Read JSON command lines from the parent on ``fd``; stop on ``stop``/``cancel`` or end of input.
-
-    Reads the raw descriptor (not ``sys.stdin``): a daemon thread blocked in a buffered read
-    would hold the stream's lock when the interpreter shuts down.
-    """
-    pending = b""
-    try:
-        while True:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            pending += chunk
-            while b"\n" in pending:
-                raw, pending = pending.split(b"\n", 1)
-                text = raw.decode("utf-8", "replace").strip()
-                if not text:
-                    continue
-                try:
-                    command = json.loads(text).get("command")
-                except (ValueError, AttributeError):
-                    command = None
-                if command in STOP_COMMANDS:
-                    requested.append("stopped on request")
-                    ctx.cancel.cancel("stopped on request")
-                    return
-                logger.warning("ignoring control line %r (expected {\"command\": \"stop\"})", text[:80])
-    except OSError:
-        pass
+    """Read JSON command lines from the parent on ``fd``; stop on ``stop``/``cancel`` or end of input."""
+    for cmd in read_command_lines(fd, 4096):
+        if cmd.get("command") in STOP_COMMANDS:
+            requested.append("stopped on request")
+            ctx.cancel.cancel("stopped on request")
+            return
+        logger.warning("ignoring control line %r (expected {\"command\": \"stop\"})", cmd.get("raw", json.dumps(cmd))[:80])
     requested.append("stopped: the parent program closed the control channel")
     ctx.cancel.cancel("stopped: the parent program closed the control channel")
 

@@ -48,7 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ConfigError
-from ..labels import LabelSet, normalize_name
+from ..labels import BTCV, LabelSet, normalize_name
 from ..progress import CancelToken, ProgressCallback, ProgressTracker
 
 __all__ = [
@@ -64,26 +64,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The 13 organs of the BTCV label maps (values 1..13 as in the files).
-BTCV = LabelSet.from_names(
-    [
-        "spleen",
-        "right kidney",
-        "left kidney",
-        "gallbladder",
-        "esophagus",
-        "liver",
-        "stomach",
-        "aorta",
-        "inferior vena cava",
-        "portal vein and splenic vein",
-        "pancreas",
-        "right adrenal gland",
-        "left adrenal gland",
-    ],
-    name="btcv",
-)
 
 #: Intensity modes: ``ct`` (CT priors, phases), ``random`` (every tissue a random HU), ``mixed`` (``ct``, 10 % ``random``).
 MODES = ("ct", "random", "mixed")
