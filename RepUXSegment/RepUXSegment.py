@@ -534,7 +534,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._setTask(runner, title)
 
     def _onRunnerProgress(self, update):
-        self._onProgress(update.fraction, update.stage, update.message, update.etaSeconds)
+        self._onProgress(update.fraction, update.stage, update.message, update.eta_s)
 
     def _onRunnerLog(self, message):
         self._onLog(message.level, message.text)

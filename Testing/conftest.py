@@ -21,7 +21,7 @@ def tiny_model_dir(tmp_path_factory):
 
     from repux.config import InferenceSettings, Preprocessing
     from repux.labels import FLARE
-    from repux.modelfile import save_model
+    from repux.models.folder import save_model
     from repux.nn import create_model
 
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   "$PY" -c "import torch, sys; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'python', sys.version.split()[0])"
   grep -m1 "model name" /proc/cpuinfo
 } 2>&1 | tee "$OUT/device.txt"
-"$PY" -m pytest -m gpu Testing/test_gpu.py -v -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.txt"
+"$PY" -m pytest -m gpu Testing/device/test_gpu.py -v -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.txt"
 tests=${PIPESTATUS[0]}
 timeout 420 bash benchmarks/gpu.sh "$OUT" 2>&1 | tail -n 80
 echo "gpu tests exit code: $tests" | tee -a "$OUT/device.txt"

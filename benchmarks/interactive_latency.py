@@ -11,8 +11,8 @@ import time
 
 def main() -> None:
     from repux.device import cpu_features
-    from repux.inference import Segmenter
-    from repux.session import measure_latencies
+    from repux.inference.segmenter import Segmenter
+    from repux.inference.session import measure_latencies
 
     t = time.perf_counter()
     seg = Segmenter("repux-tiny-phantom", device="cpu")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
+from repux._version import __version__
 
 __all__ = [
     "InferenceSettings",
@@ -42,20 +42,20 @@ _LAZY = {
     "create_model": "repux.nn.presets",
     "RepUXNet": "repux.nn.repuxnet",
     "bayesian_frequency_matrix": "repux.nn.bfr",
-    "load_model": "repux.modelfile",
-    "save_model": "repux.modelfile",
-    "read_model_card": "repux.modelfile",
-    "convert_official": "repux.official",
+    "load_model": "repux.models.folder",
+    "save_model": "repux.models.folder",
+    "read_model_card": "repux.models.folder",
+    "convert_official": "repux.models.official",
     "LabelSet": "repux.labels",
     "Preprocessing": "repux.config",
     "InferenceSettings": "repux.config",
-    "segment": "repux.inference",
-    "InteractiveSession": "repux.session",
-    "Segmenter": "repux.inference",
-    "segment_many": "repux.batch",
-    "organ_statistics": "repux.statistics",
-    "read_image": "repux.imageio",
-    "write_image": "repux.imageio",
+    "segment": "repux.inference.segmenter",
+    "InteractiveSession": "repux.inference.session",
+    "Segmenter": "repux.inference.segmenter",
+    "segment_many": "repux.inference.batch",
+    "organ_statistics": "repux.inference.statistics",
+    "read_image": "repux.io.images",
+    "write_image": "repux.io.images",
 }
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError
+from repux.errors import ConfigError
 
 __all__ = ["QUALITY_PRESETS", "InferenceSettings", "IntensityWindow", "Preprocessing", "parse_roi_size"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from repux.errors import ConfigError
 
 __all__ = ["autocast_dtype", "bf16_is_fast", "cpu_features", "describe_devices", "resolve_device", "set_threads"]
 

@@ -8,6 +8,7 @@ genuine bug (any other exception) still shows a traceback.
 from __future__ import annotations
 
 import difflib
+import errno as _errno
 import functools
 import logging
 from collections.abc import Callable, Iterable
@@ -24,10 +25,41 @@ __all__ = [
     "RepuxError",
     "did_you_mean",
     "guard_io",
+    "is_user_os_error",
 ]
 
 _logger = logging.getLogger("repux.errors")
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+#: operating-system errors caused by the user's files and disks (not by a bug)
+USER_ERRNOS = {
+    _errno.ENOENT,
+    _errno.EACCES,
+    _errno.EPERM,
+    _errno.EROFS,
+    _errno.ENOSPC,
+    _errno.EFBIG,
+    _errno.EISDIR,
+    _errno.ENOTDIR,
+    _errno.ENAMETOOLONG,
+    _errno.EEXIST,
+    _errno.ENOTEMPTY,
+    _errno.EIO,
+    getattr(_errno, "EDQUOT", _errno.ENOSPC),
+    getattr(_errno, "ELOOP", _errno.ENOENT),
+}
+
+
+#: errors about the disk itself: the user's environment even when no file is named
+DISK_ERRNOS = {_errno.ENOSPC, _errno.EFBIG, _errno.EROFS, getattr(_errno, "EDQUOT", _errno.ENOSPC)}
+
+
+def is_user_os_error(err: BaseException) -> bool:
+    """True for an ``OSError`` the user can act on: a named file that is missing, read-only..., or a full disk / size limit."""
+    if not isinstance(err, OSError):
+        return False
+    return err.errno in DISK_ERRNOS or (err.errno in USER_ERRNOS and err.filename is not None)
 
 
 class RepuxError(Exception):
@@ -85,8 +117,6 @@ def guard_io(stage: str, error: type[RepuxError], path_argument: int | str = 0) 
             except (RepuxError, MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
                 raise
             except Exception as err:
-                from .fileio import is_user_os_error
-
                 if is_user_os_error(err):
                     raise
                 if isinstance(path_argument, int):

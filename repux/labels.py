@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
+from repux.errors import ConfigError, did_you_mean
 
 __all__ = [
     "BTCV",

@@ -7,23 +7,22 @@ per-stage fractions into that overall fraction from stage weights and
 estimates the remaining time.  The CLI renders events as a tqdm bar on a
 terminal or as JSON lines (``--progress json``) for the Slicer modules.
 
+The event and its JSON line are defined in :mod:`repux.protocol` (both ends of the wire).
+
 Cancellation is cooperative: a :class:`CancelToken` is checked at every
 progress point and raises :class:`~repux.errors.Cancelled`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .errors import Cancelled
+from repux.errors import Cancelled
+from repux.protocol import STOP_COMMANDS, ProgressEvent, read_command_lines  # noqa: F401  (the wire; re-exported)
 
 __all__ = [
     "STOP_COMMANDS",
@@ -35,64 +34,6 @@ __all__ = [
     "ProgressTracker",
     "read_command_lines",
 ]
-
-#: control-channel commands that stop the job (``{"command": "stop"}``)
-STOP_COMMANDS = ("stop", "cancel")
-
-
-def read_command_lines(fd: int, chunk: int = 65536):
-    """Yield the JSON command objects a parent writes, one per line, on the raw descriptor ``fd``, until end of input.
-
-    A line that is not a JSON object comes as ``{"command": None, "raw": <its first 80 characters>}``; blank
-    lines are skipped; a read error ends the stream like end of input.  Reads the raw descriptor (not
-    ``sys.stdin``): a daemon thread blocked in a buffered read would hold the stream's lock when the
-    interpreter shuts down.
-    """
-    pending = b""
-    try:
-        while True:
-            data = os.read(fd, chunk)
-            if not data:
-                return
-            pending += data
-            while b"\n" in pending:
-                raw, pending = pending.split(b"\n", 1)
-                text = raw.decode("utf-8", "replace").strip()
-                if not text:
-                    continue
-                try:
-                    cmd = json.loads(text)
-                except ValueError:
-                    cmd = None
-                yield cmd if isinstance(cmd, dict) else {"command": None, "raw": text[:80]}
-    except OSError:
-        return
-
-
-@dataclass
-class ProgressEvent:
-    """One progress update.
-
-    Attributes:
-        stage: short machine name of the current stage (``"load"``, ``"infer"``...).
-        fraction: fraction of the whole job done, 0..1.
-        message: human-readable text.
-        eta_s: estimated seconds left, or None when unknown.
-        extra: stage-specific values (``iteration``, ``loss``, ``val_dice``...).
-    """
-
-    stage: str
-    fraction: float
-    message: str = ""
-    eta_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"stage": self.stage, "fraction": round(float(self.fraction), 6), "message": self.message}
-        d["eta_s"] = None if self.eta_s is None else round(float(self.eta_s), 1)
-        d.update(self.extra)
-        return d
-
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
@@ -165,16 +106,6 @@ class ProgressTracker:
             self.callback(ProgressEvent("done", 1.0, message, 0.0, dict(extra)))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 class JsonProgressPrinter:
     """Print one JSON object per event on ``stream`` (stdout), flushed at once."""
 
@@ -183,9 +114,9 @@ class JsonProgressPrinter:
         self.lock = threading.Lock()
 
     def __call__(self, event: ProgressEvent) -> None:
-        line = json.dumps(_jsonable(event.to_dict()), allow_nan=False)
+        line = event.to_line()
         with self.lock:
-            self.stream.write(line + "\n")
+            self.stream.write(line)
             self.stream.flush()
 
 

@@ -5,7 +5,7 @@
 # The same command runs on a GPU (--device cuda) and under torchrun (rank 0 renders, the others wait).
 # Resumable: rerun with RESUME=1 after an interruption (rendered examples are kept, training continues from
 # its last checkpoint in $WORK). SYNTH_N, VAL_MAPS, MAX_IT, BUDGET, DEVICE, LABELS and OUT override the recipe (the slow
-# test Testing/test_synth.py::test_recipe_builds_a_model runs it small).
+# test Testing/engine/data/test_synth.py::test_recipe_builds_a_model runs it small).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LABELS=${LABELS:-../shared/data/labelmaps/btcv-13organ-2mm}

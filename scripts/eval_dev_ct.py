@@ -40,7 +40,7 @@ def main() -> int:
     if not (DEV / "example_ct.nii.gz").is_file():
         print(f"the dev CT is not at {DEV}", file=sys.stderr)
         return 1
-    from repux.store import resolve_model
+    from repux.models.store import resolve_model
     from repux.training.evaluate import evaluate
 
     results = {}

@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--time-budget", default="20m")
     args = ap.parse_args()
     from repux.data.datasets import Case, load_dataset, write_manifest
-    from repux.store import resolve_model
+    from repux.models.store import resolve_model
     from repux.training.evaluate import evaluate
 
     work = Path(args.work)

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from repux.inference import Segmenter
+from repux.inference.segmenter import Segmenter
 
 
 def dice(a: np.ndarray, b: np.ndarray, value: int) -> float | None:

@@ -43,8 +43,8 @@ def main() -> int:
     args = ap.parse_args()
     import repux
     from repux.data.synth import BTCV, SynthConfig, render_example
-    from repux.demo import overlay_png
     from repux.labels import LabelSet
+    from repux.tools.demo import overlay_png
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,13 +14,11 @@ Importing this package imports neither Qt nor torch; :mod:`.mrml` and
 
 from __future__ import annotations
 
-from .process import LogMessage, ProcessRunner, ProcessStartError, ProgressUpdate, childEnvironment, findPythonExecutable, repuxCommand
+from .process import ProcessRunner, ProcessStartError, childEnvironment, findPythonExecutable, repuxCommand
 
 __all__ = [
-    "LogMessage",
     "ProcessRunner",
     "ProcessStartError",
-    "ProgressUpdate",
     "childEnvironment",
     "findPythonExecutable",
     "repuxCommand",

@@ -43,7 +43,7 @@ from typing import Any
 
 from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, checkScalarVolume, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import ProgressUpdate
+from repux.protocol import ProgressEvent
 from .segmentation import MODEL_ATTRIBUTE, SegmentationOptions, renumberedSpecs
 
 __all__ = [
@@ -247,20 +247,20 @@ class BatchSegmentationJob(BackgroundJob):
         return self._outcome(FAILED, message)
 
     # ----------------------------------------------------------------- engine output
-    def _onRunnerProgress(self, update: ProgressUpdate) -> None:
+    def _onRunnerProgress(self, update: ProgressEvent) -> None:
         if self.onProgress is not None:
-            self.onProgress(update.fraction, update.stage, update.message, update.etaSeconds)
+            self.onProgress(update.fraction, update.stage, update.message, update.eta_s)
         if update.stage != "case":
             return
-        case = self._byName.get(str(update.data.get("case", "")))
+        case = self._byName.get(str(update.extra.get("case", "")))
         if case is None or case.status != "pending" or self._discardResults:
             return  # discarded results: the case stays pending and ends as cancelled
-        status = str(update.data.get("status", ""))
+        status = str(update.extra.get("status", ""))
         if status == "done":
-            self._importCase(case, Path(str(update.data.get("output", ""))), update.data.get("volumes_ml") or {})
+            self._importCase(case, Path(str(update.extra.get("output", ""))), update.extra.get("volumes_ml") or {})
         elif status == "failed":
             case.status = "failed"
-            case.errorMessage = str(update.data.get("error", "")) or "failed"
+            case.errorMessage = str(update.extra.get("error", "")) or "failed"
             self._log("ERROR", f"{case.volumeNode.GetName()}: {case.errorMessage}")
         else:
             return

@@ -87,7 +87,7 @@ class SegmentLogic:
     # segmentation
     def _options(self, model: Any, device: str, quality: str, roiNode: Any, volumeNode: Any, largestComponent: bool, organs: Any = None) -> SegmentationOptions:
         if model is None:
-            from repux.store import DEFAULT_MODEL
+            from repux.models.store import DEFAULT_MODEL
 
             model = DEFAULT_MODEL
         roi = tuple(roiBoundsInVolumeSpace(roiNode, volumeNode)) if roiNode is not None else None

@@ -1,6 +1,6 @@
 """The model store as RepUXSegment shows it (no Qt).
 
-Listing and deleting use the ``repux.store`` Python API in this process (cheap:
+Listing and deleting use the ``repux.models.store`` Python API in this process (cheap:
 no torch).  Downloads, imports and conversions run ``repux models install``,
 ``repux models import`` and ``repux convert-official --install`` in a child
 process (:func:`installArguments` & co. build their arguments) so the GUI stays
@@ -139,7 +139,7 @@ class CatalogCache:
             if self._reader is not None:
                 rows, error = list(self._reader(location)), ""
             else:
-                from repux.store import catalog_rows
+                from repux.models.store import catalog_rows
 
                 rows, error = catalog_rows(location), ""
         except Exception as err:  # ConfigError, but also anything a broken catalog entry raises
@@ -150,7 +150,7 @@ class CatalogCache:
                 self._rows, self.error = rows, error
 
     def rows(self, wait: float | None = None, refresh: bool = False) -> list[dict[str, Any]]:
-        from repux.store import _catalog_location
+        from repux.models.store import _catalog_location
 
         location = _catalog_location()
         with self._lock:
@@ -181,7 +181,7 @@ def listModels(store: Any = None, catalog: bool = True, wait: float | None = Non
     :data:`catalogCache`: ``wait`` seconds at most (None: until read), ``refresh`` reads it again.  A catalog that
     cannot be read is logged and left out (``catalogCache.error``).
     """
-    from repux.store import list_models
+    from repux.models.store import list_models
 
     rows = list_models(store, catalog=False)
     if catalog:
@@ -200,7 +200,7 @@ def findModel(modelId: str, models: Iterable[ModelInfo]) -> ModelInfo | None:
 
 def storeFolder(create: bool = False) -> Path:
     """The model store's root folder (``$REPUX_HOME`` or ``~/.repux``)."""
-    from repux.store import ModelStore
+    from repux.models.store import ModelStore
 
     root = ModelStore().root
     if create:
@@ -214,7 +214,7 @@ def removeModel(modelId: str) -> Path:
     Raises:
         repux.errors.ModelFileError: unknown or built-in model.
     """
-    from repux.store import ModelStore
+    from repux.models.store import ModelStore
 
     return ModelStore().remove(modelId)
 

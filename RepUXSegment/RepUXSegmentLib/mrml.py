@@ -126,12 +126,12 @@ def segmentSpecs(labels: Iterable[Any]) -> list[SegmentSpec]:
 
 
 def segmentSpecsFromModel(model: str | os.PathLike[str]) -> tuple[Any, list[SegmentSpec]]:
-    """The model card (``repux.store.resolve_model``) and one :class:`SegmentSpec` per label, by value.
+    """The model card (``repux.models.store.resolve_model``) and one :class:`SegmentSpec` per label, by value.
 
     Raises:
         repux.errors.ModelFileError: unknown model id or not a model folder.
     """
-    from repux.store import resolve_model
+    from repux.models.store import resolve_model
 
     card = resolve_model(str(model))
     return card, segmentSpecs(card.labels)

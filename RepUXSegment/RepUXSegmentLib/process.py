@@ -9,13 +9,13 @@ tests use the blocking :meth:`ProcessRunner.wait`.
 
 The child follows the ``repux`` command-line conventions:
 
-* stdout: one JSON object per line with ``--progress json``
-  (``{"stage": ..., "fraction": ..., "message": ..., "eta_s": ...}``, the last one
-  ``{"stage": "done", ...}``); other stdout lines are plain text;
-* stderr: log lines ``LEVEL: message`` (``LEVEL name: message`` with ``-vv``) and,
-  on failure, one line ``repux: error: message``;
-* exit code 0 on success, 1 for a user error, 2 for a usage error, 128 + signal
-  number when stopped by a signal.
+* stdout: one JSON progress line per event (:class:`repux.protocol.ProgressEvent`);
+  other stdout lines are plain text;
+* stderr: log lines and, on failure, one ``repux: error: message`` line
+  (:func:`repux.protocol.parse_log_line` reads both into a :class:`~repux.protocol.LogLine`);
+* exit codes: :mod:`repux.protocol` (``EXIT_*``).
+
+Both ends of that wire are defined once, in :mod:`repux.protocol`.
 
 **Stopping** does not rely on signals reaching the right process: inside Slicer the
 child is ``PythonSlicer``, a launcher that starts ``python-real`` as *its* child and
@@ -37,11 +37,9 @@ Nothing here imports Qt or Slicer, so the module can be reused by other modules
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -49,21 +47,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repux.protocol import CONTROL_ARGUMENTS, STOP_LINE, LogLine, ProgressEvent, parse_log_line  # noqa: F401  (CONTROL_ARGUMENTS: re-exported)
+
 __all__ = [
-    "CONTROL_ARGUMENTS",
-    "LogMessage",
     "ProcessRunner",
     "ProcessStartError",
-    "ProgressUpdate",
     "childEnvironment",
     "findPythonExecutable",
     "killProcessTree",
-    "parseLogLine",
-    "parseProgressLine",
     "repuxCommand",
     "repuxPackageParent",
     "waitForJob",
@@ -75,87 +69,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRACE_SECONDS = 3.0
 #: seconds between SIGTERM and SIGKILL once the grace period of a control-channel stop is over
 KILL_GRACE_SECONDS = 3.0
-#: the ``repux`` options that open the control channel (see :class:`ProcessRunner` ``control``)
-CONTROL_ARGUMENTS = ("--control", "stdin")
-#: the line that asks the engine to stop
-STOP_LINE = '{"command": "stop"}\n'
-
-_LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)(?: [\w.]+)?: (.*)$")
-_ERROR_LINE = re.compile(r"^[\w.-]+(?: [\w.-]+)*: error: (.*)$")  # "repux: error:" and argparse "repux segment: error:"
-
-
 class ProcessStartError(RuntimeError):
     """The child process could not be started (interpreter missing, bad working folder...)."""
-
-
-@dataclass(frozen=True)
-class ProgressUpdate:
-    """One JSON progress line of the child.
-
-    Attributes:
-        stage: machine name of the stage (``"load"``, ``"infer"``, ``"download"``, ``"done"``...).
-        fraction: fraction of the whole job done, 0..1.
-        message: human-readable text.
-        etaSeconds: estimated seconds left, or None.
-        data: the whole JSON object (stage-specific keys such as ``outputs``, ``volumes_ml``).
-    """
-
-    stage: str
-    fraction: float
-    message: str = ""
-    etaSeconds: float | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LogMessage:
-    """One log line of the child.
-
-    Attributes:
-        level: ``"DEBUG"``, ``"INFO"``, ``"WARNING"`` or ``"ERROR"``.
-        text: the message without the level prefix.
-        stream: ``"stderr"`` or ``"stdout"``.
-    """
-
-    level: str
-    text: str
-    stream: str = "stderr"
-
-
-def parseProgressLine(line: str) -> ProgressUpdate | None:
-    """A :class:`ProgressUpdate` for a JSON progress line, None for anything else."""
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or "stage" not in data or "fraction" not in data:
-        return None
-    try:
-        fraction = min(max(float(data["fraction"]), 0.0), 1.0)
-    except (TypeError, ValueError):
-        return None
-    eta = data.get("eta_s")
-    try:
-        etaSeconds = None if eta is None else float(eta)
-    except (TypeError, ValueError):
-        etaSeconds = None
-    return ProgressUpdate(str(data["stage"]), fraction, str(data.get("message", "")), etaSeconds, data)
-
-
-def parseLogLine(line: str, stream: str = "stderr") -> LogMessage:
-    """Split ``LEVEL: message`` / ``repux: error: message``; other text is INFO."""
-    text = line.rstrip("\r\n")
-    m = _LOG_LINE.match(text)
-    if m:
-        level = "ERROR" if m.group(1) == "CRITICAL" else m.group(1)
-        return LogMessage(level, m.group(2), stream)
-    m = _ERROR_LINE.match(text)
-    if m:
-        return LogMessage("ERROR", m.group(1), stream)
-    return LogMessage("INFO", text, stream)
 
 
 def _groupAlive(pgid: int) -> bool:
@@ -235,8 +150,8 @@ class ProcessRunner:
         command: program and arguments.
         env: environment of the child (default: this process's).
         cwd: working folder of the child.
-        onProgress: called with :class:`ProgressUpdate` for every JSON progress line.
-        onLog: called with :class:`LogMessage` for stderr lines and non-JSON stdout lines.
+        onProgress: called with :class:`ProgressEvent` for every JSON progress line.
+        onLog: called with :class:`LogLine` for stderr lines and non-JSON stdout lines.
         onFinished: called once with this runner when the child has exited and all its
             output was delivered.
         control: own the child's stdin as its control channel (the command must include
@@ -255,8 +170,8 @@ class ProcessRunner:
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
-        onProgress: Callable[[ProgressUpdate], None] | None = None,
-        onLog: Callable[[LogMessage], None] | None = None,
+        onProgress: Callable[[ProgressEvent], None] | None = None,
+        onLog: Callable[[LogLine], None] | None = None,
         onFinished: Callable[[ProcessRunner], None] | None = None,
         control: bool = False,
     ) -> None:
@@ -273,7 +188,7 @@ class ProcessRunner:
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None
         self.cancelled = False
-        self.lastProgress: ProgressUpdate | None = None
+        self.lastProgress: ProgressEvent | None = None
         self.stdoutLines: list[str] = []
         self.warnings: list[str] = []
         self.errors: list[str] = []
@@ -444,16 +359,16 @@ class ProcessRunner:
         if not text.strip():
             return
         if stream == "stdout":
-            update = parseProgressLine(text)
+            update = ProgressEvent.from_line(text)
             if update is not None:
                 self.lastProgress = update
                 if self.onProgress is not None:
                     self.onProgress(update)
                 return
             self.stdoutLines.append(text)
-            message = LogMessage("INFO", text, "stdout")
+            message = LogLine("INFO", text, "stdout")
         else:
-            message = parseLogLine(text, "stderr")
+            message = parse_log_line(text, "stderr")
             self.stderrTail = (self.stderrTail + [text])[-50:]
             if message.level == "WARNING":
                 self.warnings.append(message.text)

@@ -2,7 +2,7 @@
 
 :class:`SegmentationJob` is the whole round trip:
 
-1. resolve the model (``repux.store.resolve_model``) for its labels;
+1. resolve the model (``repux.models.store.resolve_model``) for its labels;
 2. write the volume to ``<tmp>/input.nrrd`` with Slicer's NRRD storage node;
 3. run ``<python> -m repux segment --input input.nrrd --model <folder> --output labels.nrrd
    --progress json --device ... --quality ... [--roi-ras ...]`` through
@@ -32,7 +32,7 @@ from typing import Any
 
 from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from .process import CONTROL_ARGUMENTS, ProgressUpdate
+from repux.protocol import CONTROL_ARGUMENTS, ProgressEvent
 
 __all__ = [
     "QUALITIES",
@@ -236,7 +236,7 @@ class SegmentationJob(BackgroundJob):
         self.tempDirectory: Path | None = None
         self.specs: list[SegmentSpec] = []
         self.modelCard: Any = None
-        self._doneEvent: ProgressUpdate | None = None
+        self._doneEvent: ProgressEvent | None = None
 
     timeoutMessage = "the segmentation did not finish within {timeout} s and was cancelled."
     outcomeMessages = {
@@ -246,11 +246,11 @@ class SegmentationJob(BackgroundJob):
     }
 
     # ----------------------------------------------------------------- helpers
-    def _onRunnerProgress(self, update: ProgressUpdate) -> None:
+    def _onRunnerProgress(self, update: ProgressEvent) -> None:
         if update.stage == "done":
             self._doneEvent = update
         if self.onProgress is not None:
-            self.onProgress(update.fraction, update.stage, update.message, update.etaSeconds)
+            self.onProgress(update.fraction, update.stage, update.message, update.eta_s)
 
     def _removeTemporaryFiles(self) -> None:
         if self.tempDirectory is not None:
@@ -311,7 +311,7 @@ class SegmentationJob(BackgroundJob):
             message = runner.errorMessage or f"the engine exited with code {runner.returncode} without a result"
             self._finish(SegmentationOutcome(FAILED, warnings=warnings, errorMessage=message, returncode=runner.returncode))
             return
-        done = dict(self._doneEvent.data)
+        done = self._doneEvent.to_dict()
         summary = dict(done.get("summary") or {})
         for w in summary.get("warnings", []):
             if w not in warnings:

@@ -51,7 +51,7 @@ def segmentSyntheticVolume(test, makeLogic):
     import SimpleITK as sitk
 
     import repux
-    from repux.store import resolve_model
+    from repux.models.store import resolve_model
 
     test.delayDisplay("Segmenting a synthetic CT with an untrained tiny model")
     with testData(test, makeLogic) as (logic, folder, modelDir, volume):

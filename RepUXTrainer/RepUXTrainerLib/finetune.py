@@ -86,7 +86,7 @@ class FinetuneError(RuntimeError):
 
 
 def _storeRoot() -> Path:
-    from repux.store import store_root
+    from repux.models.store import store_root
 
     return store_root()
 
@@ -212,7 +212,7 @@ class FinetuneOptions:
             str(self.device).strip().lower(),
             "--progress",
             "json",
-            "--control",  # the stop channel (RepUXSegmentLib.process.CONTROL_ARGUMENTS)
+            "--control",  # the stop channel (repux.protocol.CONTROL_ARGUMENTS)
             "stdin",
         ]
         if self.name:
@@ -295,7 +295,7 @@ class FinetuneJob(BackgroundJob):
         options: :class:`FinetuneOptions`.
         pythonExecutable: interpreter for ``-m repux`` (default: PythonSlicer / this Python).
         environment: environment of the child (default: ``childEnvironment()``).
-        onProgress: called with every ``ProgressUpdate`` of the engine (its ``data`` holds
+        onProgress: called with every ``ProgressEvent`` of the engine (its ``data`` holds
             ``iteration``, ``loss``, ``lr``, ``val_dice``...).
         onLog: ``(level, text)`` for engine log lines and job messages.
         onFinished: called with the :class:`FinetuneOutcome` each time the engine exits.
@@ -436,7 +436,7 @@ class FinetuneJob(BackgroundJob):
 
     # --------------------------------------------------------------- delivery
     def _onRunnerProgress(self, update: Any) -> None:
-        data = dict(update.data)
+        data = update.to_dict()
         self.progress.add(data)
         if update.stage == "done":
             self._doneData = data

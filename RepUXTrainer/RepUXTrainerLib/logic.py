@@ -84,7 +84,7 @@ class TrainerLogic:
         else:
             if not model:
                 raise TrainingSetError(f"{folder} holds no training set yet; choose a model first: its organs become the training set's classes.")
-            from repux.store import resolve_model
+            from repux.models.store import resolve_model
 
             card = resolve_model(str(model))
             self.trainingSet = TrainingSet.create(folder, card.labels, name=name, referenceModel=card.id)
@@ -173,7 +173,7 @@ class TrainerLogic:
         plot = self.plot
 
         def forward(update: Any) -> None:
-            plot.add(update.data)
+            plot.add(update.to_dict())
             if onProgress is not None:
                 onProgress(update)
 
@@ -190,7 +190,7 @@ class TrainerLogic:
     ) -> FinetuneJob:
         """Start fine-tuning in the background; returns the job (pump it with :meth:`processEvents`).
 
-        ``onProgress`` gets every ``ProgressUpdate``; the plot (:attr:`plot`) is filled before.
+        ``onProgress`` gets every ``ProgressEvent``; the plot (:attr:`plot`) is filled before.
 
         Raises:
             ValueError: see :meth:`finetuneOptions`; RuntimeError: a run is going on.

@@ -52,7 +52,7 @@ class TrainingRow:
 
 @dataclass
 class TrainingProgress:
-    """State of a run, from its progress lines (``data`` dicts of ``ProgressUpdate``)."""
+    """State of a run, from its progress lines (``data`` dicts of ``ProgressEvent``)."""
 
     rows: list[TrainingRow] = field(default_factory=list)
     organs: list[str] = field(default_factory=list)
@@ -247,7 +247,7 @@ class TrainingPlot:
 
     # ------------------------------------------------------------------- rows
     def add(self, data: Mapping[str, Any]) -> str:
-        """Take one progress line (the ``data`` of a ``ProgressUpdate``); returns its kind (see :meth:`TrainingProgress.add`)."""
+        """Take one progress line (the ``data`` of a ``ProgressEvent``); returns its kind (see :meth:`TrainingProgress.add`)."""
         kind = self.progress.add(data)
         if kind == "loss":
             row = self.progress.rows[-1]

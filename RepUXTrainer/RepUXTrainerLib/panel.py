@@ -172,8 +172,8 @@ def finetuneProgressText(progress: Any, update: Any, tr: Callable[[str], str] = 
         text += tr(", loss {loss:.4f}").format(loss=progress.lastLoss)
     if progress.bestMeanDice is not None:
         text += tr(", best validation Dice {dice:.3f}").format(dice=progress.bestMeanDice)
-    if update.etaSeconds:
-        text += tr(" - about {eta} left").format(eta=duration(update.etaSeconds))
+    if update.eta_s:
+        text += tr(" - about {eta} left").format(eta=duration(update.eta_s))
     return text
 
 

@@ -108,7 +108,7 @@ def annotateFinetuneResegmentLoop(test, makeLogic):
             roiSize=32,
             extraArguments=("--augmentation", "none", "--warmup", "1"),
         )
-        pump(test, logic, lambda: any("loss" in u.data for u in updates), timeout=600)
+        pump(test, logic, lambda: any("loss" in u.extra for u in updates), timeout=600)
         outcome = logic.stopFinetune(wait=True, timeout=600)
         test.assertEqual(outcome.status, "stopped", outcome.errorMessage)
         test.assertTrue(job.checkpointPath.is_file())
@@ -117,7 +117,7 @@ def annotateFinetuneResegmentLoop(test, makeLogic):
         job = logic.resumeFinetune(onProgress=updates.append)
         outcome = job.wait(timeout=900)
         test.assertTrue(outcome.succeeded, outcome.errorMessage)
-        lossLines = [u.data for u in updates if "loss" in u.data]
+        lossLines = [u.to_dict() for u in updates if "loss" in u.extra]
         test.assertEqual(lossLines[-1]["iteration"], 4)
         test.assertEqual(logic.plot.numberOfRows, len(lossLines))
         test.assertEqual(logic.plot.column("loss"), [line["loss"] for line in lossLines])

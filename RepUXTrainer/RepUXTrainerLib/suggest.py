@@ -203,7 +203,7 @@ class UncertaintyRanking(BackgroundJob):
         Raises:
             repux.errors.ModelFileError: unknown model.
         """
-        from repux.store import resolve_model
+        from repux.models.store import resolve_model
 
         self._modelPath = str(resolve_model(self.model).path)
         self.folder = Path(tempfile.mkdtemp(prefix="RepUX-rank-", dir=self.workDirectory))
@@ -212,7 +212,7 @@ class UncertaintyRanking(BackgroundJob):
 
     def _next(self) -> None:
         from RepUXSegmentLib.mrml import writeVolumeNrrd
-        from RepUXSegmentLib.process import CONTROL_ARGUMENTS
+        from repux.protocol import CONTROL_ARGUMENTS
 
         self.runner = None
         while True:

@@ -37,9 +37,6 @@ def recordingViewer():
 def mrmlContext(tmp_path):
     """Scene, application, colors, volumes, segmentations and subject-hierarchy logics (no Qt, no views)."""
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e '.[test]')")
-    from repux.web.controller import add_lib_paths
-
-    add_lib_paths()
     from RepUXSegmentLib.mrml import MRMLContext
 
     jobs = tmp_path / "jobs"
@@ -61,7 +58,7 @@ def webRoot(tmp_path):
 
 @pytest.fixture
 def controller(mrmlContext, webRoot, tmp_path):
-    from repux.web.controller import WebController, WebSettings
+    from RepUXWeb.controller import WebController, WebSettings
 
     settings = WebSettings(
         root=webRoot,

@@ -160,10 +160,9 @@ def test_open_dicom_series_with_trame_slicer_loader(tmp_path, recordingViewer):
     from helpers import shared_file
     from trame_slicer.core import SlicerApp
 
-    from repux.web.controller import WebController, WebSettings, add_lib_paths
+    from RepUXWeb.controller import WebController, WebSettings
 
     series = shared_file("dicom-ct-3slice", "series")
-    add_lib_paths()
     from RepUXSegmentLib.mrml import MRMLContext
 
     app = SlicerApp()

@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers import REPO
 
-from repux.web.files import FileAccessError, FileBrowser, UploadError, check_upload, safe_file_name
+from RepUXWeb.files import FileAccessError, FileBrowser, UploadError, check_upload, safe_file_name
 
 pytestmark = [pytest.mark.web]
 
@@ -134,7 +134,7 @@ def test_cli_defaults_to_loopback_and_validates_before_heavy_imports(tmp_path):
 def test_missing_web_extra_is_one_line(monkeypatch, capsys):
     import importlib.util
 
-    from repux.cli import commands_web
+    import RepUXWeb.cli as commands_web
     from repux.cli.main import main
 
     real = importlib.util.find_spec
@@ -149,10 +149,10 @@ def test_missing_web_extra_is_one_line(monkeypatch, capsys):
 
 def test_import_repux_does_not_import_web():
     result = _run(
-        "import sys, repux, repux.cli.main, repux.web, repux.web.files\n"
+        "import sys, repux, repux.cli.main, RepUXWeb, RepUXWeb.files\n"
         "heavy = ('trame', 'trame_slicer', 'slicer', 'vtk', 'vtkmodules')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy), 'repux.web.app' in sys.modules)"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy), 'RepUXWeb.app' in sys.modules)"
     )
     assert result.stdout.strip() == "[] False", result.stdout + result.stderr
-    result = _run("import sys, repux\nprint('repux.web' in sys.modules)")
+    result = _run("import sys, repux\nprint('RepUXWeb' in sys.modules)")
     assert result.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""The trame-slicer 2.0.0 workaround (repux/web/slicer_fixes.py): effect pipelines created without a view.
+"""The trame-slicer 2.0.0 workaround (RepUXWeb/slicer_fixes.py): effect pipelines created without a view.
 
 Without it, activating Paint raises ``AttributeError: 'NoneType' object has no attribute
 'paint_interaction_stopped'`` (the pipelines counted here have no view); with it, a stroke sent to the
@@ -46,19 +46,19 @@ def test_effect_pipelines_get_their_views_and_paint_works(stockEditor, tmp_path)
     from trame_slicer.segmentation import SegmentationEffectPaint
     from vtkmodules.vtkCommonCore import vtkCommand
 
-    from repux.web.slicer_fixes import attach_effect_pipelines_to_views, pipelines_without_view
+    from RepUXWeb.slicer_fixes import attach_effect_pipelines_to_views, pipelines_without_view
 
     app = stockEditor
     editor = app.segmentation_editor
     broken = len(pipelines_without_view(editor))
-    assert broken > 0, "trame-slicer now gives the effect pipelines their views: remove repux/web/slicer_fixes.py and this test"
+    assert broken > 0, "trame-slicer now gives the effect pipelines their views: remove RepUXWeb/slicer_fixes.py and this test"
 
     ct = SHARED_DATA / "ct-abdomen" / "example_ct_sm.nii.gz"
     if ct.is_file():
         volume = app.io_manager.load_volumes([str(ct)])[0]
     else:  # the fix does not depend on the data
         from repux.data.phantom import generate_phantom
-        from repux.imageio import write_image
+        from repux.io.images import write_image
 
         path = write_image(generate_phantom(1, spacing=(4.0, 4.0, 4.0), orientation="axial").image, tmp_path / "phantom.nii.gz")
         volume = app.io_manager.load_volumes([str(path)])[0]

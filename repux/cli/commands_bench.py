@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from ..errors import ConfigError
-from .options import add_common, add_device_options, add_output_option, positive_int, roi_size
+from repux.cli.options import add_common, add_device_options, add_output_option, positive_int, roi_size
+from repux.errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -66,10 +66,10 @@ def _cube(roi: tuple[int, int, int], option: str) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
-    from ..benchmark import format_report, run_benchmark
-    from ..imageio import atomic_path
-    from ..nn import PRESETS
-    from ..store import DEFAULT_MODEL
+    from repux.io.images import atomic_path
+    from repux.models.store import DEFAULT_MODEL
+    from repux.nn import PRESETS
+    from repux.tools.benchmark import format_report, run_benchmark
 
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     bad = [p for p in presets if p not in PRESETS]
@@ -117,13 +117,13 @@ def cmd_benchmark(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def _interactive_section(args: argparse.Namespace) -> dict[str, Any]:
-    """Click-to-segment figures (:func:`repux.session.measure_latencies`) with the model and device of the command."""
+    """Click-to-segment figures (:func:`repux.inference.session.measure_latencies`) with the model and device of the command."""
     import time
 
-    from ..benchmark import machine_description
-    from ..inference import Segmenter
-    from ..session import measure_latencies
-    from ..store import DEFAULT_MODEL
+    from repux.inference.segmenter import Segmenter
+    from repux.inference.session import measure_latencies
+    from repux.models.store import DEFAULT_MODEL
+    from repux.tools.benchmark import machine_description
 
     t = time.perf_counter()
     seg = Segmenter(args.model or DEFAULT_MODEL, device=args.device, threads=args.threads)
@@ -134,7 +134,7 @@ def _interactive_section(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _interactive_only(args: argparse.Namespace, ctx: Any) -> int:
-    from ..imageio import atomic_path
+    from repux.io.images import atomic_path
 
     res = _interactive_section(args)
     res["command"] = "repux benchmark " + " ".join(__import__("shlex").quote(a) for a in __import__("sys").argv[2:])

@@ -8,7 +8,7 @@ import logging
 import platform
 from typing import Any
 
-from .options import add_common, add_output_option, add_overwrite_option, csv_floats, model_id, positive_int, roi_size
+from repux.cli.options import add_common, add_output_option, add_overwrite_option, csv_floats, model_id, positive_int, roi_size
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_info(args: argparse.Namespace, ctx: Any) -> int:
-    from .._version import __version__
+    from repux._version import __version__
 
     if args.model:
-        from ..store import resolve_model
+        from repux.models.store import resolve_model
 
         card = resolve_model(args.model)
         d = card.to_dict()
@@ -70,7 +70,7 @@ def cmd_info(args: argparse.Namespace, ctx: Any) -> int:
         return 0
     import torch
 
-    from ..device import cpu_features, describe_devices
+    from repux.device import cpu_features, describe_devices
 
     info = {
         "repux": __version__,
@@ -131,7 +131,7 @@ def cmd_presets(args: argparse.Namespace, ctx: Any) -> int:
 
     import torch
 
-    from ..nn import PRESETS, create_model
+    from repux.nn import PRESETS, create_model
 
     roi = args.roi_size
     rows = []
@@ -184,9 +184,9 @@ def cmd_presets(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_convert_official(args: argparse.Namespace, ctx: Any) -> int:
-    from ..config import Preprocessing, spacing_from
-    from ..labels import get_label_set
-    from ..official import OFFICIAL_PREPROCESSING, convert_official
+    from repux.config import Preprocessing, spacing_from
+    from repux.labels import get_label_set
+    from repux.models.official import OFFICIAL_PREPROCESSING, convert_official
 
     labels = get_label_set(args.labels)
     prep = OFFICIAL_PREPROCESSING.get(labels.name, Preprocessing())
@@ -200,7 +200,7 @@ def cmd_convert_official(args: argparse.Namespace, ctx: Any) -> int:
     if check:
         print(f"large kernels: {check['large_kernels']}, centre-only (official training bug): {check['centre_only']}")
     if args.install:
-        from ..store import ModelStore
+        from repux.models.store import ModelStore
 
         installed = ModelStore().import_model(card.path)
         print(f"installed as '{installed.id}' in {installed.path}")

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .options import add_common, add_output_option, csv_floats, fraction, non_negative_int, positive_int
+from repux.cli.options import add_common, add_output_option, csv_floats, fraction, non_negative_int, positive_int
 
 #: the grids of repux.data.phantom.ORIENTATIONS (listed here so that --help needs no heavy import)
 ORIENTATION_CHOICES = ("random", "axial", "coronal", "sagittal", "left-handed", "oblique", "left-handed-oblique")
@@ -80,8 +80,8 @@ def add_synth_options(p: Any, n_flag: str = "--synth-n") -> None:
 
 def synth_dataset(args: argparse.Namespace, folder: Any, progress: Any = None, cancel: Any = None) -> Any:
     """Render (or complete) the synthetic dataset the options describe into ``folder``; returns the manifest path."""
-    from ..data.synth import SynthConfig, write_synth_dataset
-    from ..labels import BTCV, get_label_set
+    from repux.data.synth import SynthConfig, write_synth_dataset
+    from repux.labels import BTCV, get_label_set
 
     labels = BTCV if args.synth_labels.lower() == "btcv" else get_label_set(args.synth_labels)
     kw: dict[str, Any] = {"mode": args.synth_mode, "background": args.synth_background == "split"}
@@ -110,9 +110,9 @@ def cmd_synth(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_phantoms(args: argparse.Namespace, ctx: Any) -> int:
-    from ..config import spacing_from
-    from ..data.phantom import write_phantom_dataset
-    from ..labels import LabelSet
+    from repux.config import spacing_from
+    from repux.data.phantom import write_phantom_dataset
+    from repux.labels import LabelSet
 
     labels = LabelSet.from_names([o.strip() for o in args.organs.split(",") if o.strip()], name="phantoms")
     spacing = spacing_from(list(args.spacing)) if args.spacing else None
@@ -133,8 +133,8 @@ def cmd_phantoms(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_dataset_check(args: argparse.Namespace, ctx: Any) -> int:
-    from ..data.check import check_dataset
-    from ..data.datasets import load_dataset
+    from repux.data.check import check_dataset
+    from repux.data.datasets import load_dataset
 
     ds = load_dataset(args.path)
     reports = check_dataset(ds, fix=args.fix)

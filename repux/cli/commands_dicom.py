@@ -1,6 +1,6 @@
 """``repux dicom-seg``: a label map on a DICOM series' grid (from Slicer, or any tool) to a DICOM SEG.
 
-The same writer as ``repux segment --format dicom-seg`` (:func:`repux.dicomseg.write_dicom_seg`); the
+The same writer as ``repux segment --format dicom-seg`` (:func:`repux.io.dicomseg.write_dicom_seg`); the
 source instances are the files of the series (a folder, or ``@list.txt`` with one file per line: what
 RepUX Segment passes for a volume loaded from Slicer's DICOM database).
 """
@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .options import add_common, add_output_option
+from repux.cli.options import add_common, add_output_option
+from repux.errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -33,8 +33,8 @@ def register(sub: Any) -> None:
 
 
 def _source_files(items: list[str]) -> list[str]:
-    from ..batch import expand_inputs
-    from ..dicomseg import dicom_source_files
+    from repux.inference.batch import expand_inputs
+    from repux.io.dicomseg import dicom_source_files
 
     paths = expand_inputs(items)
     if len(paths) == 1 and Path(paths[0]).is_dir():
@@ -46,8 +46,8 @@ def _source_files(items: list[str]) -> list[str]:
 
 
 def _labels(args: argparse.Namespace, present: list[int]) -> Any:
-    from ..imageio import read_segmentation_nrrd_labels
-    from ..labels import Label, LabelSet
+    from repux.io.images import read_segmentation_nrrd_labels
+    from repux.labels import Label, LabelSet
 
     if args.labels:
         labels = LabelSet.load(args.labels)
@@ -73,8 +73,8 @@ def cmd_dicom_seg(args: argparse.Namespace, ctx: Any) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from ..dicomseg import check_seg_sources, write_dicom_seg
-    from ..imageio import read_image
+    from repux.io.dicomseg import check_seg_sources, write_dicom_seg
+    from repux.io.images import read_image
 
     if not str(args.output).lower().endswith(".dcm"):
         raise ConfigError(f"--output {args.output!r}: a DICOM SEG is written to a .dcm file.")

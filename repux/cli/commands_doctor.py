@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .options import add_common, device_name, roi_size
+from repux.cli.options import add_common, device_name, roi_size
 
 __all__ = ["register"]
 
@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace, ctx: Any) -> int:
-    from ..doctor import diagnose, format_report
+    from repux.tools.doctor import diagnose, format_report
 
     report = diagnose(device=args.device, forward=args.forward, model=args.model, roi_size=args.roi_size)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

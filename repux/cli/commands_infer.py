@@ -8,8 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .options import (
+from repux.cli.options import (
     add_common,
     add_device_options,
     add_output_option,
@@ -21,11 +20,12 @@ from .options import (
     positive_int,
     shard_spec,
 )
+from repux.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
-#: --format values (same table as repux.batch.FORMATS, kept here so --help needs no heavy import)
+#: --format values (same table as repux.inference.batch.FORMATS, kept here so --help needs no heavy import)
 OUTPUT_FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom-seg": ".dcm"}
 DEFAULT_MAX_VOXELS = 600_000_000
 
@@ -168,8 +168,8 @@ def segmenter_from_args(
     organs: str | None = None,
     device: str | None = None,
 ):
-    from ..inference import Segmenter
-    from ..store import DEFAULT_MODEL
+    from repux.inference.segmenter import Segmenter
+    from repux.models.store import DEFAULT_MODEL
 
     return Segmenter(
         model or DEFAULT_MODEL,
@@ -194,8 +194,8 @@ def _check_organs(args: argparse.Namespace) -> None:
     """--organs against the model card (light: no torch, no weights read)."""
     if not args.organs:
         return
-    from ..labels import resolve_organs
-    from ..store import DEFAULT_MODEL, resolve_model
+    from repux.labels import resolve_organs
+    from repux.models.store import DEFAULT_MODEL, resolve_model
 
     resolve_organs(resolve_model(args.model or DEFAULT_MODEL).labels, args.organs)
 
@@ -217,7 +217,7 @@ def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:
 
 def _cmd_segment_points(args: argparse.Namespace, ctx: Any) -> int:
     """``--point``: the organ components under the points (as session clicks), written only when every point hits an organ."""
-    from ..batch import format_for_output, write_result
+    from repux.inference.batch import format_for_output, write_result
 
     out = _check_output(args.output)
     fmt = format_for_output(out, args.format)
@@ -226,9 +226,9 @@ def _cmd_segment_points(args: argparse.Namespace, ctx: Any) -> int:
             raise ConfigError(f"{why} does not go with --point: the points choose the organs and their connected parts.")
     if fmt == "dicom-seg":
         raise ConfigError("--point writes .seg.nrrd, .nii.gz, .nrrd or .mha (not DICOM SEG).")
-    from ..imageio import read_image
-    from ..inference import SegmentationResult, label_counts
-    from ..session import check_points_inside, segment_points
+    from repux.inference.segmenter import SegmentationResult, label_counts
+    from repux.inference.session import check_points_inside, segment_points
+    from repux.io.images import read_image
 
     image = read_image(args.input[0], args.series_uid)
     check_points_inside(image, args.point)  # before the model is loaded
@@ -250,13 +250,13 @@ def _cmd_segment_points(args: argparse.Namespace, ctx: Any) -> int:
     write_result(result, out, "nii.gz" if fmt == "nii" else fmt)
     outputs = {"labels": str(out)}
     if args.summary:
-        from ..imageio import atomic_path
+        from repux.io.images import atomic_path
 
         with atomic_path(args.summary) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
         outputs["summary"] = str(args.summary)
     if ctx.progress:
-        from ..progress import ProgressEvent
+        from repux.progress import ProgressEvent
 
         ctx.progress(ProgressEvent("done", 1.0, f"wrote {out}", 0.0, {"outputs": outputs, "volumes_ml": summary["volumes_ml"], "summary": summary}))
     if ctx.progress_mode != "json":
@@ -265,7 +265,7 @@ def _cmd_segment_points(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def _cmd_segment_one(args: argparse.Namespace, ctx: Any) -> int:
-    from ..batch import format_for_output
+    from repux.inference.batch import format_for_output
 
     out = _check_output(args.output)
     fmt = format_for_output(out, args.format)
@@ -275,10 +275,10 @@ def _cmd_segment_one(args: argparse.Namespace, ctx: Any) -> int:
         raise ConfigError(f"--uncertainty {args.uncertainty!r}: use a .nii.gz, .nii, .nrrd or .mha file name.")
     source_files = None
     if fmt == "dicom-seg":
-        from ..dicomseg import dicom_source_files
+        from repux.io.dicomseg import dicom_source_files
 
         if not Path(source).exists():
-            from ..errors import InputImageError
+            from repux.errors import InputImageError
 
             raise InputImageError(f"input {source!r} does not exist.")
         source_files = dicom_source_files(source, args.series_uid)
@@ -289,11 +289,11 @@ def _cmd_segment_one(args: argparse.Namespace, ctx: Any) -> int:
     result = seg.segment(source, series_uid=args.series_uid, roi_ras=roi, progress=ctx.progress, cancel=ctx.cancel)
     ctx.cancel.check()
     if ctx.progress:
-        from ..progress import ProgressEvent
+        from repux.progress import ProgressEvent
 
         ctx.progress(ProgressEvent("write", 0.97, f"writing {out.name}", 0.0))
-    from ..batch import write_result
-    from ..imageio import write_image
+    from repux.inference.batch import write_result
+    from repux.io.images import write_image
 
     write_result(result, out, "nii.gz" if fmt == "nii" else fmt, source_files=source_files)
     outputs = {"labels": str(out)}
@@ -301,20 +301,20 @@ def _cmd_segment_one(args: argparse.Namespace, ctx: Any) -> int:
         write_image(result.uncertainty, unc_path)
         outputs["uncertainty"] = str(unc_path)
     if args.statistics:
-        from ..statistics import write_statistics
+        from repux.inference.statistics import write_statistics
 
         csv_p, json_p = write_statistics(result.statistics(), out, {"input": str(source), "output": str(out)})
         outputs.update(statistics_csv=str(csv_p), statistics_json=str(json_p))
     result.summary["outputs"] = outputs
     result.summary["input"] = str(source)
     if args.summary:
-        from ..imageio import atomic_path
+        from repux.io.images import atomic_path
 
         with atomic_path(args.summary) as tmp:
             tmp.write_text(json.dumps(result.summary, indent=2) + "\n")
         outputs["summary"] = str(args.summary)
     if ctx.progress:
-        from ..progress import ProgressEvent
+        from repux.progress import ProgressEvent
 
         ctx.progress(
             ProgressEvent("done", 1.0, f"wrote {out}", 0.0, {"outputs": outputs, "volumes_ml": result.summary["volumes_ml"], "summary": result.summary})
@@ -329,7 +329,7 @@ def _cmd_segment_one(args: argparse.Namespace, ctx: Any) -> int:
 def _cmd_segment_batch(args: argparse.Namespace, ctx: Any, shard: tuple[int, int] | None) -> int:
     import sys
 
-    from ..batch import expand_inputs, report_paths, run_batch, shard_from_env, torchrun_device
+    from repux.inference.batch import expand_inputs, report_paths, run_batch, shard_from_env, torchrun_device
 
     out = Path(args.output)
     fmt = args.format or "seg.nrrd"
@@ -388,7 +388,7 @@ def _cmd_segment_batch(args: argparse.Namespace, ctx: Any, shard: tuple[int, int
     report = report_paths(out, shard)[0]
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no cases"
     if ctx.progress:
-        from ..progress import ProgressEvent
+        from repux.progress import ProgressEvent
 
         ctx.progress(ProgressEvent("done", 1.0, f"batch finished: {summary}", 0.0, {"report": str(report), "counts": counts}))
     if ctx.progress_mode != "json":
@@ -401,7 +401,7 @@ def _cmd_segment_batch(args: argparse.Namespace, ctx: Any, shard: tuple[int, int
 
 
 def cmd_models_list(args: argparse.Namespace, ctx: Any) -> int:
-    from ..store import ModelStore, list_models
+    from repux.models.store import ModelStore, list_models
 
     store = ModelStore()
     rows = list_models(store)
@@ -424,7 +424,7 @@ def cmd_models_list(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def _download_progress(ctx: Any, model_id: str):
-    from ..progress import ProgressEvent
+    from repux.progress import ProgressEvent
 
     if ctx.progress is None:
         return None
@@ -437,7 +437,7 @@ def _download_progress(ctx: Any, model_id: str):
 
 
 def cmd_models_install(args: argparse.Namespace, ctx: Any) -> int:
-    from ..store import ModelStore
+    from repux.models.store import ModelStore
 
     card = ModelStore().install(args.model_id, progress=_download_progress(ctx, args.model_id), cancel=ctx.cancel, replace=args.overwrite)
     print(f"installed {card.id} {card.version} in {card.path}")
@@ -445,7 +445,7 @@ def cmd_models_install(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_models_import(args: argparse.Namespace, ctx: Any) -> int:
-    from ..store import ModelStore
+    from repux.models.store import ModelStore
 
     card = ModelStore().import_model(args.source, model_id=args.model_id, replace=args.overwrite)
     print(f"installed {card.id} {card.version} in {card.path}")
@@ -453,7 +453,7 @@ def cmd_models_import(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_models_remove(args: argparse.Namespace, ctx: Any) -> int:
-    from ..store import ModelStore
+    from repux.models.store import ModelStore
 
     path = ModelStore().remove(args.model_id)
     print(f"removed {args.model_id} ({path})")
@@ -461,7 +461,7 @@ def cmd_models_remove(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_models_path(args: argparse.Namespace, ctx: Any) -> int:
-    from ..store import ModelStore
+    from repux.models.store import ModelStore
 
     store = ModelStore()
     print(store.path(args.model_id) if args.model_id else store.root)
@@ -469,7 +469,7 @@ def cmd_models_path(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, ctx: Any) -> int:
-    from ..demo import run_demo
+    from repux.tools.demo import run_demo
 
     report = run_demo(
         Path(args.output),

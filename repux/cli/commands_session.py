@@ -11,7 +11,7 @@ Protocol (one JSON object per line; see the README, "Click to segment"):
   stage ``background`` for the background pass) and one reply per command:
   ``{"reply": COMMAND, "id": ID, "ok": true, ...}`` or ``{"reply": COMMAND, "id": ID, "ok": false, "error": TEXT}``.
   The first line is ``{"reply": "ready", ...}`` once the model is loaded.
-* a click reply carries the :class:`~repux.session.ClickResult` fields and, when something changed,
+* a click reply carries the :class:`~repux.inference.session.ClickResult` fields and, when something changed,
   ``"labels"``: the path of an uncompressed ``.nrrd`` file holding the session's label map cropped
   to the changed box (input grid geometry, uint8 label values), with ``"offset"`` (its first voxel's
   index i, j, k on the input grid) and ``"size"``.  The files live in a temporary folder removed when
@@ -33,9 +33,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, RepuxError
-from ..progress import STOP_COMMANDS, read_command_lines
-from .options import add_common, add_device_options, add_window_options, fraction
+from repux.cli.options import add_common, add_device_options, add_window_options, fraction
+from repux.errors import ConfigError, RepuxError
+from repux.protocol import STOP_COMMANDS, read_command_lines
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +100,11 @@ class _Channel:
 def cmd_session(args: argparse.Namespace, ctx: Any) -> int:
     if args.grow_threshold is not None and not 0.0 < args.grow_threshold < 1.0:
         raise ConfigError(f"--grow-threshold {args.grow_threshold!r}: use a probability strictly between 0 and 1.")
-    from ..errors import Cancelled
-    from ..imageio import read_image
-    from ..progress import CancelToken, ProgressEvent
-    from ..session import GROW_THRESHOLD, InteractiveSession
-    from ..store import DEFAULT_MODEL
+    from repux.errors import Cancelled
+    from repux.inference.session import GROW_THRESHOLD, InteractiveSession
+    from repux.io.images import read_image
+    from repux.models.store import DEFAULT_MODEL
+    from repux.progress import CancelToken, ProgressEvent
 
     out_lock = threading.Lock()
 
@@ -122,7 +122,7 @@ def cmd_session(args: argparse.Namespace, ctx: Any) -> int:
     channel.job_cancel = ctx.cancel
     threading.Thread(target=channel.run, name="repux-session-commands", daemon=True).start()
 
-    from .commands_infer import segmenter_from_args
+    from repux.cli.commands_infer import segmenter_from_args
 
     args.largest_component = False
     seg = segmenter_from_args(args, args.model or DEFAULT_MODEL)

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .options import (
+from repux.cli.options import (
     add_common,
     add_device_options,
     add_output_option,
@@ -24,6 +23,7 @@ from .options import (
     positive_int,
     roi_size,
 )
+from repux.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         g.add_argument(
             "--kernel-mode", choices=("bfr", "plain"), default="bfr", help="bfr: Bayesian frequency re-parameterized kernels (default); plain: ablation"
         )
-        from .commands_data import add_synth_options
+        from repux.cli.commands_data import add_synth_options
 
         add_synth_options(p)
     h = add_device_options(p, algorithm=False)
@@ -132,12 +132,12 @@ def register(sub: Any) -> None:
 
 def _resolve_out(out: str, overwrite_check: bool = True) -> tuple[Path, str, bool]:
     """(folder, model id, in_store)."""
-    from ..store import ModelStore
+    from repux.models.store import ModelStore
 
     if "/" in out or "\\" in out or out.startswith("."):
         p = Path(out)
         return p, p.name, False
-    from ..ids import check_model_id
+    from repux.models.ids import check_model_id
 
     check_model_id(out, "--output")
     store = ModelStore()
@@ -145,14 +145,14 @@ def _resolve_out(out: str, overwrite_check: bool = True) -> tuple[Path, str, boo
 
 
 def _run_dir(args: argparse.Namespace, model_id: str) -> Path:
-    from ..store import store_root
+    from repux.models.store import store_root
 
     return Path(args.run_dir) if args.run_dir else store_root() / "runs" / model_id
 
 
 def _config_from_args(args: argparse.Namespace, finetune: bool, base_roi=None):
-    from ..config import Preprocessing, spacing_from
-    from ..training.trainer import TrainConfig, parse_duration
+    from repux.config import Preprocessing, spacing_from
+    from repux.training.trainer import TrainConfig, parse_duration
 
     kw: dict[str, Any] = {
         "max_iterations": args.max_iterations,
@@ -190,14 +190,14 @@ def _config_from_args(args: argparse.Namespace, finetune: bool, base_roi=None):
 
 
 def _run_training(args: argparse.Namespace, ctx: Any, finetune: bool) -> int:
-    from ..data.datasets import load_dataset
-    from ..training.trainer import train
+    from repux.data.datasets import load_dataset
+    from repux.training.trainer import train
 
     out_dir, model_id, in_store = _resolve_out(args.output)
     dataset = load_dataset(args.dataset) if getattr(args, "dataset", None) else _synth_dataset(args, ctx, _run_dir(args, model_id))
     base_roi = None
     if finetune:
-        from ..store import resolve_model
+        from repux.models.store import resolve_model
 
         base_card = resolve_model(args.base)
         if base_card.path is not None and out_dir.resolve() == base_card.path.resolve():
@@ -236,8 +236,8 @@ def _synth_dataset(args: argparse.Namespace, ctx: Any, run_dir: Path) -> Any:
     import os
     import time
 
-    from ..data.datasets import load_dataset
-    from .commands_data import synth_dataset
+    from repux.cli.commands_data import synth_dataset
+    from repux.data.datasets import load_dataset
 
     folder = run_dir / "synth"
     manifest = folder / "repux-dataset.json"
@@ -261,8 +261,8 @@ def cmd_finetune(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
-    from ..data.datasets import load_dataset
-    from ..training.evaluate import evaluate, format_table, write_reports
+    from repux.data.datasets import load_dataset
+    from repux.training.evaluate import evaluate, format_table, write_reports
 
     report = evaluate(
         args.model,

@@ -24,16 +24,26 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from .._version import __version__
-from ..errors import Cancelled, RepuxError
-from ..fileio import describe_os_error, is_user_os_error
-from ..progress import STOP_COMMANDS, BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback, ProgressEvent, read_command_lines
-from .options import RepuxArgumentParser, add_common, warn_deprecated_spellings
-from .validate import validate_args
+from repux._version import __version__
+from repux.cli.options import RepuxArgumentParser, add_common, warn_deprecated_spellings
+from repux.cli.validate import validate_args
+from repux.errors import Cancelled, RepuxError
+from repux.io.files import describe_os_error, is_user_os_error
+from repux.progress import BarProgressPrinter, CancelToken, JsonProgressPrinter, ProgressCallback
+from repux.protocol import (
+    DEBUG_LOG_FORMAT,
+    EXIT_OK,
+    EXIT_SIGNAL_BASE,
+    EXIT_USER_ERROR,
+    LOG_FORMAT,
+    STOP_COMMANDS,
+    ProgressEvent,
+    error_line,
+    read_command_lines,
+)
 
 __all__ = ["JobContext", "add_common", "build_parser", "main"]
 
@@ -51,34 +61,11 @@ class JobContext:
 
     progress: ProgressCallback | None
     cancel: CancelToken
-    temp_paths: set[Path] = field(default_factory=set)
     progress_mode: str = "none"
-
-    def register_temp(self, path: str | Path) -> Path:
-        """Remember a temporary path to delete if the job is killed."""
-        p = Path(path)
-        self.temp_paths.add(p)
-        return p
-
-    def release_temp(self, path: str | Path) -> None:
-        self.temp_paths.discard(Path(path))
-
-    def cleanup(self) -> None:
-        import shutil
-
-        for p in list(self.temp_paths):
-            try:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                elif p.exists():
-                    p.unlink()
-            except OSError:
-                pass
-            self.temp_paths.discard(p)
 
 
 def _commands() -> list[Callable[[Any], None]]:
-    from . import (
+    from repux.cli import (
         commands_bench,
         commands_core,
         commands_data,
@@ -87,7 +74,6 @@ def _commands() -> list[Callable[[Any], None]]:
         commands_infer,
         commands_session,
         commands_train,
-        commands_web,
     )
 
     return [
@@ -99,8 +85,35 @@ def _commands() -> list[Callable[[Any], None]]:
         commands_dicom.register,
         commands_bench.register,
         commands_doctor.register,
-        commands_web.register,
+        *_front_end_commands(),
     ]
+
+
+#: entry-point group through which a front end adds a command (RepUX Web adds ``repux web``; see pyproject.toml)
+COMMAND_ENTRY_POINTS = "repux.commands"
+
+
+def _front_end_commands() -> list[Callable[[Any], None]]:
+    """The ``register`` functions front ends declare in the ``repux.commands`` entry-point group.
+
+    The engine names no front end: a command appears when its package is installed (a wheel or ``pip install -e``).
+    One that fails to load is left out with a warning instead of breaking every other command.
+    """
+    from importlib import metadata
+
+    try:
+        found = metadata.entry_points(group=COMMAND_ENTRY_POINTS)
+    except TypeError:  # Python 3.9: entry_points() takes no arguments
+        found = metadata.entry_points().get(COMMAND_ENTRY_POINTS, [])  # type: ignore[attr-defined]
+    registers: dict[str, Callable[[Any], None]] = {}
+    for ep in sorted(found, key=lambda e: e.name):
+        if ep.name in registers:
+            continue
+        try:
+            registers[ep.name] = ep.load()
+        except Exception as e:  # a broken front end must not break the engine's CLI
+            logging.getLogger("repux").warning("command %r from %s is not available: %s", ep.name, ep.value, e)
+    return list(registers.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +135,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     if getattr(args, "verbose", 0) >= 2:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if level == logging.DEBUG else "%(levelname)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(DEBUG_LOG_FORMAT if level == logging.DEBUG else LOG_FORMAT))
     root = logging.getLogger("repux")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -170,8 +183,7 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
     The main thread waits.  A signal (SIGINT/SIGTERM/SIGBREAK: a terminal user) or a
     stop request on the control channel (``--control stdin``: a parent program) sets
     the cancel token; the job stops at its next progress point and cleans up.  If it
-    has not stopped after ``cancel_grace`` seconds, temporary files are removed and
-    the process exits hard.  Exit code: 128 + signal number after a signal, 0 after
+    has not stopped after ``cancel_grace`` seconds, the process exits hard (writers use temp files that are renamed only when complete, so nothing is left half-written).  Exit code: 128 + signal number after a signal, 0 after
     a control-channel stop (with a ``stopped`` progress line).
     """
     outcome: dict[str, Any] = {}
@@ -216,10 +228,9 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
             if (received or requested) and deadline is None:
                 deadline = _monotonic() + float(getattr(args, "cancel_grace", CANCEL_GRACE_S))
             if deadline is not None and worker.is_alive() and _monotonic() > deadline:
-                ctx.cleanup()
                 print(f"repux: {ctx.cancel.reason}; the job did not stop within the grace period", file=sys.stderr, flush=True)
                 sys.stderr.flush()
-                os._exit(128 + received[0] if received else 1)
+                os._exit(EXIT_SIGNAL_BASE + received[0] if received else EXIT_USER_ERROR)
     finally:
         if in_main:
             for s, h in previous.items():
@@ -227,15 +238,14 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
     if "error" in outcome:
         err = outcome["error"]
         if isinstance(err, Cancelled) or ((received or requested) and isinstance(err, KeyboardInterrupt)):
-            ctx.cleanup()
             if requested and not received:
                 _stopped_line(ctx, printer, last, requested[0], str(err))
-                return 0
+                return EXIT_OK
             print(f"repux: {err or 'cancelled'}", file=sys.stderr)
-            return 128 + (received[0] if received else signal.SIGINT)
+            return EXIT_SIGNAL_BASE + (received[0] if received else signal.SIGINT)
         raise err
     if received:
-        return 128 + received[0]
+        return EXIT_SIGNAL_BASE + received[0]
     return int(outcome.get("rc", 0))
 
 
@@ -256,26 +266,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_args(args)  # paths, ids, output places: before heavy imports and long work
         return _run_cancellable(args.func, args, ctx)
     except RepuxError as err:
-        ctx.cleanup()
         close()
         if getattr(err, "unexpected", False) and getattr(args, "verbose", 0) >= 1 and err.__cause__ is not None:
             import traceback
 
             traceback.print_exception(err.__cause__, file=sys.stderr)  # -v: the traceback of an unexpected reader/writer error
-        print(f"repux: error: {err}", file=sys.stderr)
-        return 1
+        print(error_line(err), file=sys.stderr)
+        return EXIT_USER_ERROR
     except MemoryError:
-        ctx.cleanup()
         close()
-        print("repux: error: out of memory; try a smaller --sw-batch-size, --device cpu, or a lower --max-voxels budget.", file=sys.stderr)
-        return 1
+        print(error_line("out of memory; try a smaller --sw-batch-size, --device cpu, or a lower --max-voxels budget."), file=sys.stderr)
+        return EXIT_USER_ERROR
     except OSError as err:
         if not is_user_os_error(err):
             raise  # not the user's environment: a bug, keep the traceback
-        ctx.cleanup()
         close()
-        print(f"repux: error: {describe_os_error(err)}", file=sys.stderr)
-        return 1
+        print(error_line(describe_os_error(err)), file=sys.stderr)
+        return EXIT_USER_ERROR
     finally:
         close()
 

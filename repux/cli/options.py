@@ -160,8 +160,8 @@ def open_fraction(text: str) -> float:
 
 def roi_size(text: str) -> tuple[int, int, int]:
     """``96`` or ``96,96,64``: each a multiple of 16, at least 32."""
-    from ..config import parse_roi_size
-    from ..errors import ConfigError
+    from repux.config import parse_roi_size
+    from repux.errors import ConfigError
 
     try:
         return parse_roi_size(text)
@@ -224,8 +224,8 @@ def device_name(text: str) -> str:
 
 
 def model_id(text: str) -> str:
-    """A model id of the store (see :mod:`repux.ids`)."""
-    from ..ids import MODEL_ID_RULE, is_model_id
+    """A model id of the store (see :mod:`repux.models.ids`)."""
+    from repux.models.ids import MODEL_ID_RULE, is_model_id
 
     if not is_model_id(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed as a model id: use {MODEL_ID_RULE}")
@@ -246,8 +246,8 @@ def port_number(text: str) -> int:
 
 def shard_spec(text: str) -> tuple[int, int]:
     """``I/N`` with 0 <= I < N: this process's share of a batch (SLURM: ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``)."""
-    from ..batch import parse_shard
-    from ..errors import ConfigError
+    from repux.errors import ConfigError
+    from repux.inference.batch import parse_shard
 
     try:
         return parse_shard(text)

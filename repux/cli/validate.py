@@ -7,8 +7,8 @@ SimpleITK import), with one ``repux: error: ...`` line.
 
 Rules are declared per command (``COMMAND_RULES``); a command that is not
 listed is not checked here (its own code still validates).  Only the standard
-library, :mod:`repux.fileio`, :mod:`repux.ids` and (for model names)
-:mod:`repux.store` are imported.
+library, :mod:`repux.io.files`, :mod:`repux.models.ids` and (for model names)
+:mod:`repux.models.store` are imported.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InputImageError, OutputError
+from repux.errors import ConfigError, InputImageError, OutputError
 
 __all__ = ["COMMAND_RULES", "check_input", "command_key", "validate_args"]
 
@@ -84,7 +84,7 @@ def check_input(value: str, option: str, kind: str = IN_ANY) -> Path:
         hint = ""
         parent = p.parent
         if parent.is_dir():
-            from ..errors import did_you_mean
+            from repux.errors import did_you_mean
 
             try:
                 hint = did_you_mean(p.name, [c.name for c in parent.iterdir()][:2000])
@@ -101,16 +101,16 @@ def check_input(value: str, option: str, kind: str = IN_ANY) -> Path:
 
 
 def _check_model(spec: str, option: str) -> None:
-    from ..errors import ModelFileError
-    from ..ids import is_model_id
-    from ..store import resolve_model
+    from repux.errors import ModelFileError
+    from repux.models.ids import is_model_id
+    from repux.models.store import resolve_model
 
     text = str(spec)
     if not text.strip():
         raise ConfigError(f"{option} is empty; give an installed model id or a model folder.")
     looks_like_path = os.sep in text or "/" in text or (os.altsep and os.altsep in text) or Path(text).expanduser().exists()
     if not looks_like_path and not is_model_id(text):
-        from ..ids import check_model_id
+        from repux.models.ids import check_model_id
 
         check_model_id(text, option)
     try:
@@ -141,13 +141,13 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def _probe_run_lock(args: argparse.Namespace) -> None:
     """Answer at once when another live process trains in the same run folder (the trainer takes the lock for real)."""
-    from ..locks import FileLock
+    from repux.io.locks import FileLock
 
     out = str(getattr(args, "output", "") or "")
     if getattr(args, "run_dir", None):
         run = Path(args.run_dir)
     else:
-        from ..store import store_root
+        from repux.models.store import store_root
 
         run = store_root() / "runs" / Path(out).name
     lock_file = run / "run.lock"  # repux.training.trainer.RUN_LOCK (not imported: torch)
@@ -156,7 +156,7 @@ def _probe_run_lock(args: argparse.Namespace) -> None:
 
 
 def _check_one(v: str, kind: str, option: str, args: argparse.Namespace) -> None:
-    from ..fileio import check_output_location
+    from repux.io.files import check_output_location
 
     if kind in (IN_ANY, IN_FILE, IN_DIR):
         if v.startswith("@") and kind == IN_ANY and not Path(v).exists():
@@ -193,8 +193,8 @@ def _check_one(v: str, kind: str, option: str, args: argparse.Namespace) -> None
             if Path(v).exists() and not getattr(args, "overwrite", False):
                 raise ConfigError(f"{option} {v!r} already exists; choose another --output (models are never overwritten).")
         else:
-            from ..ids import check_model_id
-            from ..store import ModelStore
+            from repux.models.ids import check_model_id
+            from repux.models.store import ModelStore
 
             check_model_id(v, option)
             store = ModelStore()

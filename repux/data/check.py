@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError
-from ..imageio import read_image, same_grid, write_image
-from .datasets import Dataset
+from repux.data.datasets import Dataset
+from repux.errors import InputImageError
+from repux.io.images import read_image, same_grid, write_image
 
 __all__ = ["CaseReport", "check_dataset"]
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
-from ..labels import LabelSet
+from repux.errors import DatasetError
+from repux.labels import LabelSet
 
 __all__ = ["MANIFEST", "Case", "Dataset", "dataset_fingerprint", "load_dataset", "split_cases", "write_manifest"]
 
@@ -219,7 +219,7 @@ def write_manifest(root: str | Path, labels: LabelSet, cases: Iterable[Case], na
     }
     if extra:
         data.update(extra)
-    from ..fileio import atomic_write_text
+    from repux.io.files import atomic_write_text
 
     return atomic_write_text(r / MANIFEST, json.dumps(data, indent=2) + "\n")
 

@@ -52,11 +52,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ConfigError
-from ..imageio import write_image
-from ..labels import FLARE, LabelSet, normalize_name, organ
-from ..progress import CancelToken, ProgressCallback, ProgressTracker
-from .datasets import Case, split_cases, write_manifest
+from repux.data.datasets import Case, split_cases, write_manifest
+from repux.errors import ConfigError
+from repux.io.images import write_image
+from repux.labels import FLARE, LabelSet, normalize_name, organ
+from repux.progress import CancelToken, ProgressCallback, ProgressTracker
 
 __all__ = [
     "DEFAULT_SIZE_MM",

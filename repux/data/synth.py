@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ConfigError
-from ..labels import BTCV, LabelSet, normalize_name
-from ..progress import CancelToken, ProgressCallback, ProgressTracker
+from repux.errors import ConfigError
+from repux.labels import BTCV, LabelSet, normalize_name
+from repux.progress import CancelToken, ProgressCallback, ProgressTracker
 
 __all__ = [
     "BTCV",
@@ -699,7 +699,7 @@ def find_label_maps(folder: str | Path) -> list[Path]:
 
 def _render_to_files(job: tuple[str, int, str, str, dict[str, Any], list[dict[str, Any]]]) -> dict[str, Any]:
     src, seed, img_path, lab_path, cfg_d, labels = job
-    from ..imageio import write_image
+    from repux.io.images import write_image
 
     cfg = SynthConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg_d.items()})
     ex = render_example(sitk.ReadImage(src), LabelSet.from_list(labels), seed, cfg)
@@ -726,7 +726,7 @@ def write_synth_dataset(
     The validation split holds every example of ``val_maps`` label maps (chosen with ``seed``), so no subject
     is seen in training and validation.  Returns the path of ``repux-dataset.json``.
     """
-    from .datasets import Case, write_manifest
+    from repux.data.datasets import Case, write_manifest
 
     if n_per_map < 1:
         raise ConfigError(f"n must be >= 1 examples per label map; got {n_per_map!r}.")

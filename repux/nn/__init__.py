@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .bfr import BFRDepthwiseConv3d, bayesian_frequency_matrix
-from .lkconv import depthwise_conv3d
-from .presets import PRESETS, create_model, preset_names
-from .repuxnet import LayerNorm3d, RepUXBlock, RepUXEncoder, RepUXNet
+from repux.nn.bfr import BFRDepthwiseConv3d, bayesian_frequency_matrix
+from repux.nn.lkconv import depthwise_conv3d
+from repux.nn.presets import PRESETS, create_model, preset_names
+from repux.nn.repuxnet import LayerNorm3d, RepUXBlock, RepUXEncoder, RepUXNet
 
 __all__ = [
     "PRESETS",

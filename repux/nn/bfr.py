@@ -33,7 +33,7 @@ import functools
 import torch
 from torch import nn
 
-from .lkconv import ALGORITHMS, depthwise_conv3d
+from repux.nn.lkconv import ALGORITHMS, depthwise_conv3d
 
 __all__ = ["BFRDepthwiseConv3d", "bayesian_frequency_matrix"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError, did_you_mean
-from .repuxnet import RepUXNet
+from repux.errors import ConfigError, did_you_mean
+from repux.nn.repuxnet import RepUXNet
 
 __all__ = ["PRESETS", "create_model", "preset_names"]
 

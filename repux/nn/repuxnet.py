@@ -31,9 +31,9 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .bfr import BFRDepthwiseConv3d
-from .fastconv import use_onednn
-from .lkconv import ALGORITHMS
+from repux.nn.bfr import BFRDepthwiseConv3d
+from repux.nn.fastconv import use_onednn
+from repux.nn.lkconv import ALGORITHMS
 
 __all__ = ["LayerNorm3d", "RepUXBlock", "RepUXEncoder", "RepUXNet"]
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, OutputError
-from ..fileio import atomic_path
+from repux.errors import CheckpointError, OutputError
+from repux.io.files import atomic_path
 
 __all__ = ["CHECKPOINT", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 

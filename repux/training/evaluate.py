@@ -22,9 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import DatasetError
-from ..imageio import atomic_write_text, read_image
-from ..progress import CancelToken, ProgressCallback, ProgressTracker
+from repux.errors import DatasetError
+from repux.io.images import atomic_write_text, read_image
+from repux.progress import CancelToken, ProgressCallback, ProgressTracker
 
 __all__ = ["dice_hd95", "evaluate", "format_table"]
 
@@ -65,7 +65,7 @@ def evaluate(
     cancel: CancelToken | None = None,
 ) -> dict[str, Any]:
     """Segment every case and score it. Returns ``{"cases": [...], "mean": {...}, "organs": [...]}``."""
-    from ..inference import Segmenter
+    from repux.inference.segmenter import Segmenter
 
     cases = [c for c in dataset.cases if split is None or c.split == split]
     if not cases:

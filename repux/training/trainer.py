@@ -33,15 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Preprocessing, parse_roi_size
-from ..device import autocast_dtype, resolve_device, set_threads
-from ..errors import Cancelled, CheckpointError, ConfigError, DatasetError
-from ..labels import Label, LabelSet
-from ..modelfile import ModelCard, save_model
-from ..progress import CancelToken, ProgressCallback, ProgressTracker
-from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import Distributed, ranks_agree
-from .transforms import AUGMENTATIONS, CROP_SAMPLING, deterministic_transforms, random_transforms
+from repux.config import Preprocessing, parse_roi_size
+from repux.device import autocast_dtype, resolve_device, set_threads
+from repux.errors import Cancelled, CheckpointError, ConfigError, DatasetError
+from repux.labels import Label, LabelSet
+from repux.models.folder import ModelCard, save_model
+from repux.progress import CancelToken, ProgressCallback, ProgressTracker
+from repux.training.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from repux.training.distributed import Distributed, ranks_agree
+from repux.training.transforms import AUGMENTATIONS, CROP_SAMPLING, deterministic_transforms, random_transforms
 
 __all__ = ["KERNEL_MODES", "TrainConfig", "TrainResult", "adapt_output_head", "parse_duration", "plan_labels", "train"]
 
@@ -206,7 +206,7 @@ def adapt_output_head(model: nn.Module, channel_map: Mapping[int, int], num_clas
         for new_c, old_c in channel_map.items():
             head.conv.conv.weight[new_c] = old.weight[old_c]
             head.conv.conv.bias[new_c] = old.bias[old_c]
-    from ..nn.fastconv import use_onednn
+    from repux.nn.fastconv import use_onednn
 
     model.out = use_onednn(head).to(old.weight.device)
     model.out_channels = num_classes
@@ -347,7 +347,7 @@ def train(
         progress: receives per-iteration events (``iteration``, ``loss``, ``lr``, ``val_dice``...).
         cancel: cancellation token; a checkpoint is written before :class:`Cancelled` propagates.
 
-    The run folder is locked for the whole run (:class:`repux.locks.FileLock` on
+    The run folder is locked for the whole run (:class:`repux.io.locks.FileLock` on
     ``run_dir/run.lock``): a second process on the same folder gets a one-line
     error naming the PID that holds it; a lock left by a killed process is taken over.
 
@@ -393,10 +393,10 @@ def train(
 
 
 def lock_run_dir(run_dir: str | Path):
-    """Take the lock of a run folder (rank 0 only); raises :class:`repux.locks.LockedError` when a live process holds it."""
-    from ..errors import OutputError
-    from ..fileio import os_error_message
-    from ..locks import FileLock
+    """Take the lock of a run folder (rank 0 only); raises :class:`repux.io.locks.LockedError` when a live process holds it."""
+    from repux.errors import OutputError
+    from repux.io.files import os_error_message
+    from repux.io.locks import FileLock
 
     run = Path(run_dir)
     try:
@@ -614,8 +614,8 @@ def _setup(
     """Device, process group, labels, data, network, optimizer; restores the checkpoint when resuming."""
     from monai.losses import DiceCELoss
 
-    from ..data.datasets import dataset_fingerprint, split_cases
-    from ..nn import create_model
+    from repux.data.datasets import dataset_fingerprint, split_cases
+    from repux.nn import create_model
 
     cfg = config
     run = Path(run_dir)
@@ -633,8 +633,8 @@ def _setup(
     base_card = None
     base_net = None
     if base_model is not None and model is None:
-        from ..modelfile import load_model
-        from ..store import resolve_model
+        from repux.models.folder import load_model
+        from repux.models.store import resolve_model
 
         base_card = resolve_model(base_model)
         base_net, base_card = load_model(base_card.path, device="cpu", algorithm=cfg.algorithm)
@@ -801,7 +801,7 @@ def _export(
 
 
 def _default_inference(cfg: TrainConfig):
-    from ..config import InferenceSettings
+    from repux.config import InferenceSettings
 
     return InferenceSettings(roi_size=cfg.roi_size)
 

@@ -1,7 +1,7 @@
 """MONAI transform chains for training and validation.
 
 The deterministic part - read, re-orient, resample (exactly the inference
-preprocessing of :mod:`repux.preprocess`, one implementation for both), label
+preprocessing of :mod:`repux.inference.preprocess`, one implementation for both), label
 remapping, body crop, HU window - is cached (MONAI ``CacheDataset`` or
 ``PersistentDataset``); the random part follows the official RepUX-Net recipe:
 positive/negative ``roi_size`` crops (``RandCropByPosNegLabeld``), flips,
@@ -35,11 +35,11 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from ..config import Preprocessing
-from ..errors import DatasetError
-from ..imageio import read_image
-from ..labels import LabelSet
-from ..preprocess import label_to_model_grid, to_model_grid
+from repux.config import Preprocessing
+from repux.errors import DatasetError
+from repux.inference.preprocess import label_to_model_grid, to_model_grid
+from repux.io.images import read_image
+from repux.labels import LabelSet
 
 __all__ = ["AUGMENTATIONS", "CROP_SAMPLING", "LoadModelGridd", "deterministic_transforms", "has_sided_labels", "random_transforms"]
 
@@ -53,7 +53,7 @@ def _above(x: Any, threshold: float) -> Any:
 class LoadModelGridd(MapTransform):
     """Read ``image`` and ``label`` paths and bring both onto the model grid.
 
-    The image goes through :func:`repux.preprocess.to_model_grid` (the
+    The image goes through :func:`repux.inference.preprocess.to_model_grid` (the
     inference preprocessing); the label is resampled with nearest neighbour
     onto the image's model grid and its file values are mapped to training
     values with ``value_map`` (values not in the map raise, naming them).
