@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from repux.config import DEVICE_KINDS, QUALITIES
 from RepUXWeb.files import FileAccessError, FileBrowser, UploadError, check_upload
 
-__all__ = ["DEVICES", "QUALITIES", "Viewer", "WebController", "WebSettings", "segment_voxel_counts"]
+__all__ = ["Viewer", "WebController", "WebSettings", "segment_voxel_counts"]
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-QUALITIES = ("fast", "standard", "best")
 #: mapping choices besides the training set's classes
 NEW_CLASS, IGNORE = "(new class)", "(ignore)"
 #: how many log lines the page keeps
@@ -175,7 +174,7 @@ class WebController:
             "volume_id": "",
             "models": [],
             "model": "",
-            "devices": list(DEVICES),
+            "devices": list(DEVICE_KINDS),
             "device": "auto",
             "qualities": list(QUALITIES),
             "quality": "fast",

@@ -14,7 +14,17 @@ from typing import Any
 
 from repux.errors import ConfigError
 
-__all__ = ["QUALITY_PRESETS", "InferenceSettings", "IntensityWindow", "Preprocessing", "parse_roi_size"]
+__all__ = [
+    "DEVICE_KINDS",
+    "DEVICE_RULE",
+    "QUALITIES",
+    "QUALITY_PRESETS",
+    "InferenceSettings",
+    "IntensityWindow",
+    "Preprocessing",
+    "is_device_name",
+    "parse_roi_size",
+]
 
 _AXES = {"R": "RL", "L": "RL", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
 
@@ -167,6 +177,20 @@ QUALITY_PRESETS: dict[str, dict[str, Any]] = {
     "standard": {"overlap": 0.5, "tta": False},
     "best": {"overlap": 0.5, "tta": True},
 }
+#: the quality levels every front end offers, in order (one list: the CLI, the Libs and the web read it)
+QUALITIES: tuple[str, ...] = tuple(QUALITY_PRESETS)
+
+#: device kinds a user may name (``cuda:N`` picks a GPU; ``gpu`` is accepted as another name of ``cuda``)
+DEVICE_KINDS: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+DEVICE_RULE = "auto, cpu, cuda, cuda:N or mps"
+
+
+def is_device_name(value: object) -> bool:
+    """True for a device the engine accepts (:data:`DEVICE_KINDS`, ``cuda:N``, ``gpu``); availability is checked when the job starts."""
+    if not isinstance(value, str):
+        return False
+    s = value.strip().lower()
+    return s in DEVICE_KINDS or s == "gpu" or (s.startswith("cuda:") and s[5:].isdigit())
 
 
 def spacing_from(value: Sequence[float] | float) -> tuple[float, float, float]:

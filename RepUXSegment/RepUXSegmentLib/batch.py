@@ -41,9 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repux.protocol import ProgressEvent
+
 from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, checkScalarVolume, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from repux.protocol import ProgressEvent
 from .segmentation import MODEL_ATTRIBUTE, SegmentationOptions, renumberedSpecs
 
 __all__ = [

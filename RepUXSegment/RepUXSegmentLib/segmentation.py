@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repux.config import DEVICE_RULE, QUALITIES, is_device_name
+from repux.protocol import CONTROL_ARGUMENTS, ProgressEvent
+
 from .jobs import BackgroundJob, JobState
 from .mrml import MRMLContext, SegmentSpec, formatRoiRas, importLabelmap, readLabelmapNrrd, segmentSpecsFromModel, writeVolumeNrrd
-from repux.protocol import CONTROL_ARGUMENTS, ProgressEvent
 
 __all__ = [
     "QUALITIES",
@@ -50,7 +52,6 @@ logger = logging.getLogger(__name__)
 MODEL_ATTRIBUTE = "RepUX.Model"
 
 #: quality levels of ``repux segment --quality``
-QUALITIES = ("fast", "standard", "best")
 
 #: job states (RepUXSegmentLib.jobs.JobState)
 IDLE, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = (
@@ -107,9 +108,8 @@ class SegmentationOptions:
             raise ValueError("no model selected: choose an installed model or a model folder.")
         if self.quality not in QUALITIES:
             raise ValueError(f"quality must be one of {', '.join(QUALITIES)}; got {self.quality!r}.")
-        device = str(self.device).strip().lower()
-        if not (device in ("auto", "cpu", "cuda", "gpu", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}.")
+        if not is_device_name(self.device):
+            raise ValueError(f"device must be {DEVICE_RULE}; got {self.device!r}.")
         if self.roiRAS is not None:
             formatRoiRas(self.roiRAS)
         if self.organs is not None:

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from RepUXSegmentLib.jobs import BackgroundJob, JobState
+
+from repux.config import DEVICE_RULE, is_device_name
+from repux.models.ids import MODEL_ID_RULE, is_model_id
 
 from .monitor import TrainingProgress, readProgressLog
 
@@ -74,7 +76,6 @@ IDLE, RUNNING, STOPPING, STOPPED, SUCCEEDED, FAILED, CANCELLED = (
     JobState.CANCELLED,
 )
 
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class FinetuneError(RuntimeError):
@@ -146,8 +147,8 @@ class FinetuneOptions:
         out = str(self.outModel).strip()
         if not out:
             raise ValueError("give the new model an id.")
-        if _isStoreId(out) and not _MODEL_ID.match(out):
-            raise ValueError(f"model id {out!r}: use letters, digits, '.', '_' and '-' only (no spaces), starting with a letter or digit.")
+        if _isStoreId(out) and not is_model_id(out):
+            raise ValueError(f"model id {out!r} is not allowed: use {MODEL_ID_RULE}, not ending with '.' and not a Windows device name.")
         for name, minimum in (("maxIterations", 1), ("valInterval", 1), ("checkpointInterval", 1), ("freezeEncoderIterations", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -158,9 +159,8 @@ class FinetuneOptions:
             raise ValueError(f"the learning rate must be > 0; got {self.learningRate!r}.")
         if not 0.0 <= float(self.valFraction) < 1.0:
             raise ValueError(f"the validation fraction must be in [0, 1); got {self.valFraction!r}.")
-        device = str(self.device).strip().lower()
-        if not (device in ("auto", "cpu", "cuda", "gpu", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}.")
+        if not is_device_name(self.device):
+            raise ValueError(f"device must be {DEVICE_RULE}; got {self.device!r}.")
         if self.roiSize is not None and (not isinstance(self.roiSize, int) or self.roiSize < 16 or self.roiSize % 16):
             raise ValueError(f"the crop size must be a multiple of 16 (16, 32, 48...); got {self.roiSize!r}.")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):

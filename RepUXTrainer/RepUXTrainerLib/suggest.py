@@ -178,8 +178,10 @@ class UncertaintyRanking(BackgroundJob):
             raise ValueError("there is no volume to rank: every volume is already a case of the training set.")
         if not str(model).strip():
             raise ValueError("choose the model whose uncertainty ranks the volumes.")
-        if quality not in ("fast", "standard", "best"):
-            raise ValueError(f"quality must be fast, standard or best; got {quality!r}.")
+        from repux.config import QUALITIES
+
+        if quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {', '.join(QUALITIES)}; got {quality!r}.")
         super().__init__(onLog=onLog)
         self.onRankingFinished = onFinished
         self.model = str(model)
@@ -212,6 +214,7 @@ class UncertaintyRanking(BackgroundJob):
 
     def _next(self) -> None:
         from RepUXSegmentLib.mrml import writeVolumeNrrd
+
         from repux.protocol import CONTROL_ARGUMENTS
 
         self.runner = None

@@ -168,11 +168,12 @@ def segmenter_from_args(
     organs: str | None = None,
     device: str | None = None,
 ):
+    from repux.cli.validate import model_card
     from repux.inference.segmenter import Segmenter
     from repux.models.store import DEFAULT_MODEL
 
     return Segmenter(
-        model or DEFAULT_MODEL,
+        model_card(args, model or DEFAULT_MODEL),  # model.json read once per command line
         device=device or args.device,
         quality=args.quality,
         overlap=args.overlap,
@@ -194,10 +195,11 @@ def _check_organs(args: argparse.Namespace) -> None:
     """--organs against the model card (light: no torch, no weights read)."""
     if not args.organs:
         return
+    from repux.cli.validate import model_card
     from repux.labels import resolve_organs
-    from repux.models.store import DEFAULT_MODEL, resolve_model
+    from repux.models.store import DEFAULT_MODEL
 
-    resolve_organs(resolve_model(args.model or DEFAULT_MODEL).labels, args.organs)
+    resolve_organs(model_card(args, args.model or DEFAULT_MODEL).labels, args.organs)
 
 
 def cmd_segment(args: argparse.Namespace, ctx: Any) -> int:

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from repux.config import QUALITIES
+
 __all__ = [
     "DEPRECATED_ALIASES",
     "RepuxArgumentParser",
@@ -215,12 +217,12 @@ def thread_count(text: str) -> int:
 
 def device_name(text: str) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (availability is checked later, when the job starts)."""
+    from repux.config import DEVICE_RULE, is_device_name
+
     value = str(text).strip().lower()
-    if value in ("auto", "cpu", "cuda", "mps"):
+    if is_device_name(value):
         return value
-    if value.startswith("cuda:") and value[5:].isdigit():
-        return value
-    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use {DEVICE_RULE}")
 
 
 def model_id(text: str) -> str:
@@ -298,7 +300,7 @@ def add_window_options(p: argparse.ArgumentParser) -> Any:
     """The quality preset and the sliding-window options of inference (MONAI's names); returns the group."""
     g = p.add_argument_group("inference")
     g.add_argument(
-        "--quality", choices=("fast", "standard", "best"), help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)"
+        "--quality", choices=QUALITIES, help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)"
     )
     g.add_argument("--overlap", type=open_fraction, help="sliding-window overlap in [0, 1) (default: the model's, usually 0.5)")
     g.add_argument("--roi-size", type=roi_size, help="window size, e.g. 96 or 96,96,64 (default: the model's)")

@@ -100,10 +100,19 @@ def check_input(value: str, option: str, kind: str = IN_ANY) -> Path:
     return p
 
 
-def _check_model(spec: str, option: str) -> None:
+def model_card(args: argparse.Namespace, spec: str):
+    """The card of ``spec`` (an installed id or a folder), read once per command line and kept on ``args``."""
+    from repux.models.store import resolve_model
+
+    cache = args.__dict__.setdefault("resolved_models", {})
+    if spec not in cache:
+        cache[spec] = resolve_model(spec)
+    return cache[spec]
+
+
+def _check_model(spec: str, option: str, args: argparse.Namespace) -> None:
     from repux.errors import ModelFileError
     from repux.models.ids import is_model_id
-    from repux.models.store import resolve_model
 
     text = str(spec)
     if not text.strip():
@@ -114,7 +123,7 @@ def _check_model(spec: str, option: str) -> None:
 
         check_model_id(text, option)
     try:
-        resolve_model(text)
+        model_card(args, text)
     except ModelFileError as err:
         raise ModelFileError(f"{option}: {err}") from err
 
@@ -166,7 +175,7 @@ def _check_one(v: str, kind: str, option: str, args: argparse.Namespace) -> None
             return  # a pattern: expanded by the command
         check_input(v, option, kind)
     elif kind == MODEL:
-        _check_model(v, option)
+        _check_model(v, option, args)
     elif kind == OUT_FILE:
         check_output_location(v, what=option)
     elif kind == OUT_DIR:

@@ -185,8 +185,7 @@ def _dicom_info(path: str) -> dict[str, str]:
 
 def _dicom_cases(folder: Path, exclude: Path | None) -> tuple[list[Case], list[str]]:
     """Image series under ``folder`` as cases, and the non-image modalities seen."""
-    from repux.io.images import NON_IMAGE_MODALITIES
-    from repux.io.images import list_dicom_series
+    from repux.io.images import NON_IMAGE_MODALITIES, list_dicom_series
 
     cases, skipped = [], []
     for s in list_dicom_series(folder):

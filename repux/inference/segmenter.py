@@ -339,7 +339,7 @@ class Segmenter:
     """A loaded model plus settings, ready to segment volumes.
 
     Args:
-        model: an installed model id, a model folder, or None with ``predictor``.
+        model: an installed model id, a model folder, its ModelCard already read, or None with ``predictor``.
         device: ``auto|cpu|cuda|cuda:N|mps``. Defaults to "auto".
         settings: sliding-window settings; defaults to the model's.
         quality: ``fast|standard|best`` shortcut for overlap/TTA (overrides ``settings``).
@@ -359,7 +359,7 @@ class Segmenter:
 
     def __init__(
         self,
-        model: str | Path | None = None,
+        model: str | Path | ModelCard | None = None,
         *,
         device: str = "auto",
         settings: InferenceSettings | None = None,
@@ -402,8 +402,8 @@ class Segmenter:
             from repux.models.folder import load_model
             from repux.models.store import resolve_model
 
-            card = resolve_model(model)
-            net, card = load_model(card.path, device="cpu", algorithm=algorithm)
+            card = model if isinstance(model, ModelCard) else resolve_model(model)
+            net, card = load_model(card, device="cpu", algorithm=algorithm)
             net.reparameterize(fold_batchnorm=fold_batchnorm)
             if channels_last:
                 net = net.to(memory_format=torch.channels_last_3d)

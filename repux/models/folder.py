@@ -51,6 +51,7 @@ __all__ = [
     "save_model",
     "sha256_file",
     "verify_model",
+    "verify_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -488,7 +489,11 @@ def read_model_card(path: str | Path) -> ModelCard:
 
 def verify_model(path: str | Path) -> ModelCard:
     """Check that the weights exist and match the size and sha256 in ``model.json``."""
-    card = read_model_card(path)
+    return verify_weights(read_model_card(path))
+
+
+def verify_weights(card: ModelCard) -> ModelCard:
+    """Check that the weights of a card already read exist and match its size and sha256."""
     assert card.path is not None
     wpath = card.path / WEIGHTS_FILE
     if not wpath.is_file():
@@ -507,11 +512,12 @@ def verify_model(path: str | Path) -> ModelCard:
     return card
 
 
-def load_model(path: str | Path, *, device: str = "cpu", verify: bool = True, algorithm: str = "auto"):
+def load_model(path: str | Path | ModelCard, *, device: str = "cpu", verify: bool = True, algorithm: str = "auto"):
     """Load a model folder into a deploy-form :class:`~repux.nn.RepUXNet` in eval mode.
 
     Args:
-        path: the model folder.
+        path: the model folder, or its :class:`ModelCard` already read (``model.json`` is then not read again; the
+            weights are still checked against it).
         device: torch device. Defaults to "cpu".
         verify: check the sha256 first (a few ms per MB). Defaults to True.
         algorithm: large-kernel convolution algorithm. Defaults to "auto".
@@ -527,7 +533,13 @@ def load_model(path: str | Path, *, device: str = "cpu", verify: bool = True, al
 
     from repux.nn import RepUXNet
 
-    card = _read_consistently(path, verify)
+    if isinstance(path, ModelCard) and path.path is not None:
+        try:
+            card = verify_weights(path) if verify else path
+        except ModelFileError:  # replaced by an install since it was read: read the folder again
+            card = _read_consistently(path.path, verify)
+    else:
+        card = _read_consistently(path, verify)  # type: ignore[arg-type]
     assert card.path is not None
     try:
         state = load_file(str(card.path / WEIGHTS_FILE), device="cpu")
