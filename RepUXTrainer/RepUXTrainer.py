@@ -99,7 +99,7 @@ class RepUXTrainerParameterNode:
     addUnknownAsNewClasses - add segments that match no class as new classes.
     baseModel, newModelId - model to fine-tune and id of the result ("" = automatic).
     maxIterations, timeBudgetMinutes (0 = none), device, learningRate, freezeEncoderIterations,
-    validationFraction, validationInterval - fine-tuning settings.
+    valFraction, validationInterval - fine-tuning settings.
     resultModel - id of the latest fine-tuned model.
     """
 
@@ -115,7 +115,7 @@ class RepUXTrainerParameterNode:
     device: str = "auto"
     learningRate: Annotated[float, WithinRange(1e-06, 0.1)] = 0.0002
     freezeEncoderIterations: Annotated[int, WithinRange(0, 1000000)] = 0
-    validationFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.2
+    valFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.2
     validationInterval: Annotated[int, WithinRange(1, 1000000)] = 50
     resultModel: str = ""
 

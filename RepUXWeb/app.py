@@ -112,7 +112,7 @@ TEST_IDS = (
 
 PREFIX = "rx_"
 #: state keys the page may change (the rest flows from the server to the page only)
-EDITABLE = ("volume_id", "model", "device", "quality", "organs", "train_iterations", "train_roi")
+EDITABLE = ("volume_id", "model", "device", "quality", "organs", "max_iterations", "roi_size")
 
 
 def tid(name: str) -> list[str]:
@@ -275,7 +275,7 @@ class RepuxWebApp(TrameApp):
                 self.controller.select_volume(value)
             elif key == "model":
                 self.controller.select_model(value)
-            elif key in ("train_iterations", "train_roi"):
+            elif key in ("max_iterations", "roi_size"):
                 try:
                     self.controller.state[key] = max(0, int(value or 0))
                 except (TypeError, ValueError):
@@ -545,7 +545,7 @@ class RepuxWebApp(TrameApp):
             with html.Div(classes="d-flex"):
                 v3.VTextField(
                     label="Iterations",
-                    v_model=(f"{s}train_iterations",),
+                    v_model=(f"{s}max_iterations",),
                     type="number",
                     density="compact",
                     hide_details=True,
@@ -554,7 +554,7 @@ class RepuxWebApp(TrameApp):
                 )
                 v3.VSelect(
                     label="Crop (roi_size)",
-                    v_model=(f"{s}train_roi",),
+                    v_model=(f"{s}roi_size",),
                     items=(
                         "[{title: 'model default', value: 0}, {title: '32', value: 32}, {title: '48', value: 48},"
                         " {title: '64', value: 64}, {title: '96', value: 96}]",

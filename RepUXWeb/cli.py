@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=port_number, default=0, metavar="N", help="port to listen on; 0 picks a free one (default: 0)")
     p.add_argument("--root", default=".", metavar="FOLDER", help="folder the file browser shows; nothing outside it is readable (default: the current folder)")
     p.add_argument("--max-upload-mb", type=positive_float, default=1024.0, metavar="MB", help="largest CT the browser may upload, in MB (default: 1024)")
-    p.add_argument("--training-set", metavar="FOLDER", help="training-set folder for curated cases (default: <store>/web/training-set)")
+    p.add_argument("--dataset", "--training-set", dest="dataset", metavar="FOLDER", help="training-set folder for curated cases, as --dataset of repux train/finetune (default: <store>/web/training-set)")
     p.add_argument(
         "--open", action=argparse.BooleanOptionalAction, default=None, help="open the page in the default browser (default: when a display is available)"
     )
@@ -57,7 +57,7 @@ def _check_host(host: str) -> str:
     return text
 
 
-def validate_args(args: argparse.Namespace) -> None:
+def check_web_args(args: argparse.Namespace) -> None:
     """Check the arguments before anything heavy is imported.
 
     Raises:
@@ -71,10 +71,10 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--root {args.root!r} is not a folder.")
     if not (args.max_upload_mb > 0) or args.max_upload_mb > 16384:
         raise ConfigError(f"--max-upload-mb must be > 0 and <= 16384; got {args.max_upload_mb}.")
-    if args.training_set:
-        folder = Path(args.training_set).expanduser()
+    if args.dataset:
+        folder = Path(args.dataset).expanduser()
         if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"--training-set {args.training_set!r} exists and is not a folder.")
+            raise ConfigError(f"--dataset {args.dataset!r} exists and is not a folder.")
 
 
 def check_web_extra() -> None:
@@ -95,7 +95,7 @@ def _display_available() -> bool:
 
 
 def cmd_web(args: argparse.Namespace, ctx: Any) -> int:
-    validate_args(args)
+    check_web_args(args)
     check_web_extra()
     try:
         from RepUXWeb.app import RepuxWebApp
@@ -106,7 +106,7 @@ def cmd_web(args: argparse.Namespace, ctx: Any) -> int:
     settings = WebSettings(
         root=Path(args.root).expanduser().resolve(),
         max_upload_mb=float(args.max_upload_mb),
-        training_set=Path(args.training_set).expanduser().resolve() if args.training_set else None,
+        dataset=Path(args.dataset).expanduser().resolve() if args.dataset else None,
         python=sys.executable,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -59,7 +59,7 @@ class WebSettings:
         root: the folder the file browser shows (nothing outside it is readable).
         max_upload_mb: upload size limit.
         work_dir: uploads, the demo phantom and job folders (default: a new temporary folder).
-        training_set: the training-set folder (default ``$REPUX_HOME/web/training-set``).
+        dataset: the training-set folder (default ``$REPUX_HOME/web/training-set``).
         python: interpreter of the ``repux`` child processes (default: this one).
         finetune: default ``FinetuneOptions`` fields (``maxIterations``, ``roiSize``, ``threads``...).
         segment_arguments: extra ``repux segment`` arguments, e.g. ``("--threads", "2")``.
@@ -68,7 +68,7 @@ class WebSettings:
     root: Path
     max_upload_mb: float = 1024.0
     work_dir: Path | None = None
-    training_set: Path | None = None
+    dataset: Path | None = None
     python: str | None = None
     finetune: dict[str, Any] = field(default_factory=dict)
     segment_arguments: tuple[str, ...] = ()
@@ -163,7 +163,6 @@ class WebController:
         self.last_error = ""
         self._signature: tuple = ()
         self._ranked: list[Any] = []
-        self._finetune_outcome: Any = None
         self.state: dict[str, Any] = {
             "busy": "",
             "progress": {"fraction": 0.0, "stage": "", "message": "", "eta": ""},
@@ -187,8 +186,8 @@ class WebController:
             "mapping": [],
             "mapping_targets": [],
             "train": {"status": "idle", "iteration": 0, "max_iterations": 0, "loss": None, "mean_dice": None, "can_resume": False, "model_id": "", "eta": ""},
-            "train_iterations": int(settings.finetune.get("maxIterations", 300)),
-            "train_roi": int(settings.finetune.get("roiSize") or 0),
+            "max_iterations": int(settings.finetune.get("maxIterations", 300)),
+            "roi_size": int(settings.finetune.get("roiSize") or 0),
             "chart": {"loss": [], "dice": []},
             "ranking": [],
             "overlay": "",
@@ -199,8 +198,8 @@ class WebController:
     # ================================================================= helpers
     @property
     def training_set_folder(self) -> Path:
-        if self.settings.training_set is not None:
-            return Path(self.settings.training_set)
+        if self.settings.dataset is not None:
+            return Path(self.settings.dataset)
         from repux.models.store import store_root
 
         return store_root() / "web" / "training-set"
@@ -609,9 +608,9 @@ class WebController:
     # ============================================================= fine-tune
     def finetune_settings(self) -> dict[str, Any]:
         settings = dict(self.settings.finetune)
-        iterations = int(self.state["train_iterations"] or 0)
+        iterations = int(self.state["max_iterations"] or 0)
         settings["maxIterations"] = iterations
-        roi = int(self.state["train_roi"] or 0)
+        roi = int(self.state["roi_size"] or 0)
         settings["roiSize"] = roi or None
         settings.setdefault("valInterval", max(1, min(50, iterations // 2 or 1)))
         settings["valInterval"] = max(1, min(int(settings["valInterval"]), iterations or 1))
@@ -687,7 +686,6 @@ class WebController:
         }
 
     def _on_train_finished(self, outcome: Any) -> None:
-        self._finetune_outcome = outcome
         if self.trainer.job is not None:
             self._train_state(self.trainer.job)
         self._refresh_chart()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,19 @@ def make_blob_dataset(root: Path, n: int = 4, size=(40, 36, 28), spacing=(4.0, 4
         )
     write_manifest(root, LabelSet.from_names(list(organs)), cases, name="blobs")
     return root
+
+
+KEYS_FILE = Path(__file__).resolve().parent / "data" / "official_repuxnet_flare_keys.txt"
+
+
+def official_keys() -> dict[str, tuple[tuple[int, ...], str]]:
+    """The official RepUX-Net (FLARE, 5 outputs) state-dict keys with shapes and dtypes (Testing/data)."""
+    out = {}
+    for line in KEYS_FILE.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"(\S+) \(([\d, ]*)\)\s*(\w+)?", line)
+        assert m, line
+        shape = tuple(int(v) for v in m.group(2).replace(" ", "").split(",") if v)
+        out[m.group(1)] = (shape, m.group(3) or "float32")
+    return out

@@ -78,12 +78,6 @@ class SegmentLogic:
         """Start ``<python> -m repux <arguments>`` in the background; pump it with ``processEvents()``."""
         return startRepuxCommand(arguments, self.pythonExecutable, onProgress=onProgress, onLog=onLog, onFinished=onFinished)
 
-    def runRepuxCommand(self, arguments: Any, timeout: float | None = None) -> Any:
-        """Run ``<python> -m repux <arguments>`` and wait; returns the finished ProcessRunner."""
-        runner = self.startRepuxCommand(arguments)
-        runner.wait(timeout=timeout)
-        return runner
-
     # segmentation
     def _options(self, model: Any, device: str, quality: str, roiNode: Any, volumeNode: Any, largestComponent: bool, organs: Any = None) -> SegmentationOptions:
         if model is None:

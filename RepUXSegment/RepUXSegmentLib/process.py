@@ -194,7 +194,6 @@ class ProcessRunner:
         self.errors: list[str] = []
         self.stderrTail: list[str] = []
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._threads: list[threading.Thread] = []
         self._finished = False
         self._startTime: float | None = None
 
@@ -275,7 +274,6 @@ class ProcessRunner:
             t.start()
         waiter = threading.Thread(target=self._waitForExit, args=(readers,), name="repux-wait", daemon=True)
         waiter.start()
-        self._threads = [*readers, waiter]
 
     def _read(self, stream: Any, name: str) -> None:
         try:

@@ -63,7 +63,6 @@ class TrainingProgress:
     iteration: int = 0
     maxIterations: int = 0
     elapsedSeconds: float = 0.0
-    lastValidationDice: dict[str, float | None] = field(default_factory=dict)
     lastMeanDice: float | None = None
     bestMeanDice: float | None = None
     modelPath: str = ""
@@ -101,7 +100,6 @@ class TrainingProgress:
                 row = TrainingRow(int(data["iteration"]))
                 self.rows.append(row)
             row.dice.update({k: (math.nan if v is None else v) for k, v in dice.items()})
-            self.lastValidationDice = dice
             self.lastMeanDice = None if data.get("val_mean_dice") is None else _number(data["val_mean_dice"])
             return "validation"
         return "other"

@@ -152,7 +152,7 @@ def finetuneSettings(p: Any) -> dict[str, Any]:
         "device": p.device,
         "learningRate": float(p.learningRate),
         "freezeEncoderIterations": int(p.freezeEncoderIterations),
-        "valFraction": float(p.validationFraction),
+        "valFraction": float(p.valFraction),
         "valInterval": int(p.validationInterval),
     }
 

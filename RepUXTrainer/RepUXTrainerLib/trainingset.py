@@ -164,19 +164,6 @@ class TrainingSet:
         extra = data.get(TRAINER_KEY) if isinstance(data.get(TRAINER_KEY), dict) else {}
         return cls(root, labels, cases, str(data.get("name", root.name)), extra)
 
-    @classmethod
-    def openOrCreate(cls, folder: str | os.PathLike[str], labels: Any = None, name: str | None = None, referenceModel: str = "") -> TrainingSet:
-        """Open the training set in ``folder``; create it with ``labels`` when there is none.
-
-        Raises:
-            TrainingSetError: no training set there and no ``labels`` given, or see :meth:`create`.
-        """
-        if isTrainingSet(folder):
-            return cls.open(folder)
-        if labels is None:
-            raise TrainingSetError(f"{folder} holds no training set yet; choose a model first: its organs become the training set's label set.")
-        return cls.create(folder, labels, name=name, referenceModel=referenceModel)
-
     def save(self) -> Path:
         """Write the manifest (atomically)."""
         from repux.data.datasets import write_manifest
@@ -268,21 +255,6 @@ class TrainingSet:
         return out
 
     # ---------------------------------------------------------------- changes
-    def addLabel(self, label: Any) -> Any:
-        """Add a class; it gets the next label value. Returns the label as stored.
-
-        Raises:
-            TrainingSetError: a class with that name (or alias) already exists.
-        """
-        from repux.labels import Label, LabelSet
-
-        if self.labels.find(label.name) is not None:
-            raise TrainingSetError(f"the training set already has a class {label.name!r}.")
-        stored = Label(len(self.labels) + 1, label.name, label.color, label.category, label.type, label.modifier, label.aliases)
-        self.labels = LabelSet([*self.labels, stored], name=self.labels.name)
-        self.save()
-        return stored
-
     def registerCase(
         self,
         caseId: str,
@@ -352,15 +324,4 @@ class TrainingSet:
             raise TrainingSetError("a case name cannot be empty.")
         case = self.case(caseId)
         case.meta["name"] = text
-        self.save()
-
-    def setSplit(self, caseId: str, split: str | None) -> None:
-        """Pin a case to ``train``, ``val`` or ``test`` (None: let the engine draw the validation cases).
-
-        Raises:
-            TrainingSetError: no such case or an unknown split.
-        """
-        if split not in (None, "train", "val", "test"):
-            raise TrainingSetError(f"split must be train, val, test or empty; got {split!r}.")
-        self.case(caseId).split = split
         self.save()

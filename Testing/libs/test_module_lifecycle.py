@@ -518,7 +518,7 @@ def test_an_error_showing_the_training_plot_is_shown_once(guiApp, monkeypatch):
         device="cpu",
         learningRate=1e-4,
         freezeEncoderIterations=0,
-        validationFraction=0.2,
+        valFraction=0.2,
         validationInterval=5,
     )
     widget._startPolling = lambda: None

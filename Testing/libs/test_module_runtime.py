@@ -61,7 +61,7 @@ def test_every_numeric_parameter_has_the_range_of_its_widget(trainerModuleFile, 
             with pytest.raises(ValueError):
                 setattr(p, name, type(default)(bad))
     if module == "RepUXTrainer":
-        assert {"maxIterations", "validationFraction", "learningRate"} <= numeric
+        assert {"maxIterations", "valFraction", "learningRate"} <= numeric
 
 
 def test_trainer_logic_initialises_once(trainerModuleFile, mrml, monkeypatch):

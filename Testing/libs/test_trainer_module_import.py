@@ -36,7 +36,7 @@ def test_parameter_node_round_trip(trainerModuleFile, mrml, monkeypatch):
     monkeypatch.setattr(mrml.slicer, "mrmlScene", mrml.scene, raising=False)
     logic = trainerModuleFile.RepUXTrainerLogic()
     p = logic.getParameterNode()
-    assert (p.maxIterations, p.timeBudgetMinutes, p.device, p.learningRate, p.validationFraction, p.validationInterval, p.addUnknownAsNewClasses) == (
+    assert (p.maxIterations, p.timeBudgetMinutes, p.device, p.learningRate, p.valFraction, p.validationInterval, p.addUnknownAsNewClasses) == (
         300,
         0.0,
         "auto",

@@ -146,10 +146,10 @@ def test_mapping_rows_and_choices():
 def test_finetune_texts():
     assert duration(None) == "0:00" and duration(75.4) == "1:15" and duration(3725) == "1:02:05"
     progress = SimpleNamespace(iteration=0, maxIterations=300, lastLoss=None, bestMeanDice=None)
-    assert finetuneProgressText(progress, SimpleNamespace(message="Preparing", etaSeconds=None)) == "Preparing"
+    assert finetuneProgressText(progress, SimpleNamespace(message="Preparing", eta_s=None)) == "Preparing"
     progress.iteration, progress.lastLoss, progress.bestMeanDice = 12, 0.51234, 0.8
     assert (
-        finetuneProgressText(progress, SimpleNamespace(message="", etaSeconds=125))
+        finetuneProgressText(progress, SimpleNamespace(message="", eta_s=125))
         == "Iteration 12/300, loss 0.5123, best validation Dice 0.800 - about 2:05 left"
     )
     outcome = lambda status, **kw: SimpleNamespace(status=status, succeeded=status == "succeeded", **kw)
@@ -186,7 +186,7 @@ def test_finetune_settings_from_the_parameter_node():
         device="cuda:0",
         learningRate=2e-4,
         freezeEncoderIterations=10,
-        validationFraction=0.2,
+        valFraction=0.2,
         validationInterval=50,
     )
     settings = finetuneSettings(p)

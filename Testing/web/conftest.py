@@ -63,7 +63,7 @@ def controller(mrmlContext, webRoot, tmp_path):
     settings = WebSettings(
         root=webRoot,
         work_dir=tmp_path / "work",
-        training_set=tmp_path / "training-set",
+        dataset=tmp_path / "training-set",
         python=sys.executable,
         finetune={
             "maxIterations": 2,

@@ -124,7 +124,7 @@ def test_loop_segment_curate_finetune_rank(controller, tmp_path):
     assert controller.state["volumes"][0]["case"] is True
 
     # fine-tune 5 iterations; Stop after the first one (checkpoint), then Resume to the end
-    controller.state["train_iterations"] = 5
+    controller.state["max_iterations"] = 5
     assert controller.start_finetune()
     model_id = controller.state["train"]["model_id"]
     deadline = time.monotonic() + 300

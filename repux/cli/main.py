@@ -24,7 +24,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from repux._version import __version__
@@ -61,7 +62,30 @@ class JobContext:
 
     progress: ProgressCallback | None
     cancel: CancelToken
+    temp_paths: set[Path] = field(default_factory=set)
     progress_mode: str = "none"
+
+    def register_temp(self, path: str | Path) -> Path:
+        """Remember a temporary path to delete if the job is stopped or killed (``repux session``'s work folder)."""
+        p = Path(path)
+        self.temp_paths.add(p)
+        return p
+
+    def release_temp(self, path: str | Path) -> None:
+        self.temp_paths.discard(Path(path))
+
+    def cleanup(self) -> None:
+        import shutil
+
+        for p in list(self.temp_paths):
+            try:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.exists():
+                    p.unlink()
+            except OSError:
+                pass
+            self.temp_paths.discard(p)
 
 
 def _commands() -> list[Callable[[Any], None]]:
@@ -183,7 +207,8 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
     The main thread waits.  A signal (SIGINT/SIGTERM/SIGBREAK: a terminal user) or a
     stop request on the control channel (``--control stdin``: a parent program) sets
     the cancel token; the job stops at its next progress point and cleans up.  If it
-    has not stopped after ``cancel_grace`` seconds, the process exits hard (writers use temp files that are renamed only when complete, so nothing is left half-written).  Exit code: 128 + signal number after a signal, 0 after
+    has not stopped after ``cancel_grace`` seconds, registered temporary paths are removed and the process exits hard
+    (writers use temp files renamed only when complete, so nothing is left half-written).  Exit code: 128 + signal number after a signal, 0 after
     a control-channel stop (with a ``stopped`` progress line).
     """
     outcome: dict[str, Any] = {}
@@ -228,6 +253,7 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
             if (received or requested) and deadline is None:
                 deadline = _monotonic() + float(getattr(args, "cancel_grace", CANCEL_GRACE_S))
             if deadline is not None and worker.is_alive() and _monotonic() > deadline:
+                ctx.cleanup()
                 print(f"repux: {ctx.cancel.reason}; the job did not stop within the grace period", file=sys.stderr, flush=True)
                 sys.stderr.flush()
                 os._exit(EXIT_SIGNAL_BASE + received[0] if received else EXIT_USER_ERROR)
@@ -238,6 +264,7 @@ def _run_cancellable(func: Callable[[argparse.Namespace, JobContext], int | None
     if "error" in outcome:
         err = outcome["error"]
         if isinstance(err, Cancelled) or ((received or requested) and isinstance(err, KeyboardInterrupt)):
+            ctx.cleanup()
             if requested and not received:
                 _stopped_line(ctx, printer, last, requested[0], str(err))
                 return EXIT_OK
@@ -266,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_args(args)  # paths, ids, output places: before heavy imports and long work
         return _run_cancellable(args.func, args, ctx)
     except RepuxError as err:
+        ctx.cleanup()
         close()
         if getattr(err, "unexpected", False) and getattr(args, "verbose", 0) >= 1 and err.__cause__ is not None:
             import traceback
@@ -274,12 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error_line(err), file=sys.stderr)
         return EXIT_USER_ERROR
     except MemoryError:
+        ctx.cleanup()
         close()
         print(error_line("out of memory; try a smaller --sw-batch-size, --device cpu, or a lower --max-voxels budget."), file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as err:
         if not is_user_os_error(err):
             raise  # not the user's environment: a bug, keep the traceback
+        ctx.cleanup()
         close()
         print(error_line(describe_os_error(err)), file=sys.stderr)
         return EXIT_USER_ERROR

@@ -61,6 +61,7 @@ DEPRECATED_ALIASES: dict[str, str] = {
     "--roi": "--roi-size",
     "--train-roi": "--train-roi-size",
     "--reference-batch": "--sw-batch-size",
+    "--training-set": "--dataset",
 }
 
 

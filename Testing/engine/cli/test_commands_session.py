@@ -91,7 +91,7 @@ def _send(proc, **cmd):
 @pytest.mark.slicer
 def test_session_protocol_through_launcher(phantom_ct, tmp_path):
     """repux session through a PythonSlicer-shaped launcher: open, click (crop file), undo, the last click wins, stop exits 0."""
-    sys.path.insert(0, str(REPO / "Testing" / "mrml"))
+    sys.path.insert(0, str(REPO / "Testing" / "libs"))
     from launcher import launchedPids, makeLauncher, pidAlive
 
     path, ph = phantom_ct

@@ -82,7 +82,7 @@ def test_newer_format_version_is_refused(tmp_path):
 
 def _official_state_dict(out_channels=5, seed=0):
     """A synthetic official-style state dict: the documented keys and shapes, random values."""
-    from test_model import official_keys
+    from helpers import official_keys
 
     g = torch.Generator().manual_seed(seed)
     sd = {}

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import official_keys
 
 from repux.errors import ConfigError
 from repux.nn import PRESETS, RepUXNet, create_model
-
-KEYS_FILE = Path(__file__).resolve().parents[2] / "data" / "official_repuxnet_flare_keys.txt"
-
-
-def official_keys() -> dict[str, tuple[tuple[int, ...], str]]:
-    out = {}
-    for line in KEYS_FILE.read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"(\S+) \(([\d, ]*)\)\s*(\w+)?", line)
-        assert m, line
-        shape = tuple(int(v) for v in m.group(2).replace(" ", "").split(",") if v)
-        out[m.group(1)] = (shape, m.group(3) or "float32")
-    return out
 
 
 def test_base_parameter_count_is_the_papers():
