@@ -682,7 +682,7 @@ class WebController:
             "mean_dice": _finite(p.lastMeanDice),
             "can_resume": bool(job.canResume),
             "model_id": job.options.modelId,
-            "eta": "" if not p.eta_s else f"{p.eta_s:.0f} s left",
+            "eta": "" if not p.etaSeconds else f"{p.etaSeconds:.0f} s left",
         }
 
     def _on_train_finished(self, outcome: Any) -> None:

@@ -67,6 +67,10 @@ def cpu_features() -> dict[str, Any]:
     return feats
 
 
+#: the --precision choices
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 def bf16_is_fast(device: torch.device) -> bool:
     """True where bfloat16 convolutions run on matrix hardware (CUDA sm80+, CPU AMX or AVX-512 BF16)."""
     if device.type == "cuda":
@@ -78,19 +82,32 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` in ``auto|fp32|bf16|fp16`` on ``device`` (None = fp32)."""
+    """The autocast dtype for ``precision`` in ``auto|fp32|bf16|fp16`` on ``device`` (None = fp32).
+
+    ``auto``: bf16 (else fp16) on CUDA; on the CPU bf16 where it runs on matrix hardware (AMX or AVX-512 BF16, see
+    :func:`bf16_is_fast`), fp32 elsewhere, so no CPU gets slower.  ``REPUX_CPU_BF16=0`` keeps fp32 on every CPU.
+    The built-in model's labels under bf16 match fp32 (Dice >= 0.99 per organ on the real dev CT,
+    ``Testing/engine/inference/test_precision.py``).
+    """
     p = precision.lower()
-    if p not in ("auto", "fp32", "bf16", "fp16"):
+    if p not in PRECISIONS:
         raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16; got {precision!r}.")
     if p == "fp32":
         return None
     if p == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and os.environ.get("REPUX_CPU_BF16", "1") != "0" and bf16_is_fast(device):
+            return torch.bfloat16
         return None
     if p == "fp16" and device.type == "cpu":
         raise ConfigError("--precision fp16 is only supported on GPUs; use bf16 or fp32 on the CPU.")
     return torch.bfloat16 if p == "bf16" else torch.float16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What ran: ``float32``, ``bfloat16`` or ``float16`` (for summaries, logs and ``repux doctor``)."""
+    return "float32" if dtype is None else str(dtype).replace("torch.", "")
 
 
 #: the most CPU threads RepUX asks for

@@ -85,7 +85,9 @@ def test_options_validate_and_build_the_engine_command(tmp_path, _isolated_store
     for change, message in [
         ({"baseModel": " "}, "base model"),
         ({"dataset": str(tmp_path)}, "not a training set"),
-        ({"outModel": "my model"}, "no spaces"),
+        ({"outModel": "my model"}, "is not allowed: use 1-64 characters"),
+        ({"outModel": "x" * 65}, "is not allowed: use 1-64 characters"),
+        ({"outModel": "con"}, "not a Windows device name"),
         ({"maxIterations": 0}, "maxIterations must be an integer >= 1"),
         ({"timeBudgetMinutes": -5}, "time budget"),
         ({"learningRate": float("nan")}, "learning rate"),
@@ -215,7 +217,7 @@ def test_real_finetune_stop_resume_plot_and_the_new_model_segments(mrml, trainer
     stoppedAt = int(checkpoint["iteration"])
     assert 1 <= stoppedAt < 4 and not job.options.outputPath().exists()
     assert findModel("tiny-ft", listModels()) is None
-    lossLines = [u.data for u in updates if "loss" in u.extra]
+    lossLines = [u.to_dict() for u in updates if "loss" in u.extra]
     plot = trainer.plot
     assert plot.numberOfRows == len(lossLines) >= 1
     assert plot.column("loss") == [line["loss"] for line in lossLines] and plot.column("iteration") == [line["iteration"] for line in lossLines]
@@ -229,7 +231,7 @@ def test_real_finetune_stop_resume_plot_and_the_new_model_segments(mrml, trainer
 
     assert outcome.succeeded, (outcome.errorMessage, logs[-10:])
     assert outcome.modelId == "tiny-ft" and outcome.iterations == 4 and finished[-1] is outcome and trainer.lastModelId == "tiny-ft"
-    lossLines = [u.data for u in updates if "loss" in u.extra]
+    lossLines = [u.to_dict() for u in updates if "loss" in u.extra]
     iterations = [line["iteration"] for line in lossLines]
     assert iterations == sorted(set(iterations)) and iterations[0] == 1 and iterations[-1] == 4
     assert iterations[linesBeforeResume] == stoppedAt + 1  # resumed exactly after the checkpoint

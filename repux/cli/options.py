@@ -291,7 +291,12 @@ def add_device_options(
     )
     g.add_argument("--threads", type=thread_count, help="CPU threads, 1 to 1024 (default: all cores)")
     if precision:
-        g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
+        g.add_argument(
+            "--precision",
+            default="auto",
+            choices=("auto", "fp32", "bf16", "fp16"),
+            help="auto: bf16/fp16 autocast on GPU; bf16 on CPUs with bf16 matrix hardware (AMX, AVX-512 BF16), fp32 on other CPUs",
+        )
     if algorithm:
         g.add_argument("--algorithm", default="auto", choices=("auto", "direct", "fft", "native"), help="large-kernel convolution algorithm (default: auto)")
     return g

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 import torch
 
 from repux.config import QUALITY_PRESETS, InferenceSettings, Preprocessing
-from repux.device import autocast_dtype, resolve_device, set_threads
+from repux.device import autocast_dtype, precision_name, resolve_device, set_threads
 from repux.errors import ConfigError, InputImageError
 from repux.inference.preprocess import foreground_box, from_model_grid, scale_intensity, to_model_grid
 from repux.io.images import check_image, read_image, write_image, write_segmentation_nrrd
@@ -639,7 +639,7 @@ class Segmenter:
             "device": str(self.device),
             "device_name": _device_name(self.device),
             "threads": self.threads,
-            "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
+            "precision": precision_name(self.amp_dtype),
             "settings": self.settings.to_dict(),
             "warnings": prepared.warnings,
             "fallbacks": list(self.fallbacks),

@@ -135,7 +135,13 @@ def diagnose(device: str = "auto", forward: bool = True, model: str | None = Non
     try:
         chosen = resolve_device(device)
         name = next((d["name"] for d in report["devices"] if d["device"] == str(chosen) or (chosen.type == "cpu" and d["device"] == "cpu")), str(chosen))
+        from repux.device import autocast_dtype, cpu_features, precision_name
+
         report["device"] = {"requested": device, "device": str(chosen), "name": name, **_memory_gb(chosen)}
+        report["device"]["precision_auto"] = precision_name(autocast_dtype(chosen, "auto"))
+        if chosen.type == "cpu":
+            f = cpu_features()
+            report["device"]["cpu_features"] = {k: f[k] for k in ("capability", "amx", "avx512_bf16", "avx512")}
     except Exception as err:
         problems.append(f"device {device!r}: {err}")
         chosen = None
@@ -186,7 +192,11 @@ def format_report(report: dict[str, Any]) -> str:
     if "device" in report:
         d = report["device"]
         memory = f"{d['total_gb']} GB ({d['free_gb']} GB free)" if d.get("total_gb") is not None else "memory unknown"
-        lines.append(f"--device {d['requested']}: {d['device']} ({d['name']}), {memory}")
+        lines.append(f"--device {d['requested']}: {d['device']} ({d['name']}), {memory}; --precision auto runs {d.get('precision_auto', 'float32')}")
+        cf = d.get("cpu_features")
+        if cf:
+            have = [k for k in ("amx", "avx512_bf16", "avx512") if cf.get(k)]
+            lines.append(f"  CPU: {cf.get('capability')}; bf16 matrix hardware: {', '.join(have) if have else 'none (fp32 is the fast path here)'}")
     forward = report.get("forward")
     if forward:
         if forward["ok"]:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from repux.config import Preprocessing, parse_roi_size
-from repux.device import autocast_dtype, resolve_device, set_threads
+from repux.device import autocast_dtype, precision_name, resolve_device, set_threads
 from repux.errors import Cancelled, CheckpointError, ConfigError, DatasetError
 from repux.labels import Label, LabelSet
 from repux.models.folder import ModelCard, save_model
@@ -681,6 +681,7 @@ def _setup(
     if cfg.channels_last:
         net = net.to(memory_format=memory_format)
     amp = autocast_dtype(dev, cfg.precision)
+    logger.info("training on %s in %s (--precision %s; master weights float32)", dev, precision_name(amp), cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16 and dev.type == "cuda")
     ddp_net: nn.Module = net
     if dist.enabled:
