@@ -734,15 +734,23 @@ def _erector(x: np.ndarray, y: np.ndarray, z: np.ndarray, y0: float, grow: float
     return ((np.abs(x) - 34.0) / (30.0 + grow)) ** 2 + ((y - _spine_y(y0, z) - 50.0) / (24.0 + grow)) ** 2 < 1.0
 
 
-def _render(an: _Anatomy, cv: _Canvas) -> None:
-    """Paint the anatomy onto the canvas (later structures overwrite earlier ones)."""
-    S = STRUCTURES
-    hu = an.hu
-    cav = an.cavity
+@dataclass
+class _BodyShape:
+    """The body outline painted first, kept for the painters that clip to it or paint the wall later."""
 
-    # ---- body: everything inside the skin starts as visceral fat; walls are painted later
+    outer: np.ndarray  # half-axes of the skin surface
+    rr_body: np.ndarray  # squared normalised radius of the skin surface
+    rr_muscle: np.ndarray  # squared normalised radius of the muscle wall's outer surface
+    rr_cav: np.ndarray  # squared normalised radius of the abdominal cavity (the wall's inner surface)
+    body: np.ndarray  # inside the skin
+    in_cav: np.ndarray  # inside the cavity
+
+
+def _paint_body(an: _Anatomy, cv: _Canvas) -> _BodyShape:
+    """Body: everything inside the skin starts as visceral fat; the walls are painted later."""
+    cav = an.cavity
     everything = cv.everything
-    X, Y, Z = everything.X, everything.Y, everything.Z
+    X, Y = everything.X, everything.Y
     outer = cav + an.muscle + an.fat
     wobble = an.body_noise.on(cv, everything)
     wobble *= 2.0 * an.body_noise_amp
@@ -755,202 +763,256 @@ def _render(an: _Anatomy, cv: _Canvas) -> None:
     rr_cav = _cross_section(X, Y, cav[0], cav[1], cav[2])
     rr_cav += wobble
     in_cav = rr_cav < 1.0
-    cv.paint(everything, body, hu["visceral_fat"])
+    cv.paint(everything, body, an.hu["visceral_fat"])
+    return _BodyShape(outer, rr_body, rr_muscle, rr_cav, body, in_cav)
 
-    # ---- bowel: small-bowel loops (gyroid labyrinth) in the lower/anterior abdomen, colon around it
+
+def _paint_small_bowel(an: _Anatomy, cv: _Canvas) -> None:
+    """Small-bowel loops (gyroid labyrinth) in the lower/anterior abdomen."""
+    hu = an.hu
     bowel_c, bowel_r = (0.0, -30.0, -95.0), (100.0, 80.0, 125.0)
     blk = cv.block(np.subtract(bowel_c, bowel_r) - 1.0, np.add(bowel_c, bowel_r) + 1.0)
-    if blk is not None:
-        x, y, z = blk.X, blk.Y, blk.Z
-        region = _ellipsoid_sd(x, y, z, bowel_c, bowel_r)
-        inside = region < 0
-        if inside.any():
-            w = 2.0 * np.pi / an.bowel_period
-            off = an.bowel_offset.tolist()
-            r = an.bowel_rot.tolist()
-            wx, wy, wz = (x + 22.0 * an.bowel_warp[0].on(cv, blk), y + 22.0 * an.bowel_warp[1].on(cv, blk), z + 22.0 * an.bowel_warp[2].on(cv, blk))
-            xs = (r[0][0] * wx + r[0][1] * wy + r[0][2] * wz + off[0]) * w
-            ys = (r[1][0] * wx + r[1][1] * wy + r[1][2] * wz + off[1]) * w
-            zs = (r[2][0] * wx + r[2][1] * wy + r[2][2] * wz + off[2]) * w
-            g = np.sin(xs) * np.cos(ys) + np.sin(ys) * np.cos(zs) + np.sin(zs) * np.cos(xs)
-            ag = np.abs(g)
-            wall = inside & (ag > 0.5) & (region < -4)
-            lumen = inside & (ag > 0.72) & (region < -6)
-            cv.paint(blk, wall, hu["gut_wall"])
-            cv.paint(blk, lumen, hu["gut_fluid"])
-            gas = lumen & (an.bowel_gas.on(cv, blk) - 0.004 * y > an.bowel_gas_level)
-            cv.paint(blk, gas, hu["gas"])
+    if blk is None:
+        return
+    x, y, z = blk.X, blk.Y, blk.Z
+    region = _ellipsoid_sd(x, y, z, bowel_c, bowel_r)
+    inside = region < 0
+    if not inside.any():
+        return
+    w = 2.0 * np.pi / an.bowel_period
+    off = an.bowel_offset.tolist()
+    r = an.bowel_rot.tolist()
+    wx, wy, wz = (x + 22.0 * an.bowel_warp[0].on(cv, blk), y + 22.0 * an.bowel_warp[1].on(cv, blk), z + 22.0 * an.bowel_warp[2].on(cv, blk))
+    xs = (r[0][0] * wx + r[0][1] * wy + r[0][2] * wz + off[0]) * w
+    ys = (r[1][0] * wx + r[1][1] * wy + r[1][2] * wz + off[1]) * w
+    zs = (r[2][0] * wx + r[2][1] * wy + r[2][2] * wz + off[2]) * w
+    g = np.sin(xs) * np.cos(ys) + np.sin(ys) * np.cos(zs) + np.sin(zs) * np.cos(xs)
+    ag = np.abs(g)
+    wall = inside & (ag > 0.5) & (region < -4)
+    lumen = inside & (ag > 0.72) & (region < -6)
+    cv.paint(blk, wall, hu["gut_wall"])
+    cv.paint(blk, lumen, hu["gut_fluid"])
+    gas = lumen & (an.bowel_gas.on(cv, blk) - 0.004 * y > an.bowel_gas_level)
+    cv.paint(blk, gas, hu["gas"])
 
+
+def _paint_colon(an: _Anatomy, cv: _Canvas) -> None:
+    """Colon framing the small bowel: wall, gas and stool."""
+    hu = an.hu
     colon = _Tube(an.colon_pts, [an.colon_r] * len(an.colon_pts), smooth=4)
     lo, hi = colon.box(8.0)
     blk = cv.block(lo, hi)
-    if blk is not None:
-        sd = colon.sd(cv, blk, 8.0)
-        near = sd < 8.0
-        if near.any():
-            sd = sd - 6.0 * an.colon_noise.on(cv, blk) * near
-            cv.paint(blk, sd < 0, hu["gut_wall"])
-            lumen = sd < -3.0
-            st = an.stool.on(cv, blk)
-            stool = lumen & (st + 0.006 * blk.Y > an.stool_level)
-            cv.paint(blk, lumen, hu["gas"])
-            cv.paint(blk, stool, hu["stool"] + 60.0 * st)
+    if blk is None:
+        return
+    sd = colon.sd(cv, blk, 8.0)
+    near = sd < 8.0
+    if not near.any():
+        return
+    sd = sd - 6.0 * an.colon_noise.on(cv, blk) * near
+    cv.paint(blk, sd < 0, hu["gut_wall"])
+    lumen = sd < -3.0
+    st = an.stool.on(cv, blk)
+    stool = lumen & (st + 0.006 * blk.Y > an.stool_level)
+    cv.paint(blk, lumen, hu["gas"])
+    cv.paint(blk, stool, hu["stool"] + 60.0 * st)
 
-    # ---- liver (right lobe + left lobe, lobulated, cut by its inferior surface), intrahepatic vessels
+
+def _paint_liver(an: _Anatomy, cv: _Canvas) -> None:
+    """Liver (right lobe + left lobe, lobulated, cut by its inferior surface), then its vessels and cysts."""
     lo, hi = _ellipsoid_box(an.liver_c, an.liver_r, an.liver_amp + 2)
     lo2, hi2 = _ellipsoid_box(an.liver_left_c, an.liver_left_r, an.liver_amp + 2)
     blk = cv.block(np.minimum(lo, lo2), np.maximum(hi, hi2))
-    if blk is not None:
-        x, y, z = blk.X, blk.Y, blk.Z
-        sd = np.minimum(
-            _ellipsoid_sd(x, y, z, an.liver_c, an.liver_r, an.liver_rot), _ellipsoid_sd(x, y, z, an.liver_left_c, an.liver_left_r, an.liver_left_rot)
-        )
-        sd -= an.liver_amp * an.liver_noise.on(cv, blk)
-        z0, sx, sy = an.liver_cut
-        liver = (sd < 0) & (z > z0 + sx * (x + 120.0) + sy * y)
-        tex = hu["liver"] + 4.0 * an.noise_texture.on(cv, blk)
-        cv.paint(blk, liver, tex, S["liver"])
-        # portal vein branches and hepatic veins (inside the liver only: labelled liver)
-        hilum = an.hilum
-        ivc_top = np.array([-24.0, 10.0, 110.0])
-        vessels = [
-            _Tube([hilum, hilum + [-40, 8, 12], hilum + [-75, 20, 10]], [7.0, 5.5, 4.0]),
-            _Tube([hilum, hilum + [25, -25, 20], hilum + [50, -40, 22]], [6.0, 4.5, 3.5]),
-            _Tube([hilum + [-40, 8, 12], hilum + [-45, -30, 5]], [4.5, 3.5], smooth=1),
-            _Tube([ivc_top, ivc_top + [-45, -10, -10], ivc_top + [-85, -5, -25]], [7.0, 5.0, 3.5]),
-            _Tube([ivc_top, ivc_top + [-10, -45, -20], ivc_top + [-5, -75, -35]], [6.0, 4.5, 3.0]),
-            _Tube([ivc_top, ivc_top + [30, -40, -10], ivc_top + [60, -60, -25]], [5.0, 4.0, 3.0]),
-        ]
-        for v in vessels:
-            vlo, vhi = v.box(1.0)
-            vb = cv.block(vlo, vhi)
-            if vb is None:
-                continue
-            vsd = v.sd(cv, vb, 1.0)
-            cv.paint(vb, (vsd < 0) & (cv.lab[vb.sl] == S["liver"]), hu["hepatic_vessel"], S["liver"])
-        for c, r in an.liver_cysts:
-            cb = cv.block(c - r - 1, c + r + 1)
-            if cb is not None:
-                m = (_ellipsoid_sd(cb.X, cb.Y, cb.Z, c, (r, r, r)) < 0) & (cv.lab[cb.sl] == S["liver"])
-                cv.paint(cb, m, float(hu["bile"]) + 5.0, S["liver"])
+    if blk is None:
+        return
+    x, y, z = blk.X, blk.Y, blk.Z
+    sd = np.minimum(
+        _ellipsoid_sd(x, y, z, an.liver_c, an.liver_r, an.liver_rot), _ellipsoid_sd(x, y, z, an.liver_left_c, an.liver_left_r, an.liver_left_rot)
+    )
+    sd -= an.liver_amp * an.liver_noise.on(cv, blk)
+    z0, sx, sy = an.liver_cut
+    liver = (sd < 0) & (z > z0 + sx * (x + 120.0) + sy * y)
+    tex = an.hu["liver"] + 4.0 * an.noise_texture.on(cv, blk)
+    cv.paint(blk, liver, tex, STRUCTURES["liver"])
+    _paint_liver_vessels(an, cv)
+    _paint_liver_cysts(an, cv)
 
-    # ---- gallbladder (under the liver)
+
+def _paint_liver_vessels(an: _Anatomy, cv: _Canvas) -> None:
+    """Portal vein branches and hepatic veins (inside the liver only: labelled liver)."""
+    liver = STRUCTURES["liver"]
+    hilum = an.hilum
+    ivc_top = np.array([-24.0, 10.0, 110.0])
+    vessels = [
+        _Tube([hilum, hilum + [-40, 8, 12], hilum + [-75, 20, 10]], [7.0, 5.5, 4.0]),
+        _Tube([hilum, hilum + [25, -25, 20], hilum + [50, -40, 22]], [6.0, 4.5, 3.5]),
+        _Tube([hilum + [-40, 8, 12], hilum + [-45, -30, 5]], [4.5, 3.5], smooth=1),
+        _Tube([ivc_top, ivc_top + [-45, -10, -10], ivc_top + [-85, -5, -25]], [7.0, 5.0, 3.5]),
+        _Tube([ivc_top, ivc_top + [-10, -45, -20], ivc_top + [-5, -75, -35]], [6.0, 4.5, 3.0]),
+        _Tube([ivc_top, ivc_top + [30, -40, -10], ivc_top + [60, -60, -25]], [5.0, 4.0, 3.0]),
+    ]
+    for v in vessels:
+        vlo, vhi = v.box(1.0)
+        vb = cv.block(vlo, vhi)
+        if vb is None:
+            continue
+        vsd = v.sd(cv, vb, 1.0)
+        cv.paint(vb, (vsd < 0) & (cv.lab[vb.sl] == liver), an.hu["hepatic_vessel"], liver)
+
+
+def _paint_liver_cysts(an: _Anatomy, cv: _Canvas) -> None:
+    """Simple cysts inside the liver (labelled liver)."""
+    liver = STRUCTURES["liver"]
+    for c, r in an.liver_cysts:
+        cb = cv.block(c - r - 1, c + r + 1)
+        if cb is not None:
+            m = (_ellipsoid_sd(cb.X, cb.Y, cb.Z, c, (r, r, r)) < 0) & (cv.lab[cb.sl] == liver)
+            cv.paint(cb, m, float(an.hu["bile"]) + 5.0, liver)
+
+
+def _paint_gallbladder(an: _Anatomy, cv: _Canvas) -> None:
+    """Gallbladder (under the liver): fat rim, wall and bile."""
+    hu, S = an.hu, STRUCTURES
     lo, hi = _ellipsoid_box(an.gb_c, an.gb_r, 2)
     blk = cv.block(lo, hi)
-    if blk is not None:
-        sd = _ellipsoid_sd(blk.X, blk.Y, blk.Z, an.gb_c, an.gb_r, an.gb_rot)
-        cv.paint(blk, sd < 1.5, hu["visceral_fat"])
-        cv.paint(blk, sd < 0, hu["gut_wall"] - 20.0, S["gallbladder"])
-        cv.paint(blk, sd < -2.0, hu["bile"], S["gallbladder"])
+    if blk is None:
+        return
+    sd = _ellipsoid_sd(blk.X, blk.Y, blk.Z, an.gb_c, an.gb_r, an.gb_rot)
+    cv.paint(blk, sd < 1.5, hu["visceral_fat"])
+    cv.paint(blk, sd < 0, hu["gut_wall"] - 20.0, S["gallbladder"])
+    cv.paint(blk, sd < -2.0, hu["bile"], S["gallbladder"])
 
-    # ---- stomach: wall, fluid and an air-fluid level (air rises anteriorly, -y, in a supine patient)
+
+def _paint_stomach(an: _Anatomy, cv: _Canvas) -> None:
+    """Stomach: wall, fluid and an air-fluid level (air rises anteriorly, -y, in a supine patient)."""
+    hu, S = an.hu, STRUCTURES
     stomach = _Tube(an.stomach_pts, an.stomach_r, smooth=4)
     lo, hi = stomach.box(8.0)
     blk = cv.block(lo, hi)
-    if blk is not None:
-        sd = stomach.sd(cv, blk, 8.0)
-        near = sd < 8.0
-        sd = sd - 5.0 * an.stomach_noise.on(cv, blk) * near
-        cv.paint(blk, (sd < 2.0) & near, hu["visceral_fat"])
-        cv.paint(blk, sd < 0, hu["gut_wall"], S["stomach"])
-        lumen = sd < -5.0
-        cv.paint(blk, lumen, hu["gut_fluid"], S["stomach"])
-        front = float(np.min(stomach.p[:, 1] - stomach.r))  # most anterior lumen point (physical, grid independent)
-        cv.paint(blk, lumen & (blk.Y < front + 5.0 + an.stomach_air), hu["gas"], S["stomach"])
+    if blk is None:
+        return
+    sd = stomach.sd(cv, blk, 8.0)
+    near = sd < 8.0
+    sd = sd - 5.0 * an.stomach_noise.on(cv, blk) * near
+    cv.paint(blk, (sd < 2.0) & near, hu["visceral_fat"])
+    cv.paint(blk, sd < 0, hu["gut_wall"], S["stomach"])
+    lumen = sd < -5.0
+    cv.paint(blk, lumen, hu["gut_fluid"], S["stomach"])
+    front = float(np.min(stomach.p[:, 1] - stomach.r))  # most anterior lumen point (physical, grid independent)
+    cv.paint(blk, lumen & (blk.Y < front + 5.0 + an.stomach_air), hu["gas"], S["stomach"])
 
-    # ---- spleen (crescent: concave visceral surface)
+
+def _paint_spleen(an: _Anatomy, cv: _Canvas) -> None:
+    """Spleen (crescent: concave visceral surface)."""
     lo, hi = _ellipsoid_box(an.spleen_c, an.spleen_r, 8)
     blk = cv.block(lo, hi)
-    if blk is not None:
-        x, y, z = blk.X, blk.Y, blk.Z
-        sd = _ellipsoid_sd(x, y, z, an.spleen_c, an.spleen_r, an.spleen_rot) - 5.0 * an.spleen_noise.on(cv, blk)
-        hollow = an.spleen_c + an.spleen_rot @ np.array([-54.0, -6.0, 0.0])
-        sd = np.maximum(sd, -_ellipsoid_sd(x, y, z, hollow, (36.0, 46.0, 46.0), an.spleen_rot))
-        cv.paint(blk, sd < 0, hu["spleen"] + 3.0 * an.noise_texture.on(cv, blk), S["spleen"])
+    if blk is None:
+        return
+    x, y, z = blk.X, blk.Y, blk.Z
+    sd = _ellipsoid_sd(x, y, z, an.spleen_c, an.spleen_r, an.spleen_rot) - 5.0 * an.spleen_noise.on(cv, blk)
+    hollow = an.spleen_c + an.spleen_rot @ np.array([-54.0, -6.0, 0.0])
+    sd = np.maximum(sd, -_ellipsoid_sd(x, y, z, hollow, (36.0, 46.0, 46.0), an.spleen_rot))
+    cv.paint(blk, sd < 0, an.hu["spleen"] + 3.0 * an.noise_texture.on(cv, blk), STRUCTURES["spleen"])
 
-    # ---- back muscles (erector spinae, quadratus lumborum) and psoas along the spine; the kidneys lie on them
+
+def _paint_back_muscles(an: _Anatomy, cv: _Canvas, in_cav: np.ndarray) -> None:
+    """Back muscles (erector spinae, quadratus lumborum) and psoas along the spine; the kidneys lie on them."""
     sy = an.spine_y
     blk = cv.block((-100.0, 0.0, -_FAR), (100.0, _FAR, _FAR))
-    if blk is not None:
-        x, y, z = blk.X, blk.Y, blk.Z
-        ys = _spine_y(sy, z)
-        ax = np.abs(x)
-        erector = _erector(x, y, z, sy)
-        ql = (((ax - 62.0) / 18.0) ** 2 + ((y - ys - 34.0) / 12.0) ** 2 < 1.0) & (z < 30.0)
-        below = np.clip(40.0 - z, 0.0, None)
-        pr = np.minimum(4.0 + 0.13 * below, 26.0)
-        psoas = ((ax - 28.0 - 0.1 * below) ** 2 + (y - ys + 2.0) ** 2 < pr * pr) & (z < 40.0)
-        cv.paint(blk, (erector | ql | psoas) & in_cav[blk.sl], hu["muscle"])
+    if blk is None:
+        return
+    x, y, z = blk.X, blk.Y, blk.Z
+    ys = _spine_y(sy, z)
+    ax = np.abs(x)
+    erector = _erector(x, y, z, sy)
+    ql = (((ax - 62.0) / 18.0) ** 2 + ((y - ys - 34.0) / 12.0) ** 2 < 1.0) & (z < 30.0)
+    below = np.clip(40.0 - z, 0.0, None)
+    pr = np.minimum(4.0 + 0.13 * below, 26.0)
+    psoas = ((ax - 28.0 - 0.1 * below) ** 2 + (y - ys + 2.0) ** 2 < pr * pr) & (z < 40.0)
+    cv.paint(blk, (erector | ql | psoas) & in_cav[blk.sl], an.hu["muscle"])
 
-    # ---- kidneys in perirenal fat: cortex, medulla (pyramids), sinus fat and pelvis opening medially
-    for side in ("right", "left"):
-        c, r, rot = an.kidney_c[side], an.kidney_r[side], an.kidney_rot[side]
-        lo, hi = _ellipsoid_box(c, r, 12)
-        blk = cv.block(lo, hi)
-        if blk is None:
-            continue
-        x, y, z = blk.X, blk.Y, blk.Z
-        sd = _ellipsoid_sd(x, y, z, c, r, rot) - 3.0 * an.kidney_noise[side].on(cv, blk)
-        cv.paint(blk, sd < 8.0, hu["visceral_fat"])
-        label = S[f"{side} kidney"]
-        kidney = sd < 0
-        cv.paint(blk, kidney, hu["cortex"], label)
-        medial = 1.0 if side == "right" else -1.0  # +x is the patient's left: the right kidney's hilum points to +x
-        med = _ellipsoid_sd(x, y, z, c, r * np.array([0.62, 0.62, 0.78]), rot)
-        lobes = np.sin(z * (2 * np.pi / 22.0)) * np.sin((x + y) * (2 * np.pi / 26.0))
-        cv.paint(blk, kidney & (med < 0) & (lobes > -0.3), hu["cortex"] - hu["medulla_drop"], label)
-        sinus_c = c + rot @ np.array([medial * r[0] * 0.55, -r[1] * 0.15, 0.0])
-        sinus = _ellipsoid_sd(x, y, z, sinus_c, (r[0] * 0.55, r[1] * 0.42, r[2] * 0.5), rot) < 0
-        cv.paint(blk, sinus, hu["visceral_fat"] + 20.0)
-        pelvis_c = c + rot @ np.array([medial * r[0] * 0.5, -r[1] * 0.1, -r[2] * 0.05])
-        pelvis = _ellipsoid_sd(x, y, z, pelvis_c, (r[0] * 0.35, r[1] * 0.22, r[2] * 0.3), rot) < 0
-        cv.paint(blk, pelvis, hu["pelvis"], label)
-        for cyst_side, pos, cr in an.kidney_cyst:
-            if cyst_side == side:
-                cc = c + rot @ np.array([-medial * r[0] * 0.6, 0.0, pos * r[2] * 0.7])
-                cyst = (_ellipsoid_sd(x, y, z, cc, (cr, cr, cr)) < 0) & (cv.lab[blk.sl] == label)
-                cv.paint(blk, cyst, hu["pelvis"], label)
 
-    # ---- adrenal glands: thin inverted-V plates above-medial of the upper poles
-    for side in ("right", "left"):
-        c = an.adrenal_c[side]
-        blk = cv.block(c - 40.0, c + 40.0)
-        if blk is None:
-            continue
-        x, y, z = blk.X, blk.Y, blk.Z
-        sgn = -1.0 if side == "right" else 1.0
-        limb1 = _ellipsoid_sd(x, y, z, c + [sgn * 6.0, 4.0, -6.0], (4.0, 14.0, 16.0), _euler(0, sgn * 25.0, sgn * 30.0))
-        limb2 = _ellipsoid_sd(x, y, z, c + [-sgn * 4.0, 6.0, -6.0], (4.0, 12.0, 14.0), _euler(0, -sgn * 20.0, sgn * 30.0))
-        sd = np.minimum(limb1, limb2)
-        free = (cv.lab[blk.sl] != S["right kidney"]) & (cv.lab[blk.sl] != S["left kidney"])
-        cv.paint(blk, (sd < 3.0) & free, hu["visceral_fat"])
-        cv.paint(blk, (sd < 0) & free, hu["adrenal"], S[f"{side} adrenal gland"])
+def _paint_kidney(an: _Anatomy, cv: _Canvas, side: str) -> None:
+    """One kidney in perirenal fat: cortex, medulla (pyramids), sinus fat and pelvis opening medially."""
+    hu = an.hu
+    c, r, rot = an.kidney_c[side], an.kidney_r[side], an.kidney_rot[side]
+    lo, hi = _ellipsoid_box(c, r, 12)
+    blk = cv.block(lo, hi)
+    if blk is None:
+        return
+    x, y, z = blk.X, blk.Y, blk.Z
+    sd = _ellipsoid_sd(x, y, z, c, r, rot) - 3.0 * an.kidney_noise[side].on(cv, blk)
+    cv.paint(blk, sd < 8.0, hu["visceral_fat"])
+    label = STRUCTURES[f"{side} kidney"]
+    kidney = sd < 0
+    cv.paint(blk, kidney, hu["cortex"], label)
+    medial = 1.0 if side == "right" else -1.0  # +x is the patient's left: the right kidney's hilum points to +x
+    med = _ellipsoid_sd(x, y, z, c, r * np.array([0.62, 0.62, 0.78]), rot)
+    lobes = np.sin(z * (2 * np.pi / 22.0)) * np.sin((x + y) * (2 * np.pi / 26.0))
+    cv.paint(blk, kidney & (med < 0) & (lobes > -0.3), hu["cortex"] - hu["medulla_drop"], label)
+    sinus_c = c + rot @ np.array([medial * r[0] * 0.55, -r[1] * 0.15, 0.0])
+    sinus = _ellipsoid_sd(x, y, z, sinus_c, (r[0] * 0.55, r[1] * 0.42, r[2] * 0.5), rot) < 0
+    cv.paint(blk, sinus, hu["visceral_fat"] + 20.0)
+    pelvis_c = c + rot @ np.array([medial * r[0] * 0.5, -r[1] * 0.1, -r[2] * 0.05])
+    pelvis = _ellipsoid_sd(x, y, z, pelvis_c, (r[0] * 0.35, r[1] * 0.22, r[2] * 0.3), rot) < 0
+    cv.paint(blk, pelvis, hu["pelvis"], label)
+    for cyst_side, pos, cr in an.kidney_cyst:
+        if cyst_side == side:
+            cc = c + rot @ np.array([-medial * r[0] * 0.6, 0.0, pos * r[2] * 0.7])
+            cyst = (_ellipsoid_sd(x, y, z, cc, (cr, cr, cr)) < 0) & (cv.lab[blk.sl] == label)
+            cv.paint(blk, cyst, hu["pelvis"], label)
 
-    # ---- pancreas (head in the duodenal C-loop, neck over the portal confluence, tail to the splenic hilum)
+
+def _paint_adrenal(an: _Anatomy, cv: _Canvas, side: str) -> None:
+    """One adrenal gland: a thin inverted-V plate above-medial of the kidney's upper pole."""
+    S = STRUCTURES
+    c = an.adrenal_c[side]
+    blk = cv.block(c - 40.0, c + 40.0)
+    if blk is None:
+        return
+    x, y, z = blk.X, blk.Y, blk.Z
+    sgn = -1.0 if side == "right" else 1.0
+    limb1 = _ellipsoid_sd(x, y, z, c + [sgn * 6.0, 4.0, -6.0], (4.0, 14.0, 16.0), _euler(0, sgn * 25.0, sgn * 30.0))
+    limb2 = _ellipsoid_sd(x, y, z, c + [-sgn * 4.0, 6.0, -6.0], (4.0, 12.0, 14.0), _euler(0, -sgn * 20.0, sgn * 30.0))
+    sd = np.minimum(limb1, limb2)
+    free = (cv.lab[blk.sl] != S["right kidney"]) & (cv.lab[blk.sl] != S["left kidney"])
+    cv.paint(blk, (sd < 3.0) & free, an.hu["visceral_fat"])
+    cv.paint(blk, (sd < 0) & free, an.hu["adrenal"], S[f"{side} adrenal gland"])
+
+
+def _paint_pancreas(an: _Anatomy, cv: _Canvas) -> None:
+    """Pancreas (head in the duodenal C-loop, neck over the portal confluence, tail to the splenic hilum)."""
+    hu, S = an.hu, STRUCTURES
     pancreas = _Tube(an.pancreas_pts, an.pancreas_r, scale=(1.0, 1.0, 0.8), smooth=4)
     lo, hi = pancreas.box(8.0)
     blk = cv.block(lo, hi)
-    if blk is not None:
-        sd = pancreas.sd(cv, blk, 8.0)
-        near = sd < 8.0
-        sd = sd - 3.0 * an.pancreas_noise.on(cv, blk) * near
-        cv.paint(blk, (sd < 2.5) & near & (cv.lab[blk.sl] != S["liver"]), hu["visceral_fat"])
-        tex = hu["pancreas"] + 8.0 * an.pancreas_tex.on(cv, blk)
-        cv.paint(blk, sd < 0, tex, S["pancreas"])
+    if blk is None:
+        return
+    sd = pancreas.sd(cv, blk, 8.0)
+    near = sd < 8.0
+    sd = sd - 3.0 * an.pancreas_noise.on(cv, blk) * near
+    cv.paint(blk, (sd < 2.5) & near & (cv.lab[blk.sl] != S["liver"]), hu["visceral_fat"])
+    tex = hu["pancreas"] + 8.0 * an.pancreas_tex.on(cv, blk)
+    cv.paint(blk, sd < 0, tex, S["pancreas"])
 
-    # ---- duodenum (C-loop around the pancreatic head)
+
+def _paint_duodenum(an: _Anatomy, cv: _Canvas) -> None:
+    """Duodenum (C-loop around the pancreatic head), with gas in some phantoms."""
+    hu, label = an.hu, STRUCTURES["duodenum"]
     duo = _Tube(an.duo_pts, [an.duo_r] * len(an.duo_pts), smooth=4)
     lo, hi = duo.box(2.0)
     blk = cv.block(lo, hi)
-    if blk is not None:
-        sd = duo.sd(cv, blk, 2.0)
-        cv.paint(blk, sd < 0, hu["gut_wall"], S["duodenum"])
-        lumen = sd < -3.5
-        cv.paint(blk, lumen, hu["gut_fluid"], S["duodenum"])
-        if an.duo_gas:
-            cv.paint(blk, lumen & (blk.Y < -50.0), hu["gas"], S["duodenum"])
+    if blk is None:
+        return
+    sd = duo.sd(cv, blk, 2.0)
+    cv.paint(blk, sd < 0, hu["gut_wall"], label)
+    lumen = sd < -3.5
+    cv.paint(blk, lumen, hu["gut_fluid"], label)
+    if an.duo_gas:
+        cv.paint(blk, lumen & (blk.Y < -50.0), hu["gas"], label)
 
-    # ---- portal venous system (unlabelled): splenic vein behind the pancreas, SMV, portal vein to the hilum
+
+def _paint_portal_veins(an: _Anatomy, cv: _Canvas) -> None:
+    """Portal venous system (unlabelled): splenic vein behind the pancreas, SMV, portal vein to the hilum; and the SMA."""
     conf = np.array([0.0, -4.0, 26.0]) + (an.pancreas_pts[2] - np.array([-6.0, -24.0, 30.0]))
     hilum = an.hilum
     splenic_end = an.spleen_c + np.array([-28.0, -10.0, -8.0])
@@ -966,31 +1028,48 @@ def _render(an: _Anatomy, cv: _Canvas) -> None:
         vlo, vhi = v.box(1.0)
         vb = cv.block(vlo, vhi)
         if vb is not None:
-            cv.paint(vb, v.sd(cv, vb, 1.0) < 0, hu["aorta"] if i == 4 else hu["portal"])
+            cv.paint(vb, v.sd(cv, vb, 1.0) < 0, an.hu["aorta"] if i == 4 else an.hu["portal"])
 
-    # ---- abdominal wall and subcutaneous fat (clip every organ to the cavity)
-    cv.paint(everything, body & (rr_muscle >= 1.0), hu["fat"])
-    cv.paint(everything, (rr_muscle < 1.0) & ~in_cav, hu["muscle"])
-    cv.paint(everything, body & (rr_body > (1.0 - 2.0 / outer[0]) ** 2), hu["skin"])
 
-    # ribs: oblique bony bands in the wall, descending anteriorly; the lower rib cage ends higher in
-    # front (costal margin) than at the back (floating ribs); costal cartilage anteriorly
-    ring = ~in_cav & (rr_cav < (1.0 + 9.0 / cav[0]) ** 2) & (Z > -45.0)
+def _paint_wall(an: _Anatomy, cv: _Canvas, shape: _BodyShape) -> None:
+    """Abdominal wall, subcutaneous fat and skin (clip every organ to the cavity)."""
+    hu = an.hu
+    everything = cv.everything
+    cv.paint(everything, shape.body & (shape.rr_muscle >= 1.0), hu["fat"])
+    cv.paint(everything, (shape.rr_muscle < 1.0) & ~shape.in_cav, hu["muscle"])
+    cv.paint(everything, shape.body & (shape.rr_body > (1.0 - 2.0 / shape.outer[0]) ** 2), hu["skin"])
+
+
+def _paint_ribs(an: _Anatomy, cv: _Canvas, shape: _BodyShape) -> None:
+    """Ribs: oblique bony bands in the wall, descending anteriorly; costal cartilage anteriorly.
+
+    The lower rib cage ends higher in front (costal margin) than at the back (floating ribs).
+    """
+    cav = an.cavity
+    everything = cv.everything
+    X, Y, Z = everything.X, everything.Y, everything.Z
+    ring = ~shape.in_cav & (shape.rr_cav < (1.0 + 9.0 / cav[0]) ** 2) & (Z > -45.0)
     idx = np.nonzero(ring)
-    if idx[0].size:
-        x, y, z = X[idx], Y[idx], Z[idx]
-        theta = np.abs(np.arctan2(x, -y)) / np.float32(np.pi)  # 0 anterior midline .. 1 posterior midline
-        arc = theta * np.float32(np.pi * 0.5 * (cav[0] + cav[1]))  # arc length from the anterior midline (mm)
-        costal = 80.0 - 110.0 * np.sqrt(theta)
-        band = np.cos((z - 0.42 * arc - an.rib_phase) * np.float32(2.0 * np.pi / an.rib_period))
-        rib = (z > costal) & (band > np.float32(math.cos(math.pi * 11.0 / an.rib_period))) & (theta < 0.86) & (theta > 0.08)
-        bone = np.where(theta > 0.3, np.float32(hu["rib"]), np.float32(hu["cartilage"]))
-        sel = tuple(i[rib] for i in idx)
-        cv.hu[sel] = bone[rib]
-        cv.lab[sel] = 0
+    if not idx[0].size:
+        return
+    x, y, z = X[idx], Y[idx], Z[idx]
+    theta = np.abs(np.arctan2(x, -y)) / np.float32(np.pi)  # 0 anterior midline .. 1 posterior midline
+    arc = theta * np.float32(np.pi * 0.5 * (cav[0] + cav[1]))  # arc length from the anterior midline (mm)
+    costal = 80.0 - 110.0 * np.sqrt(theta)
+    band = np.cos((z - 0.42 * arc - an.rib_phase) * np.float32(2.0 * np.pi / an.rib_period))
+    rib = (z > costal) & (band > np.float32(math.cos(math.pi * 11.0 / an.rib_period))) & (theta < 0.86) & (theta > 0.08)
+    bone = np.where(theta > 0.3, np.float32(an.hu["rib"]), np.float32(an.hu["cartilage"]))
+    sel = tuple(i[rib] for i in idx)
+    cv.hu[sel] = bone[rib]
+    cv.lab[sel] = 0
 
-    # ---- diaphragm and lung bases: above two domes (posterior recesses deepest), inside the rib
-    # cage, outside the mediastinum; the heart sits on the central tendon
+
+def _paint_thorax(an: _Anatomy, cv: _Canvas, shape: _BodyShape) -> None:
+    """Diaphragm and lung bases, then the heart on the central tendon.
+
+    The lungs lie above two domes (posterior recesses deepest), inside the rib cage, outside the mediastinum.
+    """
+    hu, in_cav = an.hu, shape.in_cav
     blk = cv.everything
     x, y, z = blk.X, blk.Y, blk.Z
     right = x < 0
@@ -1000,7 +1079,7 @@ def _render(an: _Anatomy, cv: _Canvas) -> None:
     zd = peak - 75.0 * (((x - xc) / 85.0) ** 2 + ((y - 5.0) / ys) ** 2)
     media = (((x - 12.0) / 45.0) ** 2 + ((y + 20.0) / 80.0) ** 2 < 1.0) | ((np.abs(x - 5.0) < 32.0) & (y > -10.0))
     cv.paint(blk, in_cav & (z > zd - 6.0) & (z <= zd + 1.0) & ~media, hu["muscle"])
-    lung = in_cav & (z > zd) & (rr_cav < 0.95) & ~media & ~_erector(x, y, z, an.spine_y, 6.0)
+    lung = in_cav & (z > zd) & (shape.rr_cav < 0.95) & ~media & ~_erector(x, y, z, an.spine_y, 6.0)
     cv.paint(blk, lung, hu["lung"])
     heart_c, heart_r = (15.0, -30.0, 178.0), (82.0, 66.0, 78.0)
     hb = cv.block(np.subtract(heart_c, heart_r) - 1.0, np.add(heart_c, heart_r) + 1.0)
@@ -1008,17 +1087,24 @@ def _render(an: _Anatomy, cv: _Canvas) -> None:
         heart = (_ellipsoid_sd(hb.X, hb.Y, hb.Z, heart_c, heart_r) < 0) & (hb.Z > zd[hb.sl] + 3.0) & in_cav[hb.sl]
         cv.paint(hb, heart, hu["heart"])
 
-    # ---- esophagus (through the hiatus into the cardia)
+
+def _paint_esophagus(an: _Anatomy, cv: _Canvas) -> None:
+    """Esophagus (through the hiatus into the cardia)."""
+    S = STRUCTURES
     eso = _Tube([[4.0, 22.0, 170.0], [10.0, 14.0, 120.0], [28.0, 8.0, 100.0], an.stomach_pts[0] + [-22.0, -10.0, 0.0]], [8.0, 8.0, 8.5, 9.0])
     lo, hi = eso.box(1.0)
     blk = cv.block(lo, hi)
-    if blk is not None:
-        sd = eso.sd(cv, blk, 1.0)
-        m = (sd < 0) & (cv.lab[blk.sl] != S["stomach"])
-        cv.paint(blk, m, hu["gut_wall"] - 25.0, S["esophagus"])
-        cv.paint(blk, m & (sd < -6.0), hu["gas"], S["esophagus"])
+    if blk is None:
+        return
+    sd = eso.sd(cv, blk, 1.0)
+    m = (sd < 0) & (cv.lab[blk.sl] != S["stomach"])
+    cv.paint(blk, m, an.hu["gut_wall"] - 25.0, S["esophagus"])
+    cv.paint(blk, m & (sd < -6.0), an.hu["gas"], S["esophagus"])
 
-    # ---- aorta (with iliac bifurcation) and inferior vena cava
+
+def _paint_aorta(an: _Anatomy, cv: _Canvas) -> None:
+    """Aorta with its iliac bifurcation and wall calcifications."""
+    label = STRUCTURES["aorta"]
     bif = an.aorta_pts[-1]
     aorta = _Tube(an.aorta_pts, [an.aorta_r * 1.15, an.aorta_r * 1.05, an.aorta_r, an.aorta_r * 0.9])
     iliacs = [
@@ -1029,11 +1115,16 @@ def _render(an: _Anatomy, cv: _Canvas) -> None:
         blk = cv.block(lo, hi)
         if blk is not None:
             sd = t.sd(cv, blk, 1.0)
-            cv.paint(blk, sd < 0, hu["aorta"], S["aorta"])
+            cv.paint(blk, sd < 0, an.hu["aorta"], label)
             for frac in an.calcified if t is aorta else ():
                 cz = 60.0 - frac * 150.0
                 cal = (sd < 0) & (sd > -2.5) & (np.abs(blk.Z - cz) < 3.0) & (blk.X > 14.0)
-                cv.paint(blk, cal, 700.0, S["aorta"])
+                cv.paint(blk, cal, 700.0, label)
+
+
+def _paint_ivc(an: _Anatomy, cv: _Canvas) -> None:
+    """Inferior vena cava with the iliac veins (where the aorta is not)."""
+    S = STRUCTURES
     ivc_bif = an.ivc_pts[0]
     ivc = _Tube(an.ivc_pts, [an.ivc_r] * 4, scale=(1.0, 1.35, 1.0))
     ilv = [_Tube([ivc_bif, ivc_bif + [s * 20.0 + 20.0, 6.0, -50.0]], [an.ivc_r * 0.75, an.ivc_r * 0.7], smooth=1) for s in (-1, 1)]
@@ -1041,48 +1132,82 @@ def _render(an: _Anatomy, cv: _Canvas) -> None:
         lo, hi = t.box(1.0)
         blk = cv.block(lo, hi)
         if blk is not None:
-            cv.paint(blk, (t.sd(cv, blk, 1.0) < 0) & (cv.lab[blk.sl] != S["aorta"]), hu["ivc"], S["inferior vena cava"])
+            cv.paint(blk, (t.sd(cv, blk, 1.0) < 0) & (cv.lab[blk.sl] != S["aorta"]), an.hu["ivc"], S["inferior vena cava"])
 
-    # ---- vertebral column: bodies (cancellous, cortical rim and endplates), discs, posterior elements, canal
+
+def _paint_spine(an: _Anatomy, cv: _Canvas) -> None:
+    """Vertebral column: bodies (cancellous, cortical rim and endplates), discs, posterior elements, canal."""
+    hu = an.hu
     blk = cv.block((-60.0, 0.0, -_FAR), (60.0, _FAR, _FAR))
-    if blk is not None:
-        x, y, z = blk.X, blk.Y, blk.Z
-        ys = _spine_y(sy, z)
-        a = an.spine_a + 0.03 * (40.0 - z)
-        b = an.spine_b + 0.01 * (40.0 - z)
-        rho = np.sqrt((x / a) ** 2 + ((y - ys) / b) ** 2)
-        level = np.mod(z - an.spine_phase, an.spine_period)
-        half = an.spine_disc / 2.0
-        in_body = (level > half) & (level < an.spine_period - half)
-        edge = np.minimum(level - half, an.spine_period - half - level)
-        vb = rho < 1.0
-        label = S["vertebral column"]
-        cv.paint(blk, vb & ~in_body & (rho < 1.03), hu["disc"], label)
-        cv.paint(blk, vb & in_body, hu["cancellous"], label)
-        cortex = vb & in_body & ((rho > 1.0 - 1.5 / a) | (edge < 1.2))
-        cv.paint(blk, cortex, hu["cortical"], label)
-        # posterior elements: pedicles/laminae ring around the canal, spinous and transverse processes
-        cy = ys + b + 11.0
-        canal = (x / 11.0) ** 2 + ((y - cy) / 8.5) ** 2 < 1.0
-        ring = ((x / 18.0) ** 2 + ((y - cy) / 15.5) ** 2 < 1.0) & (y > ys + b - 4.0) & (level > 2.0) & (level < an.spine_period - 4.0)
-        shift = np.mod(level - 0.35 * (y - cy), an.spine_period)
-        spinous = (np.abs(x) < 4.0) & (y > cy) & (y < cy + 40.0) & (shift > 4.0) & (shift < an.spine_period * 0.62)
-        transverse = (
-            (np.abs(x) < 40.0 - 0.02 * (y - cy) ** 2) & (np.abs(y - cy + 3.0) < 4.5) & (level > an.spine_period * 0.35) & (level < an.spine_period * 0.7)
-        )
-        posterior = (ring | spinous | transverse) & ~canal
-        cv.paint(blk, posterior, hu["cancellous"] + 0.25 * (hu["cortical"] - hu["cancellous"]), label)
-        cv.paint(blk, canal & (y > ys + b), hu["canal"])
+    if blk is None:
+        return
+    x, y, z = blk.X, blk.Y, blk.Z
+    ys = _spine_y(an.spine_y, z)
+    a = an.spine_a + 0.03 * (40.0 - z)
+    b = an.spine_b + 0.01 * (40.0 - z)
+    rho = np.sqrt((x / a) ** 2 + ((y - ys) / b) ** 2)
+    level = np.mod(z - an.spine_phase, an.spine_period)
+    half = an.spine_disc / 2.0
+    in_body = (level > half) & (level < an.spine_period - half)
+    edge = np.minimum(level - half, an.spine_period - half - level)
+    vb = rho < 1.0
+    label = STRUCTURES["vertebral column"]
+    cv.paint(blk, vb & ~in_body & (rho < 1.03), hu["disc"], label)
+    cv.paint(blk, vb & in_body, hu["cancellous"], label)
+    cortex = vb & in_body & ((rho > 1.0 - 1.5 / a) | (edge < 1.2))
+    cv.paint(blk, cortex, hu["cortical"], label)
+    # posterior elements: pedicles/laminae ring around the canal, spinous and transverse processes
+    cy = ys + b + 11.0
+    canal = (x / 11.0) ** 2 + ((y - cy) / 8.5) ** 2 < 1.0
+    ring = ((x / 18.0) ** 2 + ((y - cy) / 15.5) ** 2 < 1.0) & (y > ys + b - 4.0) & (level > 2.0) & (level < an.spine_period - 4.0)
+    shift = np.mod(level - 0.35 * (y - cy), an.spine_period)
+    spinous = (np.abs(x) < 4.0) & (y > cy) & (y < cy + 40.0) & (shift > 4.0) & (shift < an.spine_period * 0.62)
+    transverse = (
+        (np.abs(x) < 40.0 - 0.02 * (y - cy) ** 2) & (np.abs(y - cy + 3.0) < 4.5) & (level > an.spine_period * 0.35) & (level < an.spine_period * 0.7)
+    )
+    posterior = (ring | spinous | transverse) & ~canal
+    cv.paint(blk, posterior, hu["cancellous"] + 0.25 * (hu["cortical"] - hu["cancellous"]), label)
+    cv.paint(blk, canal & (y > ys + b), hu["canal"])
 
-    # ---- patient table (carbon shell and foam core), below the back
-    t0 = cav[2] + an.muscle[2] + an.fat[2] + 2.0
+
+def _paint_table(an: _Anatomy, cv: _Canvas) -> None:
+    """Patient table (carbon shell and foam core), below the back."""
+    t0 = an.cavity[2] + an.muscle[2] + an.fat[2] + 2.0
     blk = cv.block((-240.0, t0, -_FAR), (240.0, t0 + 30.0, _FAR))
-    if blk is not None:
-        x, y = blk.X, blk.Y
-        curve = t0 + 0.0006 * x**2
-        inside = (np.abs(x) < 230.0) & (y >= curve) & (y < curve + 28.0)
-        cv.paint(blk, inside, -600.0)
-        cv.paint(blk, inside & ((y < curve + 3.0) | (y > curve + 25.0)), 250.0)
+    if blk is None:
+        return
+    x, y = blk.X, blk.Y
+    curve = t0 + 0.0006 * x**2
+    inside = (np.abs(x) < 230.0) & (y >= curve) & (y < curve + 28.0)
+    cv.paint(blk, inside, -600.0)
+    cv.paint(blk, inside & ((y < curve + 3.0) | (y > curve + 25.0)), 250.0)
+
+
+def _render(an: _Anatomy, cv: _Canvas) -> None:
+    """Paint the anatomy onto the canvas (later structures overwrite earlier ones)."""
+    shape = _paint_body(an, cv)
+    _paint_small_bowel(an, cv)
+    _paint_colon(an, cv)
+    _paint_liver(an, cv)
+    _paint_gallbladder(an, cv)
+    _paint_stomach(an, cv)
+    _paint_spleen(an, cv)
+    _paint_back_muscles(an, cv, shape.in_cav)
+    for side in ("right", "left"):
+        _paint_kidney(an, cv, side)
+    for side in ("right", "left"):
+        _paint_adrenal(an, cv, side)
+    _paint_pancreas(an, cv)
+    _paint_duodenum(an, cv)
+    _paint_portal_veins(an, cv)
+    _paint_wall(an, cv, shape)
+    _paint_ribs(an, cv, shape)
+    _paint_thorax(an, cv, shape)
+    _paint_esophagus(an, cv)
+    _paint_aorta(an, cv)
+    _paint_ivc(an, cv)
+    _paint_spine(an, cv)
+    _paint_table(an, cv)
 
 
 def _blur_noise_gain(spacing: Sequence[float], sigma: Sequence[float]) -> float:
