@@ -186,11 +186,11 @@ DEVICE_RULE = "auto, cpu, cuda, cuda:N or mps"
 
 
 def is_device_name(value: object) -> bool:
-    """True for a device the engine accepts (:data:`DEVICE_KINDS`, ``cuda:N``, ``gpu``); availability is checked when the job starts."""
+    """True for a device the engine accepts (:data:`DEVICE_KINDS` or ``cuda:N``); availability is checked when the job starts."""
     if not isinstance(value, str):
         return False
     s = value.strip().lower()
-    return s in DEVICE_KINDS or s == "gpu" or (s.startswith("cuda:") and s[5:].isdigit())
+    return s in DEVICE_KINDS or (s.startswith("cuda:") and s[5:].isdigit())
 
 
 def spacing_from(value: Sequence[float] | float) -> tuple[float, float, float]:

@@ -32,8 +32,6 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cpu")
     if s == "cpu":
         return torch.device("cpu")
-    if s == "gpu":
-        s = "cuda"
     if s == "cuda" or s.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {spec}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu or auto.")
