@@ -686,9 +686,11 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         return None
 
     def _addExportDicomSegButton(self):
-        """"Export DICOM SEG..." beside "Edit": the result of a volume loaded from Slicer's DICOM database (logic: RepUXSegmentLib.dicomexport)."""
+        """The "Export DICOM SEG..." button beside "Edit": the result of a volume loaded from Slicer's DICOM database (logic: RepUXSegmentLib.dicomexport)."""
         self.exportDicomSegButton = qt.QPushButton(_("Export DICOM SEG..."))
-        self.exportDicomSegButton.toolTip = _("Save the segmentation as a DICOM SEG referencing the input's DICOM series (load it back with the DICOM module and QuantitativeReporting).")
+        self.exportDicomSegButton.toolTip = _(
+            "Save the segmentation as a DICOM SEG referencing the input's DICOM series (load it back with the DICOM module and QuantitativeReporting)."
+        )
         layout = getattr(self.ui, "resultButtonsLayout", None) or self.ui.editButton.parentWidget().layout()
         layout.addWidget(self.exportDicomSegButton)
         self.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
@@ -718,12 +720,6 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 setSourceVolume = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
                 setSourceVolume(volumeNode)
 
-
-#
-# RepUXSegmentLogic
-#
-
-
     # ------------------------------------------------------------------ click to segment
     def _setupClickSection(self):
         """A collapsible "Click to segment" section: Initialize, a point list with +/- placement, Undo, a status line."""
@@ -749,7 +745,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._clickPositiveButton = qt.QPushButton(_("+ organ"))
         self._clickPositiveButton.checkable = True
         self._clickPositiveButton.checked = True
-        self._clickPositiveButton.toolTip = _("+: a click selects the organ under it; -: a click removes the selected blob under it (shortcut: Shift+S toggles)")
+        self._clickPositiveButton.toolTip = _(
+            "+: a click selects the organ under it; -: a click removes the selected blob under it (shortcut: Shift+S toggles)"
+        )
         self._clickPositiveButton.connect("toggled(bool)", self._onClickPolarity)
         self._clickUndoButton = qt.QPushButton(_("Undo"))
         self._clickUndoButton.shortcut = qt.QKeySequence("Ctrl+Shift+Z")
@@ -767,7 +765,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.layout.insertWidget(max(self.layout.count() - 1, 0), box)
 
     def onClickInitialize(self):
-        from RepUXSegmentLib.clicksession import ClickSegmentTool
+        from RepUXSegmentLib.clicksession import ClickSegmentTool, clickPointList
         from RepUXSegmentLib.mrml import MRMLContext
 
         volume = self._parameterNode.inputVolume if self._parameterNode else None
@@ -775,15 +773,18 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._clickStatusLabel.text = _("Choose the input volume first.")
             return
         self._stopClickTool()
-        points = slicer.mrmlScene.GetFirstNodeByName("RepUX clicks")
-        if points is None:
-            points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "RepUX clicks")
-            points.CreateDefaultDisplayNodes()
+        points = clickPointList(slicer.mrmlScene)
         model = self._parameterNode.model or None
         device = self._parameterNode.device or "auto"
         self._clickTool = ClickSegmentTool(
-            MRMLContext.fromSlicer(), volume, points, self._parameterNode.outputSegmentation, model=model, device=device,
-            onOutcome=self._onClickOutcome, onProgress=lambda u: setattr(self._clickStatusLabel, "text", f"{u.message} ({100 * u.fraction:.0f} %)"),
+            MRMLContext.fromSlicer(),
+            volume,
+            points,
+            self._parameterNode.outputSegmentation,
+            model=model,
+            device=device,
+            onOutcome=self._onClickOutcome,
+            onProgress=lambda u: setattr(self._clickStatusLabel, "text", f"{u.message} ({100 * u.fraction:.0f} %)"),
         )
         try:
             self._clickTool.start()
@@ -810,11 +811,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._clickTimer.stop()
 
     def _onClickOutcome(self, outcome):
-        if outcome.status in ("added", "grown", "removed", "unchanged"):
-            text = _("{message} - {seconds:.2f} s").format(message=outcome.message, seconds=outcome.seconds)
-        else:
-            text = outcome.message or outcome.status
-        self._clickStatusLabel.text = text
+        self._clickStatusLabel.text = outcome.describe()
         if self._clickTool is not None and self._clickTool.segmentationNode is not None and self._parameterNode.outputSegmentation is None:
             self._parameterNode.outputSegmentation = self._clickTool.segmentationNode
 

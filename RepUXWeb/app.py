@@ -84,6 +84,12 @@ TEST_IDS = (
     "segment-progress",
     "segment-stage",
     "segment-eta",
+    "click-start",
+    "click-place",
+    "click-polarity",
+    "click-undo",
+    "click-stop",
+    "click-status",
     *(f"effect-{k}" for k in EFFECTS),
     "edit-undo",
     "edit-redo",
@@ -233,8 +239,18 @@ class RepuxWebApp(TrameApp):
         self.show_volume(volume_node)
         showForeground(self.slicer_app.scene, overlay_node, volume_node, 0.5)
 
+    def place_points(self, point_list_node: Any) -> None:
+        """Clicks in the slice views place control points of ``point_list_node`` (trame-slicer's markups placement)."""
+        self.editor.deactivate_effect()
+        self.slicer_app.markups_logic.place_node(point_list_node, persistent=True)
+
+    def stop_placing(self) -> None:
+        self.slicer_app.markups_logic.disable_place_mode()
+
     # -------------------------------------------------------------- actions
     def set_effect(self, key: str) -> None:
+        if self.controller.click_tool is not None and key != "none":
+            self.controller.place_clicks(False)  # a segment editor effect takes the mouse
         if self.controller.segmentation_node is None:
             self.controller.notify("segment a CT first: the editor works on its segmentation.", "error")
         else:
@@ -319,7 +335,7 @@ class RepuxWebApp(TrameApp):
                 self.controller.shutdown()
                 await self.server.stop()
                 return
-            await asyncio.sleep(0.2 if self.controller.busy() else 0.5)
+            await asyncio.sleep(self.controller.poll_interval())
 
     # -------------------------------------------------------------------- UI
     def _build_ui(self) -> None:
@@ -475,6 +491,56 @@ class RepuxWebApp(TrameApp):
                 raw_attrs=[*tid("segment-progress"), ':data-value="Math.round(100 * rx_progress.fraction)"'],
             )
             html.Div("{{ rx_progress.message }}", classes="text-caption")
+            # ----------------------------------------------- click to segment
+            html.Div("Click to segment", classes="text-caption font-weight-bold mt-2")
+            with html.Div(classes="d-flex flex-wrap align-center"):
+                v3.VBtn(
+                    "Initialize",
+                    size="x-small",
+                    variant="tonal",
+                    classes="mr-1 mb-1",
+                    disabled=(f"!{s}volume_id || !{s}model",),
+                    click=lambda: self._call(self.controller.start_clicks),
+                    raw_attrs=tid("click-start"),
+                )
+                v3.VBtn(
+                    "Place",
+                    size="x-small",
+                    variant=(f"{s}click.placing ? 'flat' : 'tonal'",),
+                    color=(f"{s}click.placing ? 'primary' : undefined",),
+                    classes="mr-1 mb-1",
+                    disabled=(f"{s}click.status === 'off' || {s}click.status === 'failed'",),
+                    click=lambda: self._call(self.controller.place_clicks, not self.controller.state["click"]["placing"]),
+                    raw_attrs=tid("click-place"),
+                )
+                v3.VBtn(
+                    "{{ rx_click.positive ? '+ organ' : '- remove' }}",
+                    size="x-small",
+                    variant="tonal",
+                    classes="mr-1 mb-1",
+                    disabled=(f"{s}click.status === 'off'",),
+                    click=lambda: self._call(self.controller.set_click_positive, not self.controller.state["click"]["positive"]),
+                    raw_attrs=tid("click-polarity"),
+                )
+                v3.VBtn(
+                    "Undo",
+                    size="x-small",
+                    variant="tonal",
+                    classes="mr-1 mb-1",
+                    disabled=(f"{s}click.status === 'off'",),
+                    click=lambda: self._call(self.controller.undo_click),
+                    raw_attrs=tid("click-undo"),
+                )
+                v3.VBtn(
+                    "End",
+                    size="x-small",
+                    variant="tonal",
+                    classes="mr-1 mb-1",
+                    disabled=(f"{s}click.status === 'off'",),
+                    click=lambda: self._call(self.controller.stop_clicks),
+                    raw_attrs=tid("click-stop"),
+                )
+            html.Div("{{ rx_click.message }}", classes="text-caption", raw_attrs=[*tid("click-status"), ':data-status="rx_click.status"', ':data-answers="rx_click.answers"'])
             # ---------------------------------------------------------- edit
             self._section("3. Edit (Slicer segment editor)")
             with html.Div(classes="d-flex flex-wrap"):

@@ -41,6 +41,17 @@ NEW_CLASS, IGNORE = "(new class)", "(ignore)"
 LOG_LINES = 40
 
 
+#: the click tool's page state before Initialize
+CLICK_IDLE: dict[str, Any] = {
+    "status": "off",
+    "positive": True,
+    "placing": False,
+    "message": "Initialize, then click an organ in the axial view.",
+    "volume_id": "",
+    "answers": 0,  # click answers so far (the page and its tests see each new one)
+}
+
+
 class Viewer(Protocol):
     """What the controller asks of the views (implemented by the trame app; a recorder in tests)."""
 
@@ -49,6 +60,14 @@ class Viewer(Protocol):
     def show_segmentation(self, segmentation_node: Any, volume_node: Any) -> None: ...
 
     def show_overlay(self, volume_node: Any, overlay_node: Any) -> None: ...
+
+    def place_points(self, point_list_node: Any) -> None:
+        """Let clicks in the slice views place control points of ``point_list_node`` (persistent place mode)."""
+        ...
+
+    def stop_placing(self) -> None:
+        """Back to the normal view interaction."""
+        ...
 
 
 @dataclass
@@ -63,6 +82,7 @@ class WebSettings:
         python: interpreter of the ``repux`` child processes (default: this one).
         finetune: default ``FinetuneOptions`` fields (``maxIterations``, ``roiSize``, ``threads``...).
         segment_arguments: extra ``repux segment`` arguments, e.g. ``("--threads", "2")``.
+        session_arguments: extra ``repux session`` arguments of the click tool, e.g. ``("--threads", "2")``.
     """
 
     root: Path
@@ -72,6 +92,7 @@ class WebSettings:
     python: str | None = None
     finetune: dict[str, Any] = field(default_factory=dict)
     segment_arguments: tuple[str, ...] = ()
+    session_arguments: tuple[str, ...] = ()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -157,6 +178,7 @@ class WebController:
         self.trainer = TrainerLogic(context=context, pythonExecutable=self.python)
         self._load_files = load_files or self._load_with_volumes_logic
         self.segmentation_job: Any = None
+        self.click_tool: Any = None  # RepUXSegmentLib.clicksession.ClickSegmentTool while the click session runs
         self.segmentation_target: tuple[str, str] | None = None  # (volume id, model id) of the running job
         self.results: dict[str, list[dict[str, Any]]] = {}  # volume id -> [{"segmentation", "model", "volumes_ml"}]
         self.mapping: Any = None
@@ -191,6 +213,7 @@ class WebController:
             "chart": {"loss": [], "dice": []},
             "ranking": [],
             "overlay": "",
+            "click": dict(CLICK_IDLE),
         }
         self.refresh_models()
         self.browse("")
@@ -349,6 +372,8 @@ class WebController:
         if node is None:
             self.notify(f"no volume {node_id!r} in the scene.", "error")
             return False
+        if self.click_tool is not None and self.click_tool.volumeNode is not node:
+            self.stop_clicks()  # the session answers for its own volume only
         self.state["volume_id"] = node_id
         self.state["overlay"] = ""
         self.viewer.show_volume(node)
@@ -776,12 +801,109 @@ class WebController:
 
         return bool(self._run(go))
 
+    # ======================================================= click to segment
+    def start_clicks(self) -> bool:
+        """Start the click session (``repux session``) on the current volume and model; clicks then place points."""
+
+        def go() -> bool:
+            from RepUXSegmentLib.clicksession import ClickSegmentTool, clickPointList
+
+            volume = self.volume_node
+            if volume is None:
+                raise ValueError("open a CT first (Open, Upload or the demo case).")
+            if not self.state["model"]:
+                raise ValueError("no model is installed: install one (repux models install) and reload the page.")
+            self.stop_clicks()
+            points = clickPointList(self.context.scene)
+            segmentation = self.segmentation_node if self.state["segmentation_id"] else None
+            tool = ClickSegmentTool(
+                self.context,
+                volume,
+                points,
+                segmentation,
+                model=self.state["model"],
+                device=self.state["device"],
+                pythonExecutable=self.python,
+                onOutcome=self._on_click_outcome,
+                onProgress=self._on_click_progress,
+                extraArguments=list(self.settings.session_arguments),
+            )
+            tool.start()
+            self.click_tool = tool
+            self.state["click"] = {
+                **CLICK_IDLE,
+                "status": "starting",
+                "positive": True,
+                "message": f"starting the session on {volume.GetName()} with {self.state['model']}...",
+                "volume_id": volume.GetID(),
+            }
+            self.place_clicks(True)
+            self._log("INFO", f"click session on {volume.GetName()} with {self.state['model']} ({self.state['device']})")
+            return True
+
+        return bool(self._run(go))
+
+    def place_clicks(self, placing: bool) -> None:
+        """Turn placing clicks in the slice views on or off."""
+        tool = self.click_tool
+        if placing and tool is not None and tool.running:
+            self.viewer.place_points(tool.pointListNode)
+        else:
+            self.viewer.stop_placing()
+            placing = False
+        self.state["click"] = {**self.state["click"], "placing": bool(placing)}
+
+    def set_click_positive(self, positive: bool) -> None:
+        """``True``: a click selects the organ under it; ``False``: it removes the selected blob under it."""
+        if self.click_tool is not None:
+            self.click_tool.positive = bool(positive)
+        self.state["click"] = {**self.state["click"], "positive": bool(positive)}
+
+    def undo_click(self) -> bool:
+        """Restore the segments as they were before the last click."""
+        if self.click_tool is None or not self.click_tool.undo():
+            self.state["click"] = {**self.state["click"], "message": "nothing to undo"}
+            return False
+        self.state["click"] = {**self.state["click"], "message": "undone"}
+        self.refresh_segments()
+        return True
+
+    def stop_clicks(self) -> None:
+        """End the click session (the segments stay)."""
+        tool, self.click_tool = self.click_tool, None
+        if tool is not None:
+            self.viewer.stop_placing()
+            tool.stop()
+            self.state["click"] = {**CLICK_IDLE, "message": "click session ended"}
+
+    def _on_click_progress(self, update: Any) -> None:
+        self.state["click"] = {**self.state["click"], "message": f"{update.message} ({100 * update.fraction:.0f} %)"}
+
+    def _on_click_outcome(self, outcome: Any) -> None:
+        status = "failed" if outcome.status == "failed" else "ready"
+        answers = self.state["click"]["answers"] + (outcome.clickId is not None and outcome.status not in ("opened", "failed"))
+        self.state["click"] = {**self.state["click"], "status": status, "message": outcome.describe(), "answers": int(answers)}
+        tool = self.click_tool
+        if tool is None:
+            return
+        if outcome.status == "failed":
+            self.place_clicks(False)
+            self.notify(outcome.message, "error")
+            return
+        node = tool.segmentationNode
+        if node is not None and self.state["volume_id"] == tool.volumeNode.GetID() and self.state["segmentation_id"] != node.GetID():
+            self.set_segmentation(node.GetID())  # the first click made the "<volume> clicks" segmentation
+        else:
+            self.refresh_segments()
+
     # ================================================================== pump
     def poll(self) -> None:
         """Pump the background jobs and pick up edits; call a few times per second from the event loop."""
         try:
             if self.segmentation_job is not None and self.segmentation_job.running:
                 self.segmentation_job.processEvents()
+            if self.click_tool is not None:
+                self.click_tool.processEvents()
             self.trainer.processEvents()
             if self.trainer.job is not None and self.trainer.job.running:
                 self._train_state(self.trainer.job)
@@ -789,6 +911,12 @@ class WebController:
         except Exception as err:
             logger.exception("RepUX Web poll failed")
             self.notify(f"{type(err).__name__}: {err}", "error")
+
+    def poll_interval(self) -> float:
+        """Seconds between polls: short while the click session runs (a click's answer is shown at once)."""
+        if self.click_tool is not None and self.click_tool.running:
+            return 0.05
+        return 0.2 if self.busy() else 0.5
 
     def busy(self) -> bool:
         """True while a segmentation, ranking or fine-tuning runs."""
@@ -810,6 +938,7 @@ class WebController:
 
     def shutdown(self) -> None:
         """Stop everything (the fine-tuning with a checkpoint) and delete temporary job files."""
+        self.stop_clicks()
         if self.segmentation_job is not None and self.segmentation_job.running:
             self.segmentation_job.cancel()
             try:

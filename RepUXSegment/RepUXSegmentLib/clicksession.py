@@ -34,7 +34,10 @@ import vtk
 from .mrml import MRMLContext, SegmentSpec, checkScalarVolume, placeBeside, readLabelmapNrrd, segmentSpecs, writeVolumeNrrd
 from .process import ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand
 
-__all__ = ["ClickOutcome", "ClickSegmentTool", "volumeRasFromWorld"]
+__all__ = ["CLICK_POINTS_NAME", "ClickOutcome", "ClickSegmentTool", "clickPointList", "volumeRasFromWorld"]
+
+#: name of the markups point list whose placed points are clicks (one per scene, shared by RepUX Segment and RepUX Web)
+CLICK_POINTS_NAME = "RepUX clicks"
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,23 @@ def volumeRasFromWorld(volumeNode: Any, worldPosition: Any) -> list[float]:
     transform = vtk.vtkGeneralTransform()
     slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), transform)
     return [float(v) for v in transform.TransformPoint([float(c) for c in worldPosition])]
+
+
+def clickPointList(scene: Any, name: str = CLICK_POINTS_NAME) -> Any:
+    """The scene's click point list (a markups fiducial node named ``name``), created with its display node if absent."""
+    points = scene.GetFirstNodeByName(name)
+    if points is None or not points.IsA("vtkMRMLMarkupsFiducialNode"):
+        points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+        points.CreateDefaultDisplayNodes()
+        display = points.GetDisplayNode()
+        if display is not None:  # small unlabelled dots: the organ under them is what matters
+            display.SetPointLabelsVisibility(False)
+            display.SetGlyphScale(1.5)
+    return points
+
+
+#: outcome statuses of a click that changed (or deliberately kept) a segment: the status line shows their latency
+CLICK_RESULT_STATUSES = ("added", "grown", "removed", "unchanged")
 
 
 @dataclass
@@ -57,6 +77,12 @@ class ClickOutcome:
     engineSeconds: float = 0.0
     message: str = ""
     clickId: int | None = None
+
+    def describe(self) -> str:
+        """One status line: the engine's message, with the click's round-trip latency for a click result."""
+        if self.status in CLICK_RESULT_STATUSES:
+            return f"{self.message or self.status} - {self.seconds:.2f} s"
+        return self.message or self.status
 
 
 class ClickSegmentTool:

@@ -27,6 +27,12 @@ class RecordingViewer:
     def show_overlay(self, volume_node, overlay_node) -> None:
         self.calls.append(("overlay", overlay_node.GetName()))
 
+    def place_points(self, point_list_node) -> None:
+        self.calls.append(("place", point_list_node.GetName()))
+
+    def stop_placing(self) -> None:
+        self.calls.append(("place", ""))
+
 
 @pytest.fixture
 def recordingViewer():

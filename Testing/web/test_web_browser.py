@@ -248,3 +248,38 @@ def test_web_loop_in_browser(page, tmp_path):
     shot("ranked")
     assert all(p.stat().st_size > 10_000 for p in shots)
     print(f"RepUX Web loop in the browser: {time.monotonic() - started:.0f} s; screenshots in {ARTIFACTS}")
+
+
+def test_click_to_segment_in_browser(page):
+    """Initialize the click session on the demo phantom, click the liver in the axial view: the liver segment appears; Undo."""
+    pg = page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    status = pg.get_by_test_id("click-status")
+    wait_until(lambda: pg.locator("img.image-display-area").count() >= 3, "the slice views")
+    wait_until(lambda: "demo phantom" in pg.get_by_test_id("volume-select").inner_text(), "the demo phantom")
+    pg.get_by_test_id("click-start").click()
+    wait_until(lambda: status.get_attribute("data-status") == "ready", "the click session to open", timeout=180)
+    assert pg.locator('[data-testid^="segment-row-"]').count() == 0
+
+    # the liver lies on the patient's right: the left of the axial view (radiological display); scan a row of points
+    # there until a click answers with the liver (a click on fat between organs answers "no organ here" and changes nothing)
+    axial = pg.locator("img.image-display-area").first
+    box = axial.bounding_box()
+    answers = []
+    for fx, fy in [(fx, fy) for fy in (0.45, 0.4, 0.5, 0.35, 0.55) for fx in (0.12, 0.17, 0.22, 0.27, 0.32, 0.37)]:
+        before = int(status.get_attribute("data-answers") or 0)
+        pg.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+        wait_until(lambda: int(status.get_attribute("data-answers") or 0) > before, f"the answer to the click at {fx:.2f}, {fy:.2f} of the view", timeout=120)
+        answers.append(status.inner_text())
+        if status.inner_text().startswith("liver"):
+            break
+    assert status.inner_text().startswith("liver"), f"no click found the liver: {answers}"
+    assert re.search(r" \d+\.\d\d s$", status.inner_text()), status.inner_text()  # the click's latency
+    wait_until(lambda: pg.get_by_test_id("segment-row-liver").is_visible(), "the liver segment in the table")
+    assert voxels(pg, "liver") > 1000
+    assert pg.locator('[data-testid^="segment-row-"]').count() == 1  # only the clicked organ
+    pg.screenshot(path=str(ARTIFACTS / "click-liver.png"))
+    pg.get_by_test_id("click-undo").click()
+    wait_until(lambda: pg.locator('[data-testid^="segment-row-"]').count() == 0, "Undo to remove the liver segment")
+    pg.get_by_test_id("click-stop").click()
+    wait_until(lambda: status.get_attribute("data-status") == "off", "the click session to end")

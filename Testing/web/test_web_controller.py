@@ -201,3 +201,63 @@ def test_organ_subset_is_passed_to_the_engine(controller, monkeypatch):
     controller.state["organs"] = list(controller.state["model_organs"])
     assert controller.start_segmentation(), controller.last_error
     assert started[-1].organs is None  # all organs: no --organs
+
+
+def test_click_to_segment(controller, mrmlContext):
+    """Initialize -> a placed point on the liver gives the liver segment (named, voxels) -> undo -> background -> end."""
+    import vtk
+    from RepUXSegmentLib.clicksession import CLICK_POINTS_NAME
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from repux.data.phantom import generate_phantom
+    from repux.labels import FLARE
+
+    controller.settings.session_arguments = ("--threads", "1")
+    assert not controller.start_clicks() and controller.last_error == "open a CT first (Open, Upload or the demo case)."
+    volume = controller.load_demo()
+    assert controller.start_clicks(), controller.last_error
+    points = mrmlContext.scene.GetFirstNodeByName(CLICK_POINTS_NAME)
+    assert controller.viewer.calls[-1] == ("place", CLICK_POINTS_NAME) and controller.state["click"]["placing"]
+    assert controller.state["click"]["status"] == "starting"
+    tool = controller.click_tool
+
+    def poll_until(predicate, timeout=180.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            controller.poll()
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
+
+    assert poll_until(lambda: tool.ready and tool.opened), tool.outcomes
+    assert controller.state["click"]["status"] == "ready" and "session open" in controller.state["click"]["message"]
+
+    ph = generate_phantom(7, spacing=(3.0, 3.0, 3.0), orientation="axial")
+    truth = sitk.GetArrayFromImage(ph.label_map(FLARE))
+    kji = np.argwhere(ndimage.binary_erosion(truth == 1, iterations=4))
+    kji = kji[len(kji) // 2]
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    ras = ijk_to_ras.MultiplyPoint([float(kji[2]), float(kji[1]), float(kji[0]), 1.0])[:3]
+
+    def click(position, positive=True):
+        controller.set_click_positive(positive)
+        before = len(tool.outcomes)
+        points.AddControlPoint(vtk.vtkVector3d(*position))  # fires PointPositionDefinedEvent, as a placed point in a view
+        assert poll_until(lambda: len(tool.outcomes) > before and tool.outcomes[-1].clickId == tool._latestClick), tool.outcomes
+        return tool.outcomes[-1]
+
+    first = click(ras)
+    assert (first.status, first.organ) == ("added", "liver"), first
+    assert controller.state["segmentation_id"] == tool.segmentationNode.GetID()  # the clicks' segmentation is the edited one
+    assert [g["name"] for g in controller.state["segments"]] == ["liver"] and controller.state["segments"][0]["voxels"] > 1000
+    assert controller.state["click"]["message"].startswith("liver") and controller.state["click"]["message"].endswith(" s")
+    assert controller.undo_click() and controller.state["segments"] == []
+    air = click(ijk_to_ras.MultiplyPoint([0.0, 0.0, 0.0, 1.0])[:3])
+    assert air.status == "no-organ" and controller.state["segments"] == [] and controller.state["click"]["message"] == "no organ here"
+    assert not controller.undo_click() and controller.state["click"]["message"] == "nothing to undo"
+    controller.stop_clicks()
+    assert controller.click_tool is None and controller.state["click"]["status"] == "off" and not tool.running
+    assert controller.viewer.calls[-1] == ("place", "")
