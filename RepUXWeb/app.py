@@ -540,7 +540,11 @@ class RepuxWebApp(TrameApp):
                     click=lambda: self._call(self.controller.stop_clicks),
                     raw_attrs=tid("click-stop"),
                 )
-            html.Div("{{ rx_click.message }}", classes="text-caption", raw_attrs=[*tid("click-status"), ':data-status="rx_click.status"', ':data-answers="rx_click.answers"'])
+            html.Div(
+                "{{ rx_click.message }}",
+                classes="text-caption",
+                raw_attrs=[*tid("click-status"), ':data-status="rx_click.status"', ':data-answers="rx_click.answers"'],
+            )
             # ---------------------------------------------------------- edit
             self._section("3. Edit (Slicer segment editor)")
             with html.Div(classes="d-flex flex-wrap"):

@@ -36,7 +36,13 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=port_number, default=0, metavar="N", help="port to listen on; 0 picks a free one (default: 0)")
     p.add_argument("--root", default=".", metavar="FOLDER", help="folder the file browser shows; nothing outside it is readable (default: the current folder)")
     p.add_argument("--max-upload-mb", type=positive_float, default=1024.0, metavar="MB", help="largest CT the browser may upload, in MB (default: 1024)")
-    p.add_argument("--dataset", "--training-set", dest="dataset", metavar="FOLDER", help="training-set folder for curated cases, as --dataset of repux train/finetune (default: <store>/web/training-set)")
+    p.add_argument(
+        "--dataset",
+        "--training-set",
+        dest="dataset",
+        metavar="FOLDER",
+        help="training-set folder for curated cases, as --dataset of repux train/finetune (default: <store>/web/training-set)",
+    )
     p.add_argument(
         "--open", action=argparse.BooleanOptionalAction, default=None, help="open the page in the default browser (default: when a display is available)"
     )

@@ -8,6 +8,7 @@ in millimetres in the order of the re-oriented array axes (x, y, z of the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -17,6 +18,8 @@ from repux.errors import ConfigError
 __all__ = [
     "DEVICE_KINDS",
     "DEVICE_RULE",
+    "GUIDANCE_SIGMA_MM",
+    "Guidance",
     "QUALITIES",
     "QUALITY_PRESETS",
     "InferenceSettings",
@@ -195,3 +198,54 @@ def is_device_name(value: object) -> bool:
 
 def spacing_from(value: Sequence[float] | float) -> tuple[float, float, float]:
     return _tuple3("spacing", value)  # type: ignore[return-value]
+
+
+#: heatmap Gaussian sigma (mm): DeepEdit's 3 voxels at its ~1.5 mm grid
+GUIDANCE_SIGMA_MM = 4.5
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What ``model.json`` says about a model's click channels.
+
+    Attributes:
+        labels: channel order of the heatmaps, ``("background", organ, ...)``: one channel per class.
+        sigma_mm: Gaussian sigma of a click's heatmap, in millimetres of the model grid.
+    """
+
+    labels: tuple[str, ...]
+    sigma_mm: float = GUIDANCE_SIGMA_MM
+
+    @property
+    def channels(self) -> int:
+        return len(self.labels)
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2 or self.labels[0] != "background":
+            raise ConfigError(f"guidance.labels must start with 'background' and name at least one organ; got {list(self.labels)!r}.")
+        if (
+            isinstance(self.sigma_mm, bool)
+            or not isinstance(self.sigma_mm, (int, float))
+            or not math.isfinite(self.sigma_mm)
+            or not 0.1 <= self.sigma_mm <= 100
+        ):
+            raise ConfigError(f"guidance.sigma_mm must be a number from 0.1 to 100 (mm); got {self.sigma_mm!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "labels": list(self.labels), "sigma_mm": float(self.sigma_mm)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Guidance:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"guidance must be an object with channels, labels and sigma_mm; got {type(d).__name__}.")
+        labels = d.get("labels")
+        if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
+            raise ConfigError(f"guidance.labels must be a list of names; got {labels!r}.")
+        g = cls(tuple(labels), d.get("sigma_mm", GUIDANCE_SIGMA_MM))
+        if "channels" in d and d["channels"] != g.channels:
+            raise ConfigError(f"guidance.channels is {d['channels']!r} but guidance.labels names {g.channels} channels.")
+        return g
+
+    @classmethod
+    def for_labels(cls, organ_names: Sequence[str], sigma_mm: float = GUIDANCE_SIGMA_MM) -> Guidance:
+        return cls(("background", *organ_names), float(sigma_mm))

@@ -14,6 +14,8 @@ from repux.cli.options import (
     add_common,
     add_device_options,
     add_output_option,
+    click_counts,
+    click_limit,
     csv_floats,
     duration,
     non_negative_float,
@@ -80,13 +82,23 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         )
     else:
         g.add_argument("--preset", default="tiny", help="network preset: base (the paper), small, tiny (default: tiny)")
-        g.add_argument("--spacing", type=csv_floats(3, "x,y,z (mm)", positive=True), help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)")
+        g.add_argument(
+            "--spacing", type=csv_floats(3, "x,y,z (mm)", positive=True), help="model grid spacing x,y,z in mm (default: 1.5,1.5,2.0, the official AMOS recipe)"
+        )
         g.add_argument(
             "--kernel-mode", choices=("bfr", "plain"), default="bfr", help="bfr: Bayesian frequency re-parameterized kernels (default); plain: ablation"
         )
         from repux.cli.commands_data import add_synth_options
 
         add_synth_options(p)
+    c = p.add_argument_group("click guidance")
+    c.add_argument(
+        "--interactive",
+        action="store_true",
+        help="train click-guidance input channels with simulated clicks (one heatmap per class; new weights start at zero, so without "
+        "clicks the network is the automatic one): clicks on about half of the iterations, drawn from the current prediction's errors",
+    )
+    c.add_argument("--max-clicks", type=click_limit, default=10, help="most simulated clicks per training crop with --interactive (default: 10)")
     h = add_device_options(p, algorithm=False)
     h.add_argument("--cache", choices=("memory", "disk", "none"), default="memory", help="cache preprocessed cases (default: memory)")
     h.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory, ~30%% slower)")
@@ -125,6 +137,13 @@ def register(sub: Any) -> None:
         p, help="report prefix: writes PREFIX.csv and PREFIX.json (default: ./evaluation)", required=False, default="evaluation", metavar="PREFIX"
     )
     p.add_argument("--overlap", type=open_fraction, help="sliding-window overlap in [0, 1) (default: the model's)")
+    p.add_argument(
+        "--clicks",
+        type=click_counts,
+        metavar="N,N,...",
+        help="also simulate clicks (a model with click guidance): per organ, each click at the deepest voxel of the largest error "
+        "region; Dice after these numbers of clicks (e.g. 0,1,3,5,10) and NoC@85 / NoC@90, on the model grid",
+    )
     add_device_options(p, precision=False, algorithm=False)
     add_common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -173,6 +192,8 @@ def _config_from_args(args: argparse.Namespace, finetune: bool, base_roi=None):
         "channels_last": args.channels_last,
         "crop_sampling": args.crop_sampling,
         "algorithm": args.algorithm,
+        "interactive": args.interactive,
+        "max_clicks": args.max_clicks,
     }
     if args.roi_size:
         kw["roi_size"] = args.roi_size
@@ -264,12 +285,18 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
     from repux.data.datasets import load_dataset
     from repux.training.evaluate import evaluate, format_table, write_reports
 
+    if args.clicks:
+        from repux.models.store import resolve_model
+
+        if resolve_model(args.model).guidance is None:
+            raise ConfigError(f"--clicks needs a model with click guidance; {args.model} has none (train one with repux finetune --interactive).")
     report = evaluate(
         args.model,
         load_dataset(args.dataset),
         split=args.split,
         device=args.device,
         segmenter_kwargs={k: v for k, v in (("overlap", args.overlap), ("threads", args.threads)) if v is not None} or None,
+        clicks=args.clicks,
         progress=ctx.progress,
         cancel=ctx.cancel,
     )
@@ -290,5 +317,9 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
         )
     else:
         print(format_table(report))
+        if "clicks" in report:
+            from repux.training.evaluate import format_clicks
+
+            print(format_clicks(report))
         print(f"wrote {csv_path} and {json_path}")
     return 0

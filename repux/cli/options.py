@@ -174,6 +174,29 @@ def roi_size(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a window size: use one integer (96) or three (96,96,64), multiples of 16, at least 32") from None
 
 
+#: most simulated clicks per organ (``--clicks``) or per training crop (``--max-clicks``)
+MAX_CLICKS = 100
+
+
+def click_limit(text: str) -> int:
+    """An integer from 1 to :data:`MAX_CLICKS` (``--max-clicks``)."""
+    value = _int(text)
+    if not 1 <= value <= MAX_CLICKS:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: use an integer from 1 to {MAX_CLICKS}")
+    return value
+
+
+def click_counts(text: str) -> tuple[int, ...]:
+    """``0,1,3,5,10``: click counts at which Dice is reported (integers from 0 to :data:`MAX_CLICKS`), sorted, unique."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of click counts: use integers from 0 to {MAX_CLICKS}, e.g. 0,1,3,5,10")
+    values = sorted({int(p) for p in parts})
+    if values[-1] > MAX_CLICKS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: click counts go from 0 to {MAX_CLICKS}")
+    return tuple(values)
+
+
 def csv_floats(count: int, what: str, positive: bool = False) -> Callable[[str], tuple[float, ...]]:
     """A type for ``count`` comma-separated finite numbers (``what`` names them in the message), each > 0 when ``positive``."""
 
@@ -305,9 +328,7 @@ def add_device_options(
 def add_window_options(p: argparse.ArgumentParser) -> Any:
     """The quality preset and the sliding-window options of inference (MONAI's names); returns the group."""
     g = p.add_argument_group("inference")
-    g.add_argument(
-        "--quality", choices=QUALITIES, help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)"
-    )
+    g.add_argument("--quality", choices=QUALITIES, help="fast: overlap 0.25; standard: overlap 0.5; best: overlap 0.5 + flip TTA (4x slower)")
     g.add_argument("--overlap", type=open_fraction, help="sliding-window overlap in [0, 1) (default: the model's, usually 0.5)")
     g.add_argument("--roi-size", type=roi_size, help="window size, e.g. 96 or 96,96,64 (default: the model's)")
     g.add_argument(

@@ -396,6 +396,7 @@ class Segmenter:
         self.precision = precision
         self.card: ModelCard | None = None
         self.net: torch.nn.Module | None = None
+        self.guidance = None  # repux.config.Guidance of a click-guidance model: Apply feeds it all-zero heatmaps
         if predictor is None:
             if model is None:
                 raise ConfigError("Segmenter needs a model (installed id or folder) or a predictor.")
@@ -413,6 +414,7 @@ class Segmenter:
             self.labels = labels or card.labels
             self.preprocessing = preprocessing or card.preprocessing
             base = card.inference
+            self.guidance = card.guidance
         else:
             if labels is None or preprocessing is None:
                 raise ConfigError("a custom predictor needs explicit labels and preprocessing.")
@@ -450,6 +452,9 @@ class Segmenter:
 
     # ------------------------------------------------------------------ helpers
     def _network_call(self, x: torch.Tensor) -> torch.Tensor:
+        if self.guidance is not None and x.shape[1] + self.guidance.channels == self.net.in_channels:  # type: ignore[union-attr]
+            # no clicks: all-zero heatmaps, per window (the guidance weights then add nothing: Apply is the automatic model)
+            x = torch.cat([x, x.new_zeros((x.shape[0], self.guidance.channels, *x.shape[2:]))], 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if self.amp_dtype is not None and x.device.type in ("cuda", "cpu"):
@@ -651,7 +656,6 @@ class Segmenter:
         if self.card is not None:
             summary["model"] = {"id": self.card.id, "version": self.card.version, "sha256": self.card.sha256}
         return SegmentationResult(labels_img, self.labels, summary, unc_img, image=img)
-
 
     def _intersect_roi(self, grid_image: sitk.Image, roi_ras: Sequence[float], start, end):
         if len(roi_ras) != 6:

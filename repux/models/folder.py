@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from repux.config import InferenceSettings, Preprocessing
+from repux.config import Guidance, InferenceSettings, Preprocessing
 from repux.errors import ConfigError, ModelFileError, OutputError
 from repux.io.files import default_file_mode, os_error_message
 from repux.labels import LabelSet
@@ -95,6 +95,12 @@ class ModelCard:
     size_bytes: int = 0
     deploy: bool = True
     path: Path | None = None
+    guidance: Guidance | None = None  # click channels (``repux finetune --interactive``); None: an automatic model
+
+    @property
+    def image_channels(self) -> int:
+        """Input channels of the image (the network's input channels minus the guidance channels)."""
+        return int(self.model_args.get("in_channels", 1)) - (self.guidance.channels if self.guidance else 0)
 
     @property
     def roi_size(self) -> tuple[int, int, int]:
@@ -125,6 +131,7 @@ class ModelCard:
             "provenance": self.provenance,
             "weights": {"file": WEIGHTS_FILE, "sha256": self.sha256, "size_bytes": self.size_bytes},
             "sha256": self.sha256,
+            **({"guidance": self.guidance.to_dict()} if self.guidance else {}),
         }
 
     @classmethod
@@ -161,6 +168,7 @@ class ModelCard:
                 size_bytes=int(d.get("weights", {}).get("size_bytes", 0)),
                 deploy=bool(d.get("deploy", True)),
                 path=path,
+                guidance=Guidance.from_dict(d["guidance"]) if d.get("guidance") is not None else None,
             )
         except KeyError as err:
             raise ModelFileError(f"model card{where} lacks the required field {err.args[0]!r}.") from err
@@ -169,12 +177,26 @@ class ModelCard:
         check_model_args(card.model_args, where)
         if card.num_classes != labels.num_classes:
             raise ModelFileError(f"model card{where}: out_channels={card.num_classes} but {len(labels)} labels + background = {labels.num_classes} classes.")
+        if card.guidance is not None:
+            if list(card.guidance.labels) != ["background", *labels.names]:
+                raise ModelFileError(
+                    f"model card{where}: guidance.labels {list(card.guidance.labels)} must be 'background' and the model's labels in order ({labels.names})."
+                )
+            if card.model_args.get("guidance_channels", 0) != card.guidance.channels:
+                raise ModelFileError(
+                    f"model card{where}: model_args.guidance_channels={card.model_args.get('guidance_channels', 0)} but guidance names {card.guidance.channels} channels."
+                )
+            if card.image_channels < 1:
+                raise ModelFileError(
+                    f"model card{where}: model_args.in_channels={card.model_args.get('in_channels', 1)} leaves no image channel beside {card.guidance.channels} guidance channels."
+                )
         return card
 
 
 #: bounds of model.json's architecture values (the paper's base model is far inside them)
 MODEL_ARG_BOUNDS = {
-    "in_channels": (1, 16),
+    "in_channels": (1, 1040),  # image channels + one click-guidance channel per class
+    "guidance_channels": (0, 1024),
     "out_channels": (2, 1024),
     "feature_sizes": (1, 4096),
     "depths": (1, 64),
@@ -205,7 +227,7 @@ def check_model_args(args: Mapping[str, Any], where: str = "") -> None:
 
     if not isinstance(args, Mapping):
         raise ModelFileError(f"model card{where}: model_args must be an object; got {type(args).__name__}.")
-    for key in ("in_channels", "out_channels"):
+    for key in ("in_channels", "out_channels", "guidance_channels"):
         if key in args:
             ints(key, args[key], None)
     feats = ints("feature_sizes", args["feature_sizes"], 4) if "feature_sizes" in args else [48, 96, 192, 384]
@@ -307,6 +329,7 @@ def save_model(
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     weights_dtype: str = "float32",
+    guidance: Guidance | None = None,
 ) -> ModelCard:
     """Write ``model`` (training or deploy form) as a deploy-form model folder, atomically.
 
@@ -318,6 +341,7 @@ def save_model(
         inference: sliding-window defaults. Defaults to roi 96^3, overlap 0.5.
         overwrite: replace an existing folder. Defaults to False.
         weights_dtype: ``float32`` or ``float16`` (half the file size; loaded back as float32).
+        guidance: the click channels of a guidance model (its last ``guidance.channels`` input channels).
 
     Raises:
         ModelFileError: if the folder exists (and not ``overwrite``) or labels do not fit.
@@ -362,7 +386,10 @@ def save_model(
         license=license,
         provenance=prov,
         deploy=True,
+        guidance=guidance,
     )
+    if guidance is not None and (list(guidance.labels) != ["background", *labels.names] or args["in_channels"] <= guidance.channels):
+        raise ModelFileError(f"guidance {list(guidance.labels)} does not fit the model ({args['in_channels']} input channels, labels {labels.names}).")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

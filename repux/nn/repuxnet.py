@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
+from monai.networks.blocks.dynunet_block import get_conv_layer, get_norm_layer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -168,9 +169,12 @@ class RepUXNet(nn.Module):
         norm_name: str | tuple = "instance",
         deploy: bool = False,
         algorithm: str = "auto",
+        guidance_channels: int = 0,
     ) -> None:
         super().__init__()
         _check_positive_int("in_channels", in_channels)
+        if not isinstance(guidance_channels, int) or isinstance(guidance_channels, bool) or not 0 <= guidance_channels < in_channels:
+            raise ValueError(f"guidance_channels must be an integer from 0 to in_channels - 1 ({in_channels - 1}); got {guidance_channels!r}.")
         _check_positive_int("out_channels", out_channels)
         _check_positive_int("hidden_size", hidden_size)
         feature_sizes = tuple(int(f) for f in feature_sizes)
@@ -191,6 +195,7 @@ class RepUXNet(nn.Module):
         self.bfm_alpha = float(bfm_alpha)
         self.hidden_size = hidden_size
         self.norm_name = norm_name
+        self.guidance_channels = guidance_channels
 
         f = feature_sizes
         self.repuxnet_3d = RepUXEncoder(in_channels, f, depths, kernel_size, bfm_alpha, deploy, algorithm)
@@ -202,6 +207,11 @@ class RepUXNet(nn.Module):
             return UnetrUpBlock(3, cin, cout, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name, res_block=True)
 
         self.encoder1 = basic(in_channels, f[0])
+        if guidance_channels and not hasattr(self.encoder1.layer, "conv3"):
+            # the automatic network (image channels != f[0]) had a 1x1 residual projection; a guidance network whose total
+            # input happens to equal f[0] keeps it, so that it computes what the automatic network plus click weights does
+            self.encoder1.layer.conv3 = get_conv_layer(3, in_channels, f[0], kernel_size=1, stride=1, act=None, norm=None, conv_only=False)
+            self.encoder1.layer.norm3 = get_norm_layer(name=norm_name, spatial_dims=3, channels=f[0])
         self.encoder2 = basic(f[0], f[1])
         self.encoder3 = basic(f[1], f[2])
         self.encoder4 = basic(f[2], f[3])
@@ -227,6 +237,7 @@ class RepUXNet(nn.Module):
             "bfm_alpha": self.bfm_alpha,
             "hidden_size": self.hidden_size,
             "norm_name": self.norm_name,
+            **({"guidance_channels": self.guidance_channels} if self.guidance_channels else {}),
         }
 
     @property

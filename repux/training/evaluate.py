@@ -26,7 +26,7 @@ from repux.errors import DatasetError
 from repux.io.images import atomic_write_text, read_image
 from repux.progress import CancelToken, ProgressCallback, ProgressTracker
 
-__all__ = ["dice_hd95", "evaluate", "format_table"]
+__all__ = ["click_summary", "dice_hd95", "evaluate", "format_clicks", "format_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,21 @@ def evaluate(
     segmenter_kwargs: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    clicks: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """Segment every case and score it. Returns ``{"cases": [...], "mean": {...}, "organs": [...]}``."""
+    """Segment every case and score it. Returns ``{"cases": [...], "mean": {...}, "organs": [...]}``.
+
+    With ``clicks`` (a click-guidance model), also ``"clicks"``: per organ, the mean Dice after each number of
+    simulated clicks and NoC@85 / NoC@90 (see :func:`repux.inference.guidance.click_curve`).
+    """
     from repux.inference.segmenter import Segmenter
 
     cases = [c for c in dataset.cases if split is None or c.split == split]
     if not cases:
         raise DatasetError(f"no cases to evaluate{f' in split {split!r}' if split else ''}.")
     seg = Segmenter(model, device=device, **dict(segmenter_kwargs or {}))
+    if clicks and seg.guidance is None:
+        raise DatasetError(f"--clicks needs a model with click guidance; {model} has none (train one with repux finetune --interactive).")
     pairs = []
     for lab in seg.labels:
         ds_lab = dataset.labels.find(lab.name)
@@ -80,6 +87,7 @@ def evaluate(
         raise DatasetError(f"the model's organs ({', '.join(seg.labels.names)}) and the dataset's ({', '.join(dataset.labels.names)}) have nothing in common.")
     tracker = ProgressTracker(progress, {"evaluate": 1.0}, cancel)
     rows = []
+    click_rows: list[dict[str, Any]] = []
     for i, case in enumerate(cases):
         tracker.update("evaluate", i / len(cases), f"case {case.id} ({i + 1}/{len(cases)})", case=case.id)
         img = read_image(case.image)
@@ -94,6 +102,13 @@ def evaluate(
             d, h = dice_hd95(pred == lab.value, ref == ref_value, img.GetSpacing())
             row[f"{lab.name}/dice"] = None if d is None else round(d, 4)
             row[f"{lab.name}/hd95_mm"] = None if h is None else round(h, 2)
+        if clicks:
+            from repux.inference.guidance import click_curve
+
+            tracker.update("evaluate", (i + 0.5) / len(cases), f"case {case.id}: simulated clicks", case=case.id)
+            curves = click_curve(seg, img, ref_img, [(lab.value, v) for lab, v in pairs], max(clicks))
+            click_rows.append({lab.name: curves[lab.value] for lab, _ in pairs})
+            logger.info("case %s: %d organs x %d clicks in %.1f s (%d windows run)", case.id, len(pairs), max(clicks), curves["seconds"], curves["windows_run"])
         rows.append(row)
     tracker.done("evaluation finished")
     organs = [lab.name for lab, _ in pairs]
@@ -104,7 +119,46 @@ def evaluate(
             mean[f"{o}/{m}"] = round(float(np.mean(vals)), 4) if vals else None
     dices = [mean[f"{o}/dice"] for o in organs if mean[f"{o}/dice"] is not None]
     mean["mean/dice"] = round(float(np.mean(dices)), 4) if dices else None
-    return {"model": seg.card.id if seg.card else None, "organs": organs, "cases": rows, "mean": mean}
+    report = {"model": seg.card.id if seg.card else None, "organs": organs, "cases": rows, "mean": mean}
+    if clicks:
+        report["clicks"] = click_summary(click_rows, organs, clicks)
+    return report
+
+
+def click_summary(click_rows: list[dict[str, Any]], organs: list[str], counts: tuple[int, ...]) -> dict[str, Any]:
+    """Mean Dice after each click count and NoC@85 / NoC@90 per organ (a case that never reaches the target counts
+    as the most clicks simulated, and ``reached`` says in how many cases it was reached)."""
+    from repux.inference.guidance import noc
+
+    n_max = max(counts)
+    out: dict[str, Any] = {"counts": list(counts), "organs": {}, "per_case": click_rows}
+    for o in organs:
+        curves = [r[o]["dice"] for r in click_rows if r[o]["dice"][0] is not None]
+        if not curves:
+            out["organs"][o] = None
+            continue
+        entry: dict[str, Any] = {"dice": {str(n): round(float(np.mean([1.0 if c[n] is None else c[n] for c in curves])), 4) for n in counts}}
+        for target in (0.85, 0.9):
+            hits = [noc(c, target) for c in curves]
+            entry[f"noc{round(100 * target)}"] = round(float(np.mean([n_max if h is None else h for h in hits])), 2)
+            entry[f"noc{round(100 * target)}_reached"] = f"{sum(h is not None for h in hits)}/{len(hits)}"
+        out["organs"][o] = entry
+    return out
+
+
+def format_clicks(report: Mapping[str, Any]) -> str:
+    """The simulated-click table: Dice after N clicks, NoC@85, NoC@90 per organ."""
+    c = report["clicks"]
+    counts = c["counts"]
+    head = f"{'organ':<22}" + "".join(f"{'Dice@' + str(n):>9}" for n in counts) + f"{'NoC@85':>9}{'NoC@90':>9}"
+    lines = [head]
+    for o, e in c["organs"].items():
+        if e is None:
+            lines.append(f"{o[:22]:<22}" + "".join(f"{'-':>9}" for _ in counts) + f"{'-':>9}{'-':>9}")
+            continue
+        lines.append(f"{o[:22]:<22}" + "".join(f"{e['dice'][str(n)]:>9.3f}" for n in counts) + f"{e['noc85']:>9.1f}{e['noc90']:>9.1f}")
+    lines.append(f"NoC: clicks to reach the Dice (a case that never does counts as {max(counts)}); Dice on the model grid")
+    return "\n".join(lines)
 
 
 def write_reports(report: Mapping[str, Any], out_prefix: str | Path) -> tuple[Path, Path]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from repux.config import Preprocessing, parse_roi_size
+from repux.config import GUIDANCE_SIGMA_MM, Guidance, Preprocessing, parse_roi_size
 from repux.device import autocast_dtype, precision_name, resolve_device, set_threads
 from repux.errors import Cancelled, CheckpointError, ConfigError, DatasetError
 from repux.labels import Label, LabelSet
@@ -100,6 +100,11 @@ class TrainConfig:
     channels_last: bool = False
     crop_sampling: str = "posneg"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    #: train click-guidance channels with simulated clicks (DeepEdit): clicks on about half of the iterations
+    interactive: bool = False
+    interactive_probability: float = 0.5
+    max_clicks: int = 10
+    guidance_sigma_mm: float = GUIDANCE_SIGMA_MM
 
     def __post_init__(self) -> None:
         self.roi_size = parse_roi_size(self.roi_size)
@@ -123,6 +128,10 @@ class TrainConfig:
             raise ConfigError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}; got {self.augmentation!r}.")
         if self.crop_sampling not in CROP_SAMPLING:
             raise ConfigError(f"crop_sampling must be one of {', '.join(CROP_SAMPLING)}; got {self.crop_sampling!r}.")
+        if not 0.0 <= self.interactive_probability <= 1.0:
+            raise ConfigError(f"interactive_probability must be in [0, 1]; got {self.interactive_probability!r}.")
+        if not isinstance(self.max_clicks, int) or not 1 <= self.max_clicks <= 100:
+            raise ConfigError(f"max_clicks must be an integer from 1 to 100; got {self.max_clicks!r}.")
         if self.kernel_mode not in KERNEL_MODES:
             raise ConfigError(f"kernel_mode must be one of {', '.join(KERNEL_MODES)}; got {self.kernel_mode!r}.")
 
@@ -296,6 +305,9 @@ def _validation_rows(net, val_ds, labels: LabelSet, cfg: TrainConfig, device: to
             def predict(b: torch.Tensor) -> torch.Tensor:
                 if cancel is not None:
                     cancel.check()  # per window: a stop never waits for a whole validation pass
+                extra = _unwrap(net).in_channels - b.shape[1]
+                if extra > 0:  # a guidance model is validated without clicks: the automatic quality
+                    b = torch.cat([b, b.new_zeros((b.shape[0], extra, *b.shape[2:]))], 1)
                 if amp is not None:
                     with torch.autocast(device_type=device.type, dtype=amp):
                         return net(b).float()
@@ -439,6 +451,7 @@ class _Run:
     progress: ProgressCallback | None
     cancel: CancelToken | None
     base_card: ModelCard | None = None
+    guidance: Guidance | None = None
     iteration: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"mean": None, "dice": {}, "state": None, "iteration": 0})
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -544,6 +557,8 @@ class _Run:
             crops = crops if isinstance(crops, list) else [crops]
             x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(self.dev).contiguous(memory_format=self.memory_format)
             y = torch.stack([torch.as_tensor(c["label"]) for c in crops]).to(self.dev)
+            if self.guidance is not None:
+                x = torch.cat([x, self._guidance_input(x, y, rng)], 1).contiguous(memory_format=self.memory_format)
             if self.amp is not None:
                 with torch.autocast(device_type=self.dev.type, dtype=self.amp):
                     loss = self.loss_fn(self.ddp_net(x).float(), y)
@@ -561,6 +576,38 @@ class _Run:
         if not math.isfinite(loss_value):
             raise ConfigError(f"training diverged at iteration {self.iteration} (loss {loss_value}); lower --lr or use --precision fp32.")
         return loss_value
+
+    def _guidance_input(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Click heatmaps for one batch: none (zeros) or, with ``--interactive`` on about half of the iterations, 1 to
+        ``max_clicks`` simulated clicks per crop drawn from the errors of the current prediction, in 1-3 rounds (one
+        no-grad forward per round, so later clicks correct what the earlier ones left)."""
+        from repux.inference.guidance import click_heatmaps, sample_clicks, sigma_voxels
+
+        cfg, g = self.cfg, self.guidance
+        assert g is not None
+        heat = np.zeros((x.shape[0], g.channels, *x.shape[2:]), np.float32)
+        if not cfg.interactive or rng.random() >= cfg.interactive_probability:
+            return torch.from_numpy(heat).to(x.device)
+        n_clicks = int(rng.integers(1, cfg.max_clicks + 1))
+        rounds = 1 + (n_clicks - 1) // 4
+        sigma = sigma_voxels(g.sigma_mm, cfg.preprocessing.spacing)
+        truth = y[:, 0].cpu().numpy().astype(np.uint8)
+        clicks: list[list[Any]] = [[] for _ in range(x.shape[0])]
+        placed = 0
+        for r in range(rounds):
+            k = math.ceil((n_clicks - placed) / (rounds - r))
+            with torch.no_grad():
+                inp = torch.cat([x, torch.from_numpy(heat).to(x.device)], 1).contiguous(memory_format=self.memory_format)
+                if self.amp is not None:
+                    with torch.autocast(device_type=self.dev.type, dtype=self.amp):
+                        pred = self.net(inp).argmax(1).cpu().numpy().astype(np.uint8)
+                else:
+                    pred = self.net(inp).argmax(1).cpu().numpy().astype(np.uint8)
+            for b in range(x.shape[0]):
+                clicks[b] += sample_clicks(pred[b], truth[b], k, rng)
+                heat[b] = click_heatmaps(x.shape[2:], clicks[b], g.channels, sigma)
+            placed += k
+        return torch.from_numpy(heat).to(x.device)
 
     def _schedule_by_time(self) -> None:
         """With a time budget the cosine decay follows whichever ends first, the iterations or the budget.
@@ -596,6 +643,28 @@ class _Run:
         self.dist.close()
         logger.warning("training stopped at iteration %d; resume with --resume (checkpoint %s)", self.iteration, self.ckpt_path)
         raise Cancelled(f"training cancelled at iteration {self.iteration}; checkpoint saved to {self.ckpt_path}")
+
+
+def _plan_guidance(net: nn.Module, cfg: TrainConfig, labels: LabelSet, base_card: ModelCard | None) -> Guidance | None:
+    """The click channels of the trained network: the base model's, or (``--interactive``) new zero-weight ones."""
+    from repux.nn.guidance import add_guidance_channels
+
+    if base_card is not None and base_card.guidance is not None:
+        if list(base_card.guidance.labels) != ["background", *labels.names]:
+            raise ConfigError(
+                f"the base model {base_card.id!r} has click guidance for {list(base_card.guidance.labels)[1:]}; fine-tuning it with other organs "
+                f"({labels.names}) is not supported: fine-tune its automatic parent, then add guidance with --interactive."
+            )
+        return base_card.guidance
+    if not cfg.interactive:
+        return None
+    guidance = Guidance.for_labels(labels.names, cfg.guidance_sigma_mm)
+    add_guidance_channels(net, guidance.channels)  # zero weights: without clicks the network is the automatic one
+    logger.info(
+        "interactive training: %d click-guidance channels (sigma %.1f mm), clicks on %.0f %% of the iterations (1-%d per crop)",
+        guidance.channels, guidance.sigma_mm, 100 * cfg.interactive_probability, cfg.max_clicks,
+    )  # fmt: skip
+    return guidance
 
 
 def _setup(
@@ -675,6 +744,7 @@ def _setup(
         )
     if net.out_channels != labels.num_classes:
         raise ConfigError(f"the network has {net.out_channels} outputs but the label set needs {labels.num_classes}.")
+    guidance = _plan_guidance(net, cfg, labels, base_card)
     net.set_gradient_checkpointing(cfg.gradient_checkpointing)
     net = net.to(dev).train()
     memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
@@ -698,7 +768,7 @@ def _setup(
         cfg=cfg, run=run, dev=dev, dist=dist, dataset=dataset, labels=labels, train_cases=train_cases, val_cases=val_cases, fingerprint=fingerprint,
         train_ds=train_ds, val_ds=val_ds, train_transform=train_transform, net=net, ddp_net=ddp_net, optimizer=optimizer, scheduler=scheduler,
         scaler=scaler, loss_fn=DiceCELoss(to_onehot_y=True, softmax=True), amp=amp, memory_format=memory_format, tracker=tracker, progress=progress,
-        cancel=cancel, base_card=base_card,
+        cancel=cancel, base_card=base_card, guidance=guidance,
     )  # fmt: skip
     if not resume and r.ckpt_path.is_file() and dist.main:
         logger.warning("starting a new run in %s: its earlier checkpoint will be replaced (use --resume to continue it instead)", run)
@@ -794,6 +864,7 @@ def _export(
         provenance=prov,
         overwrite=overwrite,
         weights_dtype=weights_dtype,
+        guidance=r.guidance,
     )
     r.tracker.done(
         f"saved {card.id}", iteration=r.iteration, max_iterations=cfg.max_iterations, model=str(card.path), best_mean_dice=best["mean"], val_dice=best["dice"]

@@ -105,6 +105,8 @@ TYPE_CASES: dict[object, list[str]] = {
     O.model_id: ["", "../escaped", "a/b", ".hidden", "-dash", "x" * 65, "con", "a b"],
     O.duration: ["", "abc", "0", "-5m", "nan", "inf", "1e999s", "5x", "m"],
     O.port_number: [*NOT_NUMBERS, "-1", "65536", "99999999999999999999999"],
+    O.click_limit: [*NOT_NUMBERS, "0", "-1", "101", "99999999999999999999999"],
+    O.click_counts: ["", "abc", "1,,3", "-1", "0,101", "1.5", "0, x", "99999999999999999999999"],
     O.shard_spec: ["", "abc", "1", "2/2", "3/2", "-1/2", "0/0", "1/-2", "0.5/2", "../1"],
 }
 CHOICE_CASES = ["definitely-not-a-choice", "", " "]

@@ -268,3 +268,35 @@ def test_ddp_two_cpu_processes_agree(blob_dataset, tmp_path):
     prov = json.loads((tmp_path / "ddp_model" / "model.json").read_text())["provenance"]
     assert prov["world_size"] == 2 and prov["ranks_agree_on_weights"] is True
     assert "all 2 ranks agree on the final weights" in out.stderr
+
+
+def test_interactive_training_learns_guidance_channels(blob_dataset, tmp_path, monkeypatch):
+    """--interactive: zero-initialised click channels, simulated clicks from the current errors, the guidance in the card."""
+    from repux.training import trainer as trainer_module
+
+    calls = []
+    original = trainer_module._Run._guidance_input
+
+    def spy(self, x, y, rng):
+        heat = original(self, x, y, rng)
+        calls.append((tuple(heat.shape), float(heat.max())))
+        return heat
+
+    monkeypatch.setattr(trainer_module._Run, "_guidance_input", spy)
+    res = train(
+        load_dataset(blob_dataset),
+        tmp_path / "model",
+        _config(interactive=True, interactive_probability=1.0, max_clicks=3),
+        run_dir=tmp_path / "run",
+        device="cpu",
+    )
+    assert res.iterations == 6
+    assert len(calls) == 6 and all(shape == (2, 3, 32, 32, 32) for shape, _ in calls)
+    assert any(peak == 1.0 for _, peak in calls)  # clicks were placed (a heatmap peaks at 1 on its click)
+    model, card = load_model(tmp_path / "model")
+    assert card.guidance is not None and list(card.guidance.labels) == ["background", "liver", "spleen"]
+    assert model.in_channels == 4 and card.provenance["train_config"]["interactive"] is True
+    stem = model.repuxnet_3d.downsample_layers[0][0].weight
+    assert float(stem.detach()[:, 1:].abs().sum()) > 0  # the click weights trained away from zero
+    with pytest.raises(ValueError, match="max_clicks must be an integer from 1 to 100"):
+        _config(max_clicks=0)
