@@ -63,7 +63,7 @@ def clickPointList(scene: Any, name: str = CLICK_POINTS_NAME) -> Any:
 
 
 #: outcome statuses of a click that changed (or deliberately kept) a segment: the status line shows their latency
-CLICK_RESULT_STATUSES = ("added", "grown", "removed", "unchanged")
+CLICK_RESULT_STATUSES = ("added", "grown", "corrected", "removed", "unchanged")
 
 
 @dataclass
@@ -131,6 +131,9 @@ class ClickSegmentTool:
         self.onProgress = onProgress
         self.extraArguments = list(extraArguments or [])
         self.positive = True
+        #: a positive click's organ: None selects the organ under the click; a name grows it there (select mode) or,
+        #: with a click-guidance model, feeds the click to the network as a correction
+        self.organ: str | None = None
         self.runner: ProcessRunner | None = None
         self.ready = False
         self.opened = False
@@ -317,7 +320,10 @@ class ClickSegmentTool:
             self._report(ClickOutcome("reopening", message="the volume changed: the session re-opens it"))
             self._openVolume()
         ras = volumeRasFromWorld(self.volumeNode, worldPosition)
-        self._latestClick = self._send({"command": "click", "ras": ras, "positive": bool(positive)})
+        command = {"command": "click", "ras": ras, "positive": bool(positive)}
+        if positive and self.organ:
+            command["organ"] = self.organ
+        self._latestClick = self._send(command)
         return self._latestClick
 
     def undo(self) -> bool:

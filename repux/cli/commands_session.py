@@ -126,12 +126,19 @@ def cmd_session(args: argparse.Namespace, ctx: Any) -> int:
 
     args.largest_component = False
     seg = segmenter_from_args(args, args.model or DEFAULT_MODEL)
-    session = InteractiveSession(
-        segmenter=seg, background=not args.no_background, grow_threshold=args.grow_threshold or GROW_THRESHOLD, progress=progress
-    )
+    session = InteractiveSession(segmenter=seg, background=not args.no_background, grow_threshold=args.grow_threshold or GROW_THRESHOLD, progress=progress)
     workdir = Path(tempfile.mkdtemp(prefix="repux-session-"))
     ctx.register_temp(workdir)
-    emit({"reply": "ready", "ok": True, "model": seg.card.id if seg.card else None, "labels": seg.model_labels.to_list(), "device": str(seg.device)})
+    emit(
+        {
+            "reply": "ready",
+            "ok": True,
+            "model": seg.card.id if seg.card else None,
+            "labels": seg.model_labels.to_list(),
+            "device": str(seg.device),
+            "guided": seg.guidance is not None,  # corrections (negative clicks, positive clicks naming an organ) go to the network
+        }
+    )
     counter = [0]
 
     def reply(cmd: dict[str, Any], ok: bool = True, **fields: Any) -> None:
@@ -165,7 +172,7 @@ def cmd_session(args: argparse.Namespace, ctx: Any) -> int:
                 if name == "open":
                     src = cmd.get("input")
                     if not isinstance(src, str) or not src:
-                        raise ConfigError(f"open needs \"input\": a CT file or DICOM folder; got {src!r}.")
+                        raise ConfigError(f'open needs "input": a CT file or DICOM folder; got {src!r}.')
                     if not Path(src).exists():
                         raise ConfigError(f"open: input {src!r} does not exist.")
                     token = CancelToken()
@@ -176,7 +183,7 @@ def cmd_session(args: argparse.Namespace, ctx: Any) -> int:
                 elif name == "click":
                     ras = cmd.get("ras")
                     if not isinstance(ras, list) or len(ras) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ras):
-                        raise ConfigError(f"click needs \"ras\": 3 numbers R, A, S (mm); got {ras!r}.")
+                        raise ConfigError(f'click needs "ras": 3 numbers R, A, S (mm); got {ras!r}.')
                     if not channel.queue.empty() and any(c and c.get("command") == "click" for c in list(channel.queue.queue)):
                         reply(cmd, True, status="cancelled", message="superseded by a newer click")
                         continue

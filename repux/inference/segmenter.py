@@ -452,7 +452,7 @@ class Segmenter:
 
     # ------------------------------------------------------------------ helpers
     def _network_call(self, x: torch.Tensor) -> torch.Tensor:
-        if self.guidance is not None and x.shape[1] + self.guidance.channels == self.net.in_channels:  # type: ignore[union-attr]
+        if self.guidance is not None and x.shape[1] == 1:  # the image alone (CT: one channel)
             # no clicks: all-zero heatmaps, per window (the guidance weights then add nothing: Apply is the automatic model)
             x = torch.cat([x, x.new_zeros((x.shape[0], self.guidance.channels, *x.shape[2:]))], 1)
         if self.channels_last:

@@ -72,7 +72,7 @@ GROW_THRESHOLD = 0.3
 UNKNOWN = 255
 
 #: click outcomes
-STATUSES = ("added", "unchanged", "removed", "grown", "no-organ", "outside", "cancelled")
+STATUSES = ("added", "unchanged", "removed", "grown", "corrected", "no-organ", "outside", "cancelled")
 
 
 @dataclass
@@ -109,7 +109,7 @@ class ClickResult:
 
     @property
     def changed(self) -> bool:
-        return self.labels is not None and self.status in ("added", "removed", "grown", "undone", "reset")
+        return self.labels is not None and self.status in ("added", "removed", "grown", "corrected", "undone", "reset")
 
     def array(self) -> np.ndarray | None:
         """The crop as a ``(k, j, i)`` array (None when nothing changed)."""
@@ -173,6 +173,10 @@ class InteractiveSession:
         segmenter: a ready :class:`~repux.inference.segmenter.Segmenter` (tests inject one with a predictor).
         background: compute the whole volume in a background thread after :meth:`open`.
         grow_threshold: probability for positive clicks that grow a missing organ.
+        guided: with a click-guidance model (``repux finetune --interactive``), feed corrections to the network:
+            a positive click naming an organ and a negative click become heatmaps, the windows they reach are run
+            again, and the change is kept only in the connected region around the click (status ``corrected`` /
+            ``removed``). A plain click (positive, no organ) still selects.
         progress: callback for the background pass (stage ``"background"``).
         **options: more :class:`~repux.inference.segmenter.Segmenter` options (threads, overlap...).
 
@@ -192,6 +196,7 @@ class InteractiveSession:
         background: bool = True,
         grow_threshold: float = GROW_THRESHOLD,
         progress: ProgressCallback | None = None,
+        guided: bool = True,
         **options: Any,
     ) -> None:
         if not 0.0 < float(grow_threshold) < 1.0:
@@ -207,6 +212,8 @@ class InteractiveSession:
         self.labels = segmenter.model_labels
         self.background = background
         self.grow_threshold = float(grow_threshold)
+        #: a click-guidance model: positive clicks naming an organ and negative clicks are fed to the network
+        self.guided = bool(guided) and getattr(segmenter, "guidance", None) is not None
         self.progress = progress
         self._lock = threading.RLock()  # the network and the window state
         self._urgent = 0  # clicks waiting for the lock: the background thread yields
@@ -274,7 +281,9 @@ class InteractiveSession:
         self._grid_prob: np.ndarray | None = None  # (C, X, Y, Z) float16, allocated with the first window
         self._image = prepared.image
         self._state = np.zeros(sitk.GetArrayViewFromImage(prepared.image).shape, np.uint8)  # (k, j, i)
-        self._history: list[tuple[tuple[slice, ...], np.ndarray]] = []
+        # (input box, its previous state, and for a guided correction: (grid box, its previous labels))
+        self._history: list[tuple[tuple[slice, ...], np.ndarray, Any]] = []
+        self._guide: list[Any] = []  # guidance clicks (GridClick, padded model-grid coordinates) of a click-guidance model
         self._focus = None
         self.open_seconds = time.perf_counter() - t0
         info = {
@@ -533,7 +542,9 @@ class InteractiveSession:
         return sitk.GetArrayFromImage(out)
 
     # ------------------------------------------------------------------ selection
-    def _select(self, seed_in: tuple[int, int, int], seed_g: np.ndarray, predicate, cancel: CancelToken | None, counter: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    def _select(
+        self, seed_in: tuple[int, int, int], seed_g: np.ndarray, predicate, cancel: CancelToken | None, counter: list[int]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The input-grid component of ``predicate`` (on final model voxels) containing ``seed_in``: (mask (k,j,i), offset a (i,j,k))."""
         size_in = np.array(self.image.GetSize())
         for _ in range(1000):
@@ -608,17 +619,29 @@ class InteractiveSession:
         ras_txt = ", ".join(f"{float(v):.1f}" for v in ras)
         if idx is None:
             return ClickResult("outside", positive=positive, message=f"the point ({ras_txt}) RAS is outside the volume", seconds=time.perf_counter() - t0)
-        if not positive:
-            return self._remove(idx, t0)
         want = None
         if organ is not None:
             want = self.labels.find(organ)
             if want is None:
                 raise ConfigError(f"organ {organ!r} is not one of the model's organs ({', '.join(self.labels.names)}).")
+        guided = self.guided and (want is not None or not positive)
+        if not positive and not guided:
+            return self._remove(idx, t0)
         seed_g = self._grid_index_of_input([idx])[0]
         if seed_g[0] < 0:
             return ClickResult("no-organ", index=idx, message="no organ here", seconds=time.perf_counter() - t0)
         counter = [0]
+        grid_undo = None
+        if guided:
+            try:
+                outcome = self._guided_update(idx, seed_g, want.value if want is not None else 0, cancel, counter, t0)
+            except Cancelled:
+                return ClickResult("cancelled", index=idx, windows=counter[0], message="superseded by a newer click", seconds=time.perf_counter() - t0)
+            if isinstance(outcome, ClickResult):
+                return outcome
+            grid_undo = outcome
+            if not positive:
+                return self._guided_removal(idx, grid_undo, counter, t0)
         self._urgent += 1
         with self._lock:
             self._urgent -= 1
@@ -627,7 +650,19 @@ class InteractiveSession:
                 self._ensure(self._grid_to_padded(seed_g[None]), cancel, counter)
                 value = int(self._grid_labels[tuple(seed_g)])
                 status = "added"
-                if want is not None and value != want.value:
+                if guided:
+                    if value != want.value:  # the network did not follow the click here
+                        self._undo_grid(grid_undo)
+                        return ClickResult(
+                            "no-organ", index=idx, windows=counter[0], message=f"the model did not place {want.name} here", seconds=time.perf_counter() - t0
+                        )
+                    wv = want.value
+
+                    def predicate() -> np.ndarray:
+                        return self._grid_labels == wv
+
+                    status = "corrected"
+                elif want is not None and value != want.value:
                     thr = self.grow_threshold
                     v = want.value
                     p = float(self._grid_prob[(v, *seed_g)]) if self._grid_prob is not None else 0.0
@@ -668,15 +703,21 @@ class InteractiveSession:
         cur = self._state[box]
         if status == "grown":
             comp = comp & ((cur == 0) | (cur == value))
+        if status == "corrected":  # the organ's voxels the correction took away (inside its changed region) go too
+            gone = (cur == value) & ~comp & self._changed_input(grid_undo, off, comp.shape)
         new = cur.copy()
         new[comp] = value
+        if status == "corrected":
+            new[gone] = 0
         if np.array_equal(new, cur):
+            if status == "corrected":
+                self._undo_grid(grid_undo)
             status = "unchanged"
             msg = f"{name} is already selected"
         else:
-            self._history.append((box, cur.copy()))
+            self._history.append((box, cur.copy(), grid_undo))
             self._state[box] = new
-            msg = f"{name}: {int(comp.sum())} voxels" + (" grown" if status == "grown" else "")
+            msg = f"{name}: {int(comp.sum())} voxels" + {"grown": " grown", "corrected": " (corrected by the click)"}.get(status, "")
         return ClickResult(
             status,
             organ=name,
@@ -688,6 +729,124 @@ class InteractiveSession:
             index=idx,
             message=msg,
             voxels=int(comp.sum()),
+        )
+
+    # ------------------------------------------------------------------ guided corrections
+    def _guided_update(self, idx, seed_g: np.ndarray, channel: int, cancel: CancelToken | None, counter: list[int], t0: float):
+        """Feed one more guidance click to the network and update the model-grid labels in the connected changed
+        region around it; returns ``(grid box, previous labels)`` for undo, or a ClickResult when nothing changed."""
+        import torch
+        from scipy import ndimage
+
+        from repux.inference.guidance import GridClick, click_heatmaps, sigma_voxels
+
+        seg = self.segmenter
+        g = seg.guidance
+        self._urgent += 1
+        with self._lock:
+            self._urgent -= 1
+            padded = self._grid_to_padded(seed_g)
+            self._focus = padded.astype(float)
+            self._ensure(padded[None], cancel, counter)  # the automatic labels around the click are the baseline
+            click = GridClick(tuple(int(v) for v in padded), int(channel))
+            clicks = [*self._guide, click]
+            sigma = sigma_voxels(g.sigma_mm, seg.preprocessing.spacing)
+            shape = self._x.shape[2:]
+            boxes = [c.support(sigma, shape) for c in clicks]
+            reach = [
+                i for i, st in enumerate(self._starts) if any(all(b.start < s0 + r and b.stop > s0 for b, s0, r in zip(box, st, self._roi)) for box in boxes)
+            ]
+            lo = self._starts[reach].min(0)
+            hi = (self._starts[reach] + self._roi).max(0)
+            acc = None
+            wsum = torch.zeros(tuple(int(v) for v in hi - lo), dtype=torch.float32)
+            for i in reach:
+                if cancel is not None:
+                    cancel.check()
+                st = self._starts[i]
+                heat = click_heatmaps(tuple(int(r) for r in self._roi), clicks, g.channels, sigma, offset=st)
+                xi = self._x[(slice(None), slice(None), *self._slices[i])]
+                with torch.inference_mode():
+                    p = seg._probabilities(torch.cat([xi, torch.from_numpy(heat)[None]], 1).to(seg.device)).to("cpu", torch.float32)[0]
+                counter[0] += 1
+                if acc is None:
+                    acc = torch.zeros((p.shape[0], *wsum.shape), dtype=torch.float32)
+                dst = tuple(slice(int(a - l), int(a - l + r)) for a, l, r in zip(st, lo, self._roi))
+                acc[(slice(None), *dst)] += p * self._weight[None]
+                wsum[dst] += self._weight
+            assert acc is not None
+            new_p = acc.argmax(0).numpy().astype(np.uint8)
+            # padded box -> grid coordinates inside the crop
+            g_lo = np.maximum(lo - self._pad_lo + self._crop_start, self._crop_start)
+            g_hi = np.minimum(hi - self._pad_lo + self._crop_start, self._crop_stop)
+            p_lo = g_lo - self._crop_start + self._pad_lo - lo
+            gbox = tuple(slice(int(a), int(b)) for a, b in zip(g_lo, g_hi))
+            new = new_p[tuple(slice(int(a), int(a + (b - c))) for a, b, c in zip(p_lo, g_hi, g_lo))]
+            old = self._grid_labels[gbox]
+            changed = (new != old) & self._grid_final[gbox]
+            seed_local = tuple(int(v) for v in seed_g - g_lo)
+            lab, _ = ndimage.label(changed, structure=np.ones((3, 3, 3), bool))
+            near = tuple(slice(max(0, c - 1), c + 2) for c in seed_local)
+            ids = np.unique(lab[near])
+            ids = ids[ids > 0]
+            if ids.size == 0:  # the network's answer around the click is what it was: the click is not kept
+                return ClickResult("unchanged", index=idx, windows=counter[0], message="the click changed nothing here", seconds=time.perf_counter() - t0)
+            region = np.isin(lab, ids)
+            prev = old.copy()
+            old[region] = new[region]
+            self._guide.append(click)
+            return (gbox, prev)
+
+    def _undo_grid(self, grid_undo) -> None:
+        if grid_undo is None:
+            return
+        gbox, prev = grid_undo
+        with self._lock:
+            self._grid_labels[gbox] = prev
+            if self._guide:
+                self._guide.pop()
+
+    def _changed_input(self, grid_undo, off: np.ndarray, shape_kji: tuple[int, ...]) -> np.ndarray:
+        """Input-grid voxels ``(k, j, i)`` of the box at ``off`` whose model-grid label the correction changed."""
+        gbox, prev = grid_undo
+        changed = np.zeros(self._grid_shape, np.uint8)
+        changed[gbox] = (self._grid_labels[gbox] != prev).astype(np.uint8)
+        a = np.asarray(off)
+        b = a + np.asarray(shape_kji)[::-1]
+        return self._resample_box(changed, a, b) > 0
+
+    def _guided_removal(self, idx, grid_undo, counter: list[int], t0: float) -> ClickResult:
+        """A negative guidance click: the selected voxels whose label the correction changed are cleared."""
+        gbox, prev = grid_undo
+        lo = np.array([s.start for s in gbox])
+        hi = np.array([s.stop for s in gbox])
+        a, b = self._input_box_of_grid(lo, hi, margin=1)
+        box = tuple(slice(int(p), int(q)) for p, q in zip(a[::-1], b[::-1]))
+        changed = self._changed_input(grid_undo, a, tuple(int(v) for v in (b - a)[::-1]))
+        cur = self._state[box]
+        new_grid = np.where(changed, self._resample_box(self._grid_labels, a, b), 0)
+        drop = changed & (cur > 0) & (new_grid != cur)
+        if not drop.any():
+            self._undo_grid(grid_undo)
+            return ClickResult(
+                "unchanged", index=idx, positive=False, windows=counter[0], message="the click removed nothing selected", seconds=time.perf_counter() - t0
+            )
+        values = np.unique(cur[drop])
+        self._history.append((box, cur.copy(), grid_undo))
+        cur[drop] = 0
+        name = self.labels.by_value(int(values[0])).name if values.size == 1 else ", ".join(self.labels.by_value(int(v)).name for v in values)
+        return ClickResult(
+            "removed",
+            organ=name if values.size == 1 else None,
+            value=int(values[0]) if values.size == 1 else 0,
+            labels=self._crop_image(box),
+            offset=tuple(int(v) for v in a),  # type: ignore[arg-type]
+            seconds=time.perf_counter() - t0,
+            windows=counter[0],
+            index=idx,
+            positive=False,
+            message=f"{name}: removed {int(drop.sum())} voxels (corrected by the click)",
+            voxels=int(drop.sum()),
         )
 
     def _remove(self, idx: tuple[int, int, int], t0: float) -> ClickResult:
@@ -705,7 +864,7 @@ class InteractiveSession:
         box = tuple(slice(s.start + p, s.start + q) for s, p, q in zip(sub, *cb))
         comp = comp[tuple(slice(p, q) for p, q in zip(*cb))]
         cur = self._state[box]
-        self._history.append((box, cur.copy()))
+        self._history.append((box, cur.copy(), None))
         cur[comp] = 0
         name = self.labels.by_value(value).name
         return ClickResult(
@@ -741,8 +900,14 @@ class InteractiveSession:
         t0 = time.perf_counter()
         if not self._history:
             return ClickResult("unchanged", message="nothing to undo", seconds=time.perf_counter() - t0)
-        box, prev = self._history.pop()
+        box, prev, grid_undo = self._history.pop()
         self._state[box] = prev
+        if grid_undo is not None:  # a guided correction: its model-grid labels and its guidance click go too
+            gbox, gprev = grid_undo
+            with self._lock:
+                self._grid_labels[gbox] = gprev
+                if self._guide:
+                    self._guide.pop()
         return ClickResult(
             "undone",
             labels=self._crop_image(box),
@@ -758,12 +923,19 @@ class InteractiveSession:
         if bb is None:
             return ClickResult("unchanged", message="nothing to reset", seconds=time.perf_counter() - t0)
         box = tuple(slice(p, q) for p, q in zip(*bb))
-        self._history.append((box, self._state[box].copy()))
+        self._history.append((box, self._state[box].copy(), None))
         self._state[box] = 0
         return ClickResult("reset", labels=self._crop_image(box), offset=tuple(s.start for s in box[::-1]), seconds=time.perf_counter() - t0, message="reset")  # type: ignore[arg-type]
 
 
-def segment_points(segmenter: Any, image: sitk.Image | str | Path, points: Sequence[Sequence[float]], *, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> tuple[sitk.Image, list[ClickResult]]:
+def segment_points(
+    segmenter: Any,
+    image: sitk.Image | str | Path,
+    points: Sequence[Sequence[float]],
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[sitk.Image, list[ClickResult]]:
     """The organ components under RAS ``points`` (what a session's clicks give), as one label map on the input grid.
 
     Raises:
@@ -800,7 +972,9 @@ def check_points_inside(image: sitk.Image, points: Sequence[Sequence[float]]) ->
         c = np.array(image.TransformPhysicalPointToContinuousIndex((-r, -a, s_)))
         if np.any(c < -0.5) or np.any(c >= size - 0.5):
             txt = ",".join(f"{float(v):g}" for v in p)
-            raise InputImageError(f"--point {txt}: the point is outside the volume (voxel index {np.round(c, 1).tolist()} of size {size.tolist()}); nothing written.")
+            raise InputImageError(
+                f"--point {txt}: the point is outside the volume (voxel index {np.round(c, 1).tolist()} of size {size.tolist()}); nothing written."
+            )
 
 
 def measure_latencies(segmenter: Any, *, size: Sequence[int] = (512, 512, 300), spacing: Sequence[float] = (0.8, 0.8, 1.5), seed: int = 3) -> dict[str, Any]:
