@@ -757,6 +757,14 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         row.addWidget(self._clickPositiveButton)
         row.addWidget(self._clickUndoButton)
         form.addRow(_("Click:"), row)
+        self._clickOrganCombo = qt.QComboBox()
+        self._clickOrganCombo.toolTip = _(
+            "A positive click selects the organ under it; choose an organ to grow it where it is missing "
+            "(a model with click guidance takes the click as a correction)"
+        )
+        self._clickOrganCombo.addItem(_("(the organ under the click)"), "")
+        self._clickOrganCombo.connect("currentIndexChanged(int)", self._onClickOrgan)
+        form.addRow(_("Organ:"), self._clickOrganCombo)
         self._clickPolarityShortcut = qt.QShortcut(qt.QKeySequence("Shift+S"), slicer.util.mainWindow() or box)
         self._clickPolarityShortcut.connect("activated()", lambda: self._clickPositiveButton.toggle())
         self._clickStatusLabel = qt.QLabel(_("Press Initialize, then click an organ in a slice view."))
@@ -802,6 +810,23 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if self._clickTool is not None:
             self._clickTool.positive = bool(positive)
 
+    def _onClickOrgan(self, index):
+        if self._clickTool is not None:
+            self._clickTool.organ = self._clickOrganCombo.itemData(index) or None
+
+    def _fillClickOrgans(self):
+        names = [spec.name for _, spec in sorted(self._clickTool.specs.items())] if self._clickTool is not None else []
+        current = self._clickOrganCombo.currentData
+        self._clickOrganCombo.blockSignals(True)
+        self._clickOrganCombo.clear()
+        self._clickOrganCombo.addItem(_("(the organ under the click)"), "")
+        for name in names:
+            self._clickOrganCombo.addItem(name, name)
+        index = max(self._clickOrganCombo.findData(current), 0) if current else 0
+        self._clickOrganCombo.setCurrentIndex(index)
+        self._clickOrganCombo.blockSignals(False)
+        self._onClickOrgan(index)
+
     def onClickUndo(self):
         if self._clickTool is None or not self._clickTool.undo():
             self._clickStatusLabel.text = _("Nothing to undo.")
@@ -812,6 +837,8 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def _onClickOutcome(self, outcome):
         self._clickStatusLabel.text = outcome.describe()
+        if outcome.status == "opened":
+            self._fillClickOrgans()  # the session's model's organs
         if self._clickTool is not None and self._clickTool.segmentationNode is not None and self._parameterNode.outputSegmentation is None:
             self._parameterNode.outputSegmentation = self._clickTool.segmentationNode
 

@@ -87,6 +87,7 @@ TEST_IDS = (
     "click-start",
     "click-place",
     "click-polarity",
+    "click-organ",
     "click-undo",
     "click-stop",
     "click-status",
@@ -118,7 +119,7 @@ TEST_IDS = (
 
 PREFIX = "rx_"
 #: state keys the page may change (the rest flows from the server to the page only)
-EDITABLE = ("volume_id", "model", "device", "quality", "organs", "max_iterations", "roi_size")
+EDITABLE = ("volume_id", "model", "device", "quality", "organs", "max_iterations", "roi_size", "click_organ")
 
 
 def tid(name: str) -> list[str]:
@@ -291,6 +292,8 @@ class RepuxWebApp(TrameApp):
                 self.controller.select_volume(value)
             elif key == "model":
                 self.controller.select_model(value)
+            elif key == "click_organ":
+                self.controller.set_click_organ(value)
             elif key in ("max_iterations", "roi_size"):
                 try:
                     self.controller.state[key] = max(0, int(value or 0))
@@ -540,6 +543,15 @@ class RepuxWebApp(TrameApp):
                     click=lambda: self._call(self.controller.stop_clicks),
                     raw_attrs=tid("click-stop"),
                 )
+            v3.VSelect(
+                label="Positive click: the organ under it, or grow / correct",
+                v_model=(f"{s}click_organ",),
+                items=(f"[{{title: '(the organ under the click)', value: ''}}, ...{s}model_organs.map(o => ({{title: o, value: o}}))]",),
+                density="compact",
+                hide_details=True,
+                classes="mt-1",
+                raw_attrs=tid("click-organ"),
+            )
             html.Div(
                 "{{ rx_click.message }}",
                 classes="text-caption",

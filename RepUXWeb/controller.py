@@ -214,6 +214,7 @@ class WebController:
             "ranking": [],
             "overlay": "",
             "click": dict(CLICK_IDLE),
+            "click_organ": "",  # "": a positive click selects the organ under it; a name: grows / corrects that organ
         }
         self.refresh_models()
         self.browse("")
@@ -828,6 +829,7 @@ class WebController:
                 onProgress=self._on_click_progress,
                 extraArguments=list(self.settings.session_arguments),
             )
+            tool.organ = self.state["click_organ"] or None
             tool.start()
             self.click_tool = tool
             self.state["click"] = {
@@ -858,6 +860,16 @@ class WebController:
         if self.click_tool is not None:
             self.click_tool.positive = bool(positive)
         self.state["click"] = {**self.state["click"], "positive": bool(positive)}
+
+    def set_click_organ(self, organ: str | None) -> None:
+        """The organ a positive click grows (select mode) or corrects (a click-guidance model); "" or None: select."""
+        organ = organ or ""
+        if organ and organ not in self.state["model_organs"]:
+            self.notify(f"organ {organ!r} is not one of the model's organs ({', '.join(self.state['model_organs'])}).", "error")
+            return
+        self.state["click_organ"] = organ
+        if self.click_tool is not None:
+            self.click_tool.organ = organ or None
 
     def undo_click(self) -> bool:
         """Restore the segments as they were before the last click."""

@@ -4,6 +4,7 @@ Never train on this CT: it is the honest check of models trained without it.  Or
 between the model and the reference (AMOS-15 layout for sided models, FLARE-4 for models with one 'kidney').
 
     python scripts/eval_dev_ct.py -m repux-tiny-abdomen-ct -m repux-tiny-phantom --out dev-ct.json [--largest-component]
+    python scripts/eval_dev_ct.py -m MODEL_WITH_CLICK_GUIDANCE --clicks 0,1,3,5,10   # Dice after N simulated clicks, NoC
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> int:
     ap.add_argument("--out", help="write the results as JSON")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--largest-component", action="store_true", help="keep the largest connected component per organ")
+    ap.add_argument("--clicks", help="simulated click counts, e.g. 0,1,3,5,10 (a model with click guidance)")
     args = ap.parse_args()
     if not (DEV / "example_ct.nii.gz").is_file():
         print(f"the dev CT is not at {DEV}", file=sys.stderr)
@@ -51,12 +53,18 @@ def main() -> int:
             ds = dev_dataset("amos15" if sided else "flare4", Path(tmp) / m.replace("/", "_"))
             kw = {"largest_component": True} if args.largest_component else {}
             t0 = time.perf_counter()
-            report = evaluate(m, ds, device=args.device, segmenter_kwargs=kw)
+            clicks = tuple(sorted({int(v) for v in args.clicks.split(",")})) if args.clicks else None
+            report = evaluate(m, ds, device=args.device, segmenter_kwargs=kw, clicks=clicks)
             seconds = time.perf_counter() - t0
             row = report["cases"][0]
             dice = {o: (None if row[f"{o}/dice"] is None else round(row[f"{o}/dice"], 3)) for o in report["organs"]}
             results[m] = {"reference": "amos15" if sided else "flare4", "dice": dice, "seconds": round(seconds, 1), "largest_component": args.largest_component}
             print(f"{m}: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if v is not None) + f"  ({seconds:.1f} s)")
+            if clicks:
+                from repux.training.evaluate import format_clicks
+
+                results[m]["clicks"] = {k: v for k, v in report["clicks"].items() if k != "per_case"}
+                print(format_clicks(report))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0

@@ -34,7 +34,11 @@ import vtk
 from .mrml import MRMLContext, SegmentSpec, checkScalarVolume, placeBeside, readLabelmapNrrd, segmentSpecs, writeVolumeNrrd
 from .process import ProcessRunner, childEnvironment, findPythonExecutable, repuxCommand
 
-__all__ = ["CLICK_POINTS_NAME", "ClickOutcome", "ClickSegmentTool", "clickPointList", "volumeRasFromWorld"]
+__all__ = ["CLICKS_TAG", "CLICK_POINTS_NAME", "ClickOutcome", "ClickSegmentTool", "clickPointList", "segmentClicks", "volumeRasFromWorld"]
+
+#: segment tag holding the clicks that made or corrected the segment: JSON list of {"ras": [R, A, S] (the volume's own
+#: RAS, mm), "positive": bool, "organ": name or null}; it travels with the segment (.seg.nrrd) and into curated cases
+CLICKS_TAG = "RepUX.Clicks"
 
 #: name of the markups point list whose placed points are clicks (one per scene, shared by RepUX Segment and RepUX Web)
 CLICK_POINTS_NAME = "RepUX clicks"
@@ -47,6 +51,25 @@ def volumeRasFromWorld(volumeNode: Any, worldPosition: Any) -> list[float]:
     transform = vtk.vtkGeneralTransform()
     slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), transform)
     return [float(v) for v in transform.TransformPoint([float(c) for c in worldPosition])]
+
+
+def segmentClicks(segment: Any) -> list[dict[str, Any]]:
+    """The clicks recorded on a vtkSegment (:data:`CLICKS_TAG`); [] when none or unreadable."""
+    value = vtk.reference("")
+    if segment is None or not segment.GetTag(CLICKS_TAG, value):
+        return []
+    try:
+        clicks = json.loads(str(value))
+    except ValueError:
+        return []
+    return [c for c in clicks if isinstance(c, dict) and isinstance(c.get("ras"), list) and len(c["ras"]) == 3] if isinstance(clicks, list) else []
+
+
+def _setSegmentClicks(segment: Any, clicks: list[dict[str, Any]]) -> None:
+    if clicks:
+        segment.SetTag(CLICKS_TAG, json.dumps(clicks))
+    else:
+        segment.RemoveTag(CLICKS_TAG)
 
 
 def clickPointList(scene: Any, name: str = CLICK_POINTS_NAME) -> Any:
@@ -146,6 +169,8 @@ class ClickSegmentTool:
         self._sent: dict[int, tuple[str, float]] = {}
         self._mirror: np.ndarray | None = None  # the engine's label map (k, j, i), as far as its replies told
         self._history: list[list[tuple[str, bool, tuple[int, ...], np.ndarray]]] = []
+        self._clickInfo: dict[int, dict[str, Any]] = {}  # sent click id -> the click (recorded on the segments it changes)
+        self._taggedHistory: list[list[str]] = []  # per history entry: the segments whose click list got the click
         self._observers: list[tuple[Any, int]] = []
         self._volumeChanged = False
         self._stopping = False
@@ -282,6 +307,7 @@ class ClickSegmentTool:
                         os.remove(reply["labels"])
                     except OSError:
                         pass
+            self._clickInfo.pop(reply.get("id"), None)
             status = reply.get("status", "")
             self._report(
                 ClickOutcome(
@@ -324,18 +350,23 @@ class ClickSegmentTool:
         if positive and self.organ:
             command["organ"] = self.organ
         self._latestClick = self._send(command)
+        self._clickInfo[self._latestClick] = {"ras": [round(v, 3) for v in ras], "positive": bool(positive), "organ": command.get("organ")}
         return self._latestClick
 
     def undo(self) -> bool:
         """Restore the segments as they were before the last change; False when there is nothing to undo."""
         if not self._history:
             return False
+        tagged = self._taggedHistory.pop() if len(self._taggedHistory) == len(self._history) else []
         for segmentId, created, extent, previous in reversed(self._history.pop()):
             segNode = self.segmentationNode
             if created:
                 segNode.GetSegmentation().RemoveSegment(segmentId)
             else:
                 self._writeSegmentCrop(segmentId, extent, previous)
+                if segmentId in tagged:
+                    segment = segNode.GetSegmentation().GetSegment(segmentId)
+                    _setSegmentClicks(segment, segmentClicks(segment)[:-1])
         if self.running:
             self._send({"command": "undo"})
         return True
@@ -454,3 +485,12 @@ class ClickSegmentTool:
             entry.append((segmentId, created, extent, previous))
         if entry:
             self._history.append(entry)
+            click = self._clickInfo.pop(reply.get("id"), None) if reply.get("reply") == "click" else None
+            tagged = []
+            if click is not None:  # the click goes with every segment it changed
+                segmentation = self.segmentationNode.GetSegmentation()
+                for segmentId, *_ in entry:
+                    segment = segmentation.GetSegment(segmentId)
+                    _setSegmentClicks(segment, [*segmentClicks(segment), click])
+                    tagged.append(segmentId)
+            self._taggedHistory.append(tagged)

@@ -262,6 +262,19 @@ def _dedupeNewLabels(trainingSet: TrainingSet, mapping: LabelMapping) -> list[An
     return labels
 
 
+def _clicksMeta(segmentationNode: Any, valueOf: dict[str, int], labels: Any) -> dict[str, Any]:
+    """``{"clicks": {class: [click, ...]}}`` from the segments' click tags (RepUX Segment's click tool), or {}."""
+    from RepUXSegmentLib.clicksession import segmentClicks
+
+    segmentation = segmentationNode.GetSegmentation()
+    clicks: dict[str, list[dict[str, Any]]] = {}
+    for segmentId, value in valueOf.items():
+        recorded = segmentClicks(segmentation.GetSegment(segmentId))
+        if recorded:
+            clicks.setdefault(labels.by_value(value).name, []).extend(recorded)
+    return {"clicks": clicks} if clicks else {}
+
+
 def addCase(
     context: Any,
     trainingSet: TrainingSet,
@@ -345,6 +358,7 @@ def addCase(
                     "resampled": resampled,
                     "voxels": voxels,
                     "segments": {e.segment.name: (e.label or (e.segment.name if e.addAsNew else None)) for e in mapping.entries},
+                    **_clicksMeta(segmentationNode, valueOf, labelsAfter),
                 },
                 split=split,
             )

@@ -111,6 +111,16 @@ def test_click_tool_in_mrml_scene(mrml, tmp_path):
         assert str(tag) == FLARE.find("liver").slicer_terminology()  # tagged as Apply tags it
         assert np.array_equal(_segmentArray(segNode, liverId, shape) > 0, _component(apply_labels, 1, liverKji))
         assert np.array_equal(_segmentArray(segNode, "manual", shape), other)  # other segments untouched
+        # the click travels with the segment, in the volume's own RAS (not the transformed world position)
+        from RepUXSegmentLib.clicksession import segmentClicks
+
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        local = ijkToRas.MultiplyPoint([float(liverKji[2]), float(liverKji[1]), float(liverKji[0]), 1.0])[:3]
+        recorded = segmentClicks(liverSegment)
+        assert len(recorded) == 1 and recorded[0]["positive"] is True and recorded[0]["organ"] is None
+        assert np.allclose(recorded[0]["ras"], local, atol=1e-2)
+        assert segmentClicks(segmentation.GetSegment("manual")) == []
 
         again = clickAndWait(liverKji)  # A5
         print("warm click", again.seconds, again.engineSeconds)

@@ -52,6 +52,11 @@ def test_two_cases_are_written_on_the_volume_grid_with_the_training_set_values(m
         ("Lesion", None, ""),
     ]
     assert [e.segment.name for e in mappingA.unknown()] == ["Lesion"]
+    # clicks recorded on a segment by the click tool travel into the case (by class), in the volume's RAS
+    from RepUXSegmentLib.clicksession import CLICKS_TAG
+
+    liver = a.segmentation.GetSegmentation().GetSegment(a.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Liver"))
+    liver.SetTag(CLICKS_TAG, json.dumps([{"ras": [-60.0, 10.0, 25.0], "positive": True, "organ": None}]))
     exportA = trainer.addCase(a.volume, a.segmentation, mappingA, sourceModel="repux-amos")  # Lesion not added: ignored
     exportB = trainer.addCase(b.volume, b.segmentation, addNewClasses=True)
 
@@ -91,6 +96,8 @@ def test_two_cases_are_written_on_the_volume_grid_with_the_training_set_values(m
     manifest = json.loads(trainingSet.manifestPath.read_text())
     assert manifest["cases"][0]["segments"] == {"Liver": "liver", "Segment_2": "kidney", "spleen": "spleen", "Lesion": None}
     assert manifest["cases"][1]["voxels"]["Lesion"] > 0 and manifest["repux_trainer"]["reference_model"] == "tiny-test"
+    assert manifest["cases"][0]["clicks"] == {"liver": [{"ras": [-60.0, 10.0, 25.0], "positive": True, "organ": None}]}
+    assert "clicks" not in manifest["cases"][1]
     dataset = load_dataset(trainingSet.root)
     assert dataset.labels.names == trainingSet.labels.names and [c.id for c in dataset.cases] == ["patient_A", "patient_B"]
     assert all(not r.errors for r in check_dataset(dataset))

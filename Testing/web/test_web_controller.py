@@ -258,6 +258,12 @@ def test_click_to_segment(controller, mrmlContext):
     air = click(ijk_to_ras.MultiplyPoint([0.0, 0.0, 0.0, 1.0])[:3])
     assert air.status == "no-organ" and controller.state["segments"] == [] and controller.state["click"]["message"] == "no organ here"
     assert not controller.undo_click() and controller.state["click"]["message"] == "nothing to undo"
+    controller.set_click_organ("spleen")
+    assert tool.organ == "spleen" and controller.state["click_organ"] == "spleen"
+    controller.set_click_organ("heart")
+    assert tool.organ == "spleen" and "organ 'heart' is not one of the model's organs" in controller.state["notice"]["text"]
+    controller.set_click_organ("")
+    assert tool.organ is None
     controller.stop_clicks()
     assert controller.click_tool is None and controller.state["click"]["status"] == "off" and not tool.running
     assert controller.viewer.calls[-1] == ("place", "")
