@@ -758,11 +758,7 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         row.addWidget(self._clickUndoButton)
         form.addRow(_("Click:"), row)
         self._clickOrganCombo = qt.QComboBox()
-        self._clickOrganCombo.toolTip = _(
-            "A positive click selects the organ under it; choose an organ to grow it where it is missing "
-            "(a model with click guidance takes the click as a correction)"
-        )
-        self._clickOrganCombo.addItem(_("(the organ under the click)"), "")
+        self._clickOrganCombo.toolTip = _("A positive click selects the organ under it, or grows / corrects the organ chosen here")
         self._clickOrganCombo.connect("currentIndexChanged(int)", self._onClickOrgan)
         form.addRow(_("Organ:"), self._clickOrganCombo)
         self._clickPolarityShortcut = qt.QShortcut(qt.QKeySequence("Shift+S"), slicer.util.mainWindow() or box)
@@ -785,15 +781,9 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         model = self._parameterNode.model or None
         device = self._parameterNode.device or "auto"
         self._clickTool = ClickSegmentTool(
-            MRMLContext.fromSlicer(),
-            volume,
-            points,
-            self._parameterNode.outputSegmentation,
-            model=model,
-            device=device,
-            onOutcome=self._onClickOutcome,
-            onProgress=lambda u: setattr(self._clickStatusLabel, "text", f"{u.message} ({100 * u.fraction:.0f} %)"),
-        )
+            MRMLContext.fromSlicer(), volume, points, self._parameterNode.outputSegmentation, model=model, device=device,
+            onOutcome=self._onClickOutcome, onProgress=lambda u: setattr(self._clickStatusLabel, "text", f"{u.message} ({100 * u.fraction:.0f} %)"),
+        )  # fmt: skip
         try:
             self._clickTool.start()
         except Exception as err:  # noqa: BLE001 - shown in the status line
@@ -815,17 +805,13 @@ class RepUXSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._clickTool.organ = self._clickOrganCombo.itemData(index) or None
 
     def _fillClickOrgans(self):
+        from RepUXSegmentLib.widgethelpers import fillCombo
+
         names = [spec.name for _, spec in sorted(self._clickTool.specs.items())] if self._clickTool is not None else []
-        current = self._clickOrganCombo.currentData
         self._clickOrganCombo.blockSignals(True)
-        self._clickOrganCombo.clear()
-        self._clickOrganCombo.addItem(_("(the organ under the click)"), "")
-        for name in names:
-            self._clickOrganCombo.addItem(name, name)
-        index = max(self._clickOrganCombo.findData(current), 0) if current else 0
-        self._clickOrganCombo.setCurrentIndex(index)
+        fillCombo(self._clickOrganCombo, [(_("(the organ under the click)"), ""), *((n, n) for n in names)])
         self._clickOrganCombo.blockSignals(False)
-        self._onClickOrgan(index)
+        self._onClickOrgan(0)
 
     def onClickUndo(self):
         if self._clickTool is None or not self._clickTool.undo():
