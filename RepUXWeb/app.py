@@ -383,330 +383,368 @@ class RepuxWebApp(TrameApp):
                 classes="mb-2",
                 raw_attrs=tid("notice"),
             )
-            # ---------------------------------------------------------- open
-            self._section("1. Open a CT")
-            with html.Div(classes="d-flex align-center"):
-                v3.VBtn(
-                    "Up",
-                    size="x-small",
-                    variant="tonal",
-                    disabled=(f"{s}browser.parent === null",),
-                    click=(self._on_up, "[rx_browser.parent || '']"),
-                    raw_attrs=tid("browser-up"),
-                )
-                html.Span("{{ '/' + rx_browser.path }}", classes="ml-2 text-caption", raw_attrs=tid("browser-path"))
-            with v3.VList(density="compact", max_height=140, style="overflow-y: auto;", classes="py-0"):
-                v3.VListItem(
-                    v_for="e in rx_browser.entries",
-                    key="e.path",
-                    title=("e.name + (e.kind.endsWith('folder') ? '/' : '')",),
-                    subtitle=(
-                        "e.kind === 'image' ? (e.size / 1e6).toFixed(1) + ' MB - click to open'"
-                        " : (e.kind === 'dicom-folder' ? 'DICOM series - click to open' : '')",
-                    ),
-                    click=(self._on_entry, "[e.path, e.kind]"),
-                    raw_attrs=[':data-testid="`browser-entry-${e.name}`"'],
-                )
-            with html.Div(classes="d-flex align-center"):
-                v3.VFileInput(
-                    v_model=(f"{s}upload", None),
-                    label="Upload a CT (.nii.gz .nii .nrrd .mha .dcm)",
-                    density="compact",
-                    hide_details=True,
-                    show_size=True,
-                    raw_attrs=tid("upload-input"),
-                )
-                v3.VBtn("Demo", size="small", variant="tonal", classes="ml-2", click=self._open_demo, raw_attrs=tid("open-demo"))
-            v3.VSelect(
-                label="Volume",
-                v_model=(f"{s}volume_id",),
-                items=(f"{s}volumes",),
-                item_title="name",
-                item_value="id",
-                density="compact",
-                hide_details=True,
-                classes="mt-2",
-                raw_attrs=tid("volume-select"),
-            )
-            # ------------------------------------------------------- segment
-            self._section("2. Segment")
-            v3.VSelect(
-                label="Model",
-                v_model=(f"{s}model",),
-                items=(f"{s}models",),
-                item_title="title",
-                item_value="id",
-                density="compact",
-                hide_details=True,
-                raw_attrs=tid("model-select"),
-            )
-            html.Div("organs: {{ rx_model_organs.join(', ') }}", classes="text-caption", raw_attrs=tid("model-organs"))
-            with html.Div(classes="d-flex"):
-                v3.VSelect(
-                    label="Device",
-                    v_model=(f"{s}device",),
-                    items=(f"{s}devices",),
-                    density="compact",
-                    hide_details=True,
-                    classes="mr-1",
-                    raw_attrs=tid("device-select"),
-                )
-                v3.VSelect(
-                    label="Quality", v_model=(f"{s}quality",), items=(f"{s}qualities",), density="compact", hide_details=True, raw_attrs=tid("quality-select")
-                )
-            v3.VSelect(
-                label="Organs",
-                v_model=(f"{s}organs",),
-                items=(f"{s}model_organs",),
-                multiple=True,
-                chips=True,
-                closable_chips=True,
-                density="compact",
-                hide_details=True,
-                classes="mt-1",
-                raw_attrs=tid("organ-select"),
-            )
-            with html.Div(classes="d-flex align-center mt-1"):
-                v3.VBtn(
-                    "Segment",
-                    color="primary",
-                    size="small",
-                    disabled=(f"!!{s}busy || !{s}volume_id",),
-                    click=lambda: self._call(self.controller.start_segmentation),
-                    raw_attrs=tid("segment-start"),
-                )
-                v3.VBtn(
-                    "Cancel",
-                    size="small",
-                    variant="tonal",
-                    classes="ml-2",
-                    disabled=(f"!{s}busy",),
-                    click=lambda: self._call(self.controller.cancel),
-                    raw_attrs=tid("segment-cancel"),
-                )
-                html.Span("{{ rx_progress.stage }}", classes="ml-2 text-caption", raw_attrs=tid("segment-stage"))
-                html.Span("{{ rx_progress.eta }}", classes="ml-2 text-caption", raw_attrs=tid("segment-eta"))
-            v3.VProgressLinear(
-                model_value=(f"Math.round(100 * {s}progress.fraction)",),
-                height=8,
-                color="primary",
-                classes="mt-1",
-                raw_attrs=[*tid("segment-progress"), ':data-value="Math.round(100 * rx_progress.fraction)"'],
-            )
-            html.Div("{{ rx_progress.message }}", classes="text-caption")
-            # ----------------------------------------------- click to segment
-            html.Div("Click to segment", classes="text-caption font-weight-bold mt-2")
-            with html.Div(classes="d-flex flex-wrap align-center"):
-                v3.VBtn(
-                    "Initialize",
-                    size="x-small",
-                    variant="tonal",
-                    classes="mr-1 mb-1",
-                    disabled=(f"!{s}volume_id || !{s}model",),
-                    click=lambda: self._call(self.controller.start_clicks),
-                    raw_attrs=tid("click-start"),
-                )
-                v3.VBtn(
-                    "Place",
-                    size="x-small",
-                    variant=(f"{s}click.placing ? 'flat' : 'tonal'",),
-                    color=(f"{s}click.placing ? 'primary' : undefined",),
-                    classes="mr-1 mb-1",
-                    disabled=(f"{s}click.status === 'off' || {s}click.status === 'failed'",),
-                    click=lambda: self._call(self.controller.place_clicks, not self.controller.state["click"]["placing"]),
-                    raw_attrs=tid("click-place"),
-                )
-                v3.VBtn(
-                    "{{ rx_click.positive ? '+ organ' : '- remove' }}",
-                    size="x-small",
-                    variant="tonal",
-                    classes="mr-1 mb-1",
-                    disabled=(f"{s}click.status === 'off'",),
-                    click=lambda: self._call(self.controller.set_click_positive, not self.controller.state["click"]["positive"]),
-                    raw_attrs=tid("click-polarity"),
-                )
-                v3.VBtn(
-                    "Undo",
-                    size="x-small",
-                    variant="tonal",
-                    classes="mr-1 mb-1",
-                    disabled=(f"{s}click.status === 'off'",),
-                    click=lambda: self._call(self.controller.undo_click),
-                    raw_attrs=tid("click-undo"),
-                )
-                v3.VBtn(
-                    "End",
-                    size="x-small",
-                    variant="tonal",
-                    classes="mr-1 mb-1",
-                    disabled=(f"{s}click.status === 'off'",),
-                    click=lambda: self._call(self.controller.stop_clicks),
-                    raw_attrs=tid("click-stop"),
-                )
-            v3.VSelect(
-                label="Positive click: the organ under it, or grow / correct",
-                v_model=(f"{s}click_organ",),
-                items=(f"[{{title: '(the organ under the click)', value: ''}}, ...{s}model_organs.map(o => ({{title: o, value: o}}))]",),
-                density="compact",
-                hide_details=True,
-                classes="mt-1",
-                raw_attrs=tid("click-organ"),
-            )
-            html.Div(
-                "{{ rx_click.message }}",
-                classes="text-caption",
-                raw_attrs=[*tid("click-status"), ':data-status="rx_click.status"', ':data-answers="rx_click.answers"'],
-            )
-            # ---------------------------------------------------------- edit
-            self._section("3. Edit (Slicer segment editor)")
-            with html.Div(classes="d-flex flex-wrap"):
-                for key, (label, _) in EFFECTS.items():
-                    v3.VBtn(
-                        label,
-                        size="x-small",
-                        variant="tonal",
-                        classes="mr-1 mb-1",
-                        disabled=(f"!{s}segmentation_id",),
-                        click=(self.set_effect, f"['{key}']"),
-                        raw_attrs=tid(f"effect-{key}"),
-                    )
-                v3.VBtn("Undo", size="x-small", variant="tonal", classes="mr-1 mb-1", click=self.undo, raw_attrs=tid("edit-undo"))
-                v3.VBtn("Redo", size="x-small", variant="tonal", classes="mr-1 mb-1", click=self.redo, raw_attrs=tid("edit-redo"))
-            with v3.VTable(density="compact", raw_attrs=tid("segment-table")):
-                with html.Tbody():
-                    with html.Tr(v_for="g in rx_segments", key="g.id", raw_attrs=[':data-testid="`segment-row-${g.name}`"']):
-                        with html.Td():
-                            html.Span(style=("{ display: 'inline-block', width: '10px', height: '10px', background: g.color, marginRight: '6px' }",))
-                            html.Span("{{ g.name }}")
-                        html.Td("{{ g.voxels }}", classes="text-right", raw_attrs=[':data-testid="`segment-voxels-${g.name}`"'])
-            # ------------------------------------------------------- compare
-            with html.Div(v_if=(f"{s}comparison.rows.length > 1",)):
-                self._section("Compare (organ volumes, mL)")
-                with v3.VTable(density="compact", raw_attrs=tid("compare-table")):
-                    with html.Thead(), html.Tr():
-                        html.Th("model")
-                        html.Th("{{ o }}", v_for="o in rx_comparison.organs", key="o")
-                    with html.Tbody(), html.Tr(v_for="r in rx_comparison.rows", key="r.id"):
-                        html.Td("{{ r.model }}")
-                        html.Td("{{ v === null ? '-' : v.toFixed(0) }}", v_for="(v, i) in r.volumes", key="i")
-            # ------------------------------------------------------- curate
-            self._section("4. Curate (training set)")
-            html.Div("{{ rx_training_set.path }}", classes="text-caption")
-            with v3.VTable(density="compact", v_if=(f"{s}mapping.length",), raw_attrs=tid("mapping-table")):
-                with html.Thead(), html.Tr():
-                    html.Th("segment")
-                    html.Th("class")
-                with html.Tbody(), html.Tr(v_for="m in rx_mapping", key="m.segment_id"):
-                    html.Td("{{ m.segment }}")
-                    with html.Td():
-                        v3.VSelect(
-                            model_value=("m.target",),
-                            items=(f"{s}mapping_targets",),
-                            density="compact",
-                            hide_details=True,
-                            variant="plain",
-                            update_modelValue=(self._on_mapping, "[m.segment_id, $event]"),
-                            raw_attrs=[':data-testid="`mapping-target-${m.segment}`"'],
-                        )
-            with html.Div(classes="d-flex align-center"):
-                v3.VBtn(
-                    "Add case",
-                    color="primary",
-                    size="small",
-                    disabled=(f"!{s}segmentation_id",),
-                    click=lambda: self._call(self.controller.add_case),
-                    raw_attrs=tid("case-add"),
-                )
-                html.Span("{{ rx_training_set.cases.length }} cases", classes="ml-2", raw_attrs=tid("case-count"))
-            with v3.VTable(density="compact", v_if=(f"{s}training_set.cases.length",), raw_attrs=tid("case-table")):
-                with html.Tbody(), html.Tr(v_for="c in rx_training_set.cases", key="c.id"):
-                    html.Td("{{ c.name }}")
-                    html.Td("{{ c.organs }}", classes="text-caption")
-            # ----------------------------------------------------- fine-tune
-            self._section("5. Fine-tune")
-            with html.Div(classes="d-flex"):
-                v3.VTextField(
-                    label="Iterations",
-                    v_model=(f"{s}max_iterations",),
-                    type="number",
-                    density="compact",
-                    hide_details=True,
-                    classes="mr-1",
-                    raw_attrs=tid("train-iterations"),
-                )
-                v3.VSelect(
-                    label="Crop (roi_size)",
-                    v_model=(f"{s}roi_size",),
-                    items=(
-                        "[{title: 'model default', value: 0}, {title: '32', value: 32}, {title: '48', value: 48},"
-                        " {title: '64', value: 64}, {title: '96', value: 96}]",
-                    ),
-                    density="compact",
-                    hide_details=True,
-                    raw_attrs=tid("train-roi"),
-                )
-            with html.Div(classes="d-flex align-center mt-1"):
-                running = f"['running', 'stopping'].includes({s}train.status)"
-                v3.VBtn(
-                    "Fine-tune",
-                    color="primary",
-                    size="small",
-                    disabled=(f"{running} || {s}training_set.cases.length < 2",),
-                    click=lambda: self._call(self.controller.start_finetune),
-                    raw_attrs=tid("train-start"),
-                )
-                v3.VBtn(
-                    "Stop",
-                    size="small",
-                    variant="tonal",
-                    classes="ml-1",
-                    disabled=(f"{s}train.status !== 'running'",),
-                    click=lambda: self._call(self.controller.stop_finetune),
-                    raw_attrs=tid("train-stop"),
-                )
-                v3.VBtn(
-                    "Resume",
-                    size="small",
-                    variant="tonal",
-                    classes="ml-1",
-                    disabled=(f"!{s}train.can_resume",),
-                    click=lambda: self._call(self.controller.resume_finetune),
-                    raw_attrs=tid("train-resume"),
-                )
-            html.Div(
-                "{{ rx_train.status }} {{ rx_train.model_id }} - iteration {{ rx_train.iteration }}/{{ rx_train.max_iterations }}"
-                "{{ rx_train.loss !== null ? ', loss ' + rx_train.loss.toFixed(3) : '' }}"
-                "{{ rx_train.mean_dice !== null ? ', Dice ' + rx_train.mean_dice.toFixed(3) : '' }} {{ rx_train.eta }}",
-                classes="text-caption",
-                raw_attrs=tid("train-status"),
-            )
-            html.Div(v_html=(f"{s}chart_svg",), raw_attrs=tid("train-chart"))
-            html.Div("{{ rx_chart_points || 0 }} points", classes="text-caption", raw_attrs=tid("train-chart-points"))
-            # --------------------------------------------------------- rank
-            self._section("6. Next case (uncertainty)")
+            for card in (
+                self._card_open,
+                self._card_segment,
+                self._card_click,
+                self._card_edit,
+                self._card_compare,
+                self._card_curate,
+                self._card_finetune,
+                self._card_rank,
+                self._card_log,
+            ):
+                card()
+
+    def _card_open(self) -> None:
+        """The panel's open card."""
+        s = PREFIX
+        self._section("1. Open a CT")
+        with html.Div(classes="d-flex align-center"):
             v3.VBtn(
-                "Rank volumes",
-                size="small",
-                color="primary",
-                disabled=(f"!!{s}busy",),
-                click=lambda: self._call(self.controller.start_ranking),
-                raw_attrs=tid("rank-start"),
+                "Up",
+                size="x-small",
+                variant="tonal",
+                disabled=(f"{s}browser.parent === null",),
+                click=(self._on_up, "[rx_browser.parent || '']"),
+                raw_attrs=tid("browser-up"),
             )
-            with v3.VTable(density="compact", v_if=(f"{s}ranking.length",), raw_attrs=tid("rank-table")):
-                with html.Tbody():
-                    with html.Tr(
-                        v_for="r in rx_ranking",
-                        key="r.index",
-                        click=(self._on_rank_row, "[r.index]"),
-                        style="cursor: pointer;",
-                        raw_attrs=[':data-testid="`rank-row-${r.index}`"'],
-                    ):
-                        html.Td("{{ r.index + 1 }}. {{ r.name }}")
-                        html.Td("{{ r.mean_entropy === null ? r.status : r.mean_entropy.toFixed(4) }}", classes="text-right")
-            html.Div("overlay: {{ rx_overlay }}", v_if=(f"{s}overlay",), classes="text-caption")
-            # ---------------------------------------------------------- log
-            with v3.VExpansionPanels(classes="mt-3"), v3.VExpansionPanel(title="Log"), v3.VExpansionPanelText():
-                html.Pre("{{ rx_log.join('\\n') }}", style="white-space: pre-wrap; font-size: 11px;", raw_attrs=tid("log"))
+            html.Span("{{ '/' + rx_browser.path }}", classes="ml-2 text-caption", raw_attrs=tid("browser-path"))
+        with v3.VList(density="compact", max_height=140, style="overflow-y: auto;", classes="py-0"):
+            v3.VListItem(
+                v_for="e in rx_browser.entries",
+                key="e.path",
+                title=("e.name + (e.kind.endsWith('folder') ? '/' : '')",),
+                subtitle=(
+                    "e.kind === 'image' ? (e.size / 1e6).toFixed(1) + ' MB - click to open'"
+                    " : (e.kind === 'dicom-folder' ? 'DICOM series - click to open' : '')",
+                ),
+                click=(self._on_entry, "[e.path, e.kind]"),
+                raw_attrs=[':data-testid="`browser-entry-${e.name}`"'],
+            )
+        with html.Div(classes="d-flex align-center"):
+            v3.VFileInput(
+                v_model=(f"{s}upload", None),
+                label="Upload a CT (.nii.gz .nii .nrrd .mha .dcm)",
+                density="compact",
+                hide_details=True,
+                show_size=True,
+                raw_attrs=tid("upload-input"),
+            )
+            v3.VBtn("Demo", size="small", variant="tonal", classes="ml-2", click=self._open_demo, raw_attrs=tid("open-demo"))
+        v3.VSelect(
+            label="Volume",
+            v_model=(f"{s}volume_id",),
+            items=(f"{s}volumes",),
+            item_title="name",
+            item_value="id",
+            density="compact",
+            hide_details=True,
+            classes="mt-2",
+            raw_attrs=tid("volume-select"),
+        )
+
+    def _card_segment(self) -> None:
+        """The panel's segment card."""
+        s = PREFIX
+        self._section("2. Segment")
+        v3.VSelect(
+            label="Model",
+            v_model=(f"{s}model",),
+            items=(f"{s}models",),
+            item_title="title",
+            item_value="id",
+            density="compact",
+            hide_details=True,
+            raw_attrs=tid("model-select"),
+        )
+        html.Div("organs: {{ rx_model_organs.join(', ') }}", classes="text-caption", raw_attrs=tid("model-organs"))
+        with html.Div(classes="d-flex"):
+            v3.VSelect(
+                label="Device",
+                v_model=(f"{s}device",),
+                items=(f"{s}devices",),
+                density="compact",
+                hide_details=True,
+                classes="mr-1",
+                raw_attrs=tid("device-select"),
+            )
+            v3.VSelect(
+                label="Quality", v_model=(f"{s}quality",), items=(f"{s}qualities",), density="compact", hide_details=True, raw_attrs=tid("quality-select")
+            )
+        v3.VSelect(
+            label="Organs",
+            v_model=(f"{s}organs",),
+            items=(f"{s}model_organs",),
+            multiple=True,
+            chips=True,
+            closable_chips=True,
+            density="compact",
+            hide_details=True,
+            classes="mt-1",
+            raw_attrs=tid("organ-select"),
+        )
+        with html.Div(classes="d-flex align-center mt-1"):
+            v3.VBtn(
+                "Segment",
+                color="primary",
+                size="small",
+                disabled=(f"!!{s}busy || !{s}volume_id",),
+                click=lambda: self._call(self.controller.start_segmentation),
+                raw_attrs=tid("segment-start"),
+            )
+            v3.VBtn(
+                "Cancel",
+                size="small",
+                variant="tonal",
+                classes="ml-2",
+                disabled=(f"!{s}busy",),
+                click=lambda: self._call(self.controller.cancel),
+                raw_attrs=tid("segment-cancel"),
+            )
+            html.Span("{{ rx_progress.stage }}", classes="ml-2 text-caption", raw_attrs=tid("segment-stage"))
+            html.Span("{{ rx_progress.eta }}", classes="ml-2 text-caption", raw_attrs=tid("segment-eta"))
+        v3.VProgressLinear(
+            model_value=(f"Math.round(100 * {s}progress.fraction)",),
+            height=8,
+            color="primary",
+            classes="mt-1",
+            raw_attrs=[*tid("segment-progress"), ':data-value="Math.round(100 * rx_progress.fraction)"'],
+        )
+        html.Div("{{ rx_progress.message }}", classes="text-caption")
+
+    def _card_click(self) -> None:
+        """The panel's click to segment card."""
+        s = PREFIX
+        html.Div("Click to segment", classes="text-caption font-weight-bold mt-2")
+        with html.Div(classes="d-flex flex-wrap align-center"):
+            v3.VBtn(
+                "Initialize",
+                size="x-small",
+                variant="tonal",
+                classes="mr-1 mb-1",
+                disabled=(f"!{s}volume_id || !{s}model",),
+                click=lambda: self._call(self.controller.start_clicks),
+                raw_attrs=tid("click-start"),
+            )
+            v3.VBtn(
+                "Place",
+                size="x-small",
+                variant=(f"{s}click.placing ? 'flat' : 'tonal'",),
+                color=(f"{s}click.placing ? 'primary' : undefined",),
+                classes="mr-1 mb-1",
+                disabled=(f"{s}click.status === 'off' || {s}click.status === 'failed'",),
+                click=lambda: self._call(self.controller.place_clicks, not self.controller.state["click"]["placing"]),
+                raw_attrs=tid("click-place"),
+            )
+            v3.VBtn(
+                "{{ rx_click.positive ? '+ organ' : '- remove' }}",
+                size="x-small",
+                variant="tonal",
+                classes="mr-1 mb-1",
+                disabled=(f"{s}click.status === 'off'",),
+                click=lambda: self._call(self.controller.set_click_positive, not self.controller.state["click"]["positive"]),
+                raw_attrs=tid("click-polarity"),
+            )
+            v3.VBtn(
+                "Undo",
+                size="x-small",
+                variant="tonal",
+                classes="mr-1 mb-1",
+                disabled=(f"{s}click.status === 'off'",),
+                click=lambda: self._call(self.controller.undo_click),
+                raw_attrs=tid("click-undo"),
+            )
+            v3.VBtn(
+                "End",
+                size="x-small",
+                variant="tonal",
+                classes="mr-1 mb-1",
+                disabled=(f"{s}click.status === 'off'",),
+                click=lambda: self._call(self.controller.stop_clicks),
+                raw_attrs=tid("click-stop"),
+            )
+        v3.VSelect(
+            label="Positive click: the organ under it, or grow / correct",
+            v_model=(f"{s}click_organ",),
+            items=(f"[{{title: '(the organ under the click)', value: ''}}, ...{s}model_organs.map(o => ({{title: o, value: o}}))]",),
+            density="compact",
+            hide_details=True,
+            classes="mt-1",
+            raw_attrs=tid("click-organ"),
+        )
+        html.Div(
+            "{{ rx_click.message }}",
+            classes="text-caption",
+            raw_attrs=[*tid("click-status"), ':data-status="rx_click.status"', ':data-answers="rx_click.answers"'],
+        )
+
+    def _card_edit(self) -> None:
+        """The panel's edit card."""
+        s = PREFIX
+        self._section("3. Edit (Slicer segment editor)")
+        with html.Div(classes="d-flex flex-wrap"):
+            for key, (label, _) in EFFECTS.items():
+                v3.VBtn(
+                    label,
+                    size="x-small",
+                    variant="tonal",
+                    classes="mr-1 mb-1",
+                    disabled=(f"!{s}segmentation_id",),
+                    click=(self.set_effect, f"['{key}']"),
+                    raw_attrs=tid(f"effect-{key}"),
+                )
+            v3.VBtn("Undo", size="x-small", variant="tonal", classes="mr-1 mb-1", click=self.undo, raw_attrs=tid("edit-undo"))
+            v3.VBtn("Redo", size="x-small", variant="tonal", classes="mr-1 mb-1", click=self.redo, raw_attrs=tid("edit-redo"))
+        with v3.VTable(density="compact", raw_attrs=tid("segment-table")):
+            with html.Tbody():
+                with html.Tr(v_for="g in rx_segments", key="g.id", raw_attrs=[':data-testid="`segment-row-${g.name}`"']):
+                    with html.Td():
+                        html.Span(style=("{ display: 'inline-block', width: '10px', height: '10px', background: g.color, marginRight: '6px' }",))
+                        html.Span("{{ g.name }}")
+                    html.Td("{{ g.voxels }}", classes="text-right", raw_attrs=[':data-testid="`segment-voxels-${g.name}`"'])
+
+    def _card_compare(self) -> None:
+        """The panel's compare card."""
+        s = PREFIX
+        with html.Div(v_if=(f"{s}comparison.rows.length > 1",)):
+            self._section("Compare (organ volumes, mL)")
+            with v3.VTable(density="compact", raw_attrs=tid("compare-table")):
+                with html.Thead(), html.Tr():
+                    html.Th("model")
+                    html.Th("{{ o }}", v_for="o in rx_comparison.organs", key="o")
+                with html.Tbody(), html.Tr(v_for="r in rx_comparison.rows", key="r.id"):
+                    html.Td("{{ r.model }}")
+                    html.Td("{{ v === null ? '-' : v.toFixed(0) }}", v_for="(v, i) in r.volumes", key="i")
+
+    def _card_curate(self) -> None:
+        """The panel's curate card."""
+        s = PREFIX
+        self._section("4. Curate (training set)")
+        html.Div("{{ rx_training_set.path }}", classes="text-caption")
+        with v3.VTable(density="compact", v_if=(f"{s}mapping.length",), raw_attrs=tid("mapping-table")):
+            with html.Thead(), html.Tr():
+                html.Th("segment")
+                html.Th("class")
+            with html.Tbody(), html.Tr(v_for="m in rx_mapping", key="m.segment_id"):
+                html.Td("{{ m.segment }}")
+                with html.Td():
+                    v3.VSelect(
+                        model_value=("m.target",),
+                        items=(f"{s}mapping_targets",),
+                        density="compact",
+                        hide_details=True,
+                        variant="plain",
+                        update_modelValue=(self._on_mapping, "[m.segment_id, $event]"),
+                        raw_attrs=[':data-testid="`mapping-target-${m.segment}`"'],
+                    )
+        with html.Div(classes="d-flex align-center"):
+            v3.VBtn(
+                "Add case",
+                color="primary",
+                size="small",
+                disabled=(f"!{s}segmentation_id",),
+                click=lambda: self._call(self.controller.add_case),
+                raw_attrs=tid("case-add"),
+            )
+            html.Span("{{ rx_training_set.cases.length }} cases", classes="ml-2", raw_attrs=tid("case-count"))
+        with v3.VTable(density="compact", v_if=(f"{s}training_set.cases.length",), raw_attrs=tid("case-table")):
+            with html.Tbody(), html.Tr(v_for="c in rx_training_set.cases", key="c.id"):
+                html.Td("{{ c.name }}")
+                html.Td("{{ c.organs }}", classes="text-caption")
+
+    def _card_finetune(self) -> None:
+        """The panel's fine-tune card."""
+        s = PREFIX
+        self._section("5. Fine-tune")
+        with html.Div(classes="d-flex"):
+            v3.VTextField(
+                label="Iterations",
+                v_model=(f"{s}max_iterations",),
+                type="number",
+                density="compact",
+                hide_details=True,
+                classes="mr-1",
+                raw_attrs=tid("train-iterations"),
+            )
+            v3.VSelect(
+                label="Crop (roi_size)",
+                v_model=(f"{s}roi_size",),
+                items=(
+                    "[{title: 'model default', value: 0}, {title: '32', value: 32}, {title: '48', value: 48},"
+                    " {title: '64', value: 64}, {title: '96', value: 96}]",
+                ),
+                density="compact",
+                hide_details=True,
+                raw_attrs=tid("train-roi"),
+            )
+        with html.Div(classes="d-flex align-center mt-1"):
+            running = f"['running', 'stopping'].includes({s}train.status)"
+            v3.VBtn(
+                "Fine-tune",
+                color="primary",
+                size="small",
+                disabled=(f"{running} || {s}training_set.cases.length < 2",),
+                click=lambda: self._call(self.controller.start_finetune),
+                raw_attrs=tid("train-start"),
+            )
+            v3.VBtn(
+                "Stop",
+                size="small",
+                variant="tonal",
+                classes="ml-1",
+                disabled=(f"{s}train.status !== 'running'",),
+                click=lambda: self._call(self.controller.stop_finetune),
+                raw_attrs=tid("train-stop"),
+            )
+            v3.VBtn(
+                "Resume",
+                size="small",
+                variant="tonal",
+                classes="ml-1",
+                disabled=(f"!{s}train.can_resume",),
+                click=lambda: self._call(self.controller.resume_finetune),
+                raw_attrs=tid("train-resume"),
+            )
+        html.Div(
+            "{{ rx_train.status }} {{ rx_train.model_id }} - iteration {{ rx_train.iteration }}/{{ rx_train.max_iterations }}"
+            "{{ rx_train.loss !== null ? ', loss ' + rx_train.loss.toFixed(3) : '' }}"
+            "{{ rx_train.mean_dice !== null ? ', Dice ' + rx_train.mean_dice.toFixed(3) : '' }} {{ rx_train.eta }}",
+            classes="text-caption",
+            raw_attrs=tid("train-status"),
+        )
+        html.Div(v_html=(f"{s}chart_svg",), raw_attrs=tid("train-chart"))
+        html.Div("{{ rx_chart_points || 0 }} points", classes="text-caption", raw_attrs=tid("train-chart-points"))
+
+    def _card_rank(self) -> None:
+        """The panel's rank card."""
+        s = PREFIX
+        self._section("6. Next case (uncertainty)")
+        v3.VBtn(
+            "Rank volumes",
+            size="small",
+            color="primary",
+            disabled=(f"!!{s}busy",),
+            click=lambda: self._call(self.controller.start_ranking),
+            raw_attrs=tid("rank-start"),
+        )
+        with v3.VTable(density="compact", v_if=(f"{s}ranking.length",), raw_attrs=tid("rank-table")):
+            with html.Tbody():
+                with html.Tr(
+                    v_for="r in rx_ranking",
+                    key="r.index",
+                    click=(self._on_rank_row, "[r.index]"),
+                    style="cursor: pointer;",
+                    raw_attrs=[':data-testid="`rank-row-${r.index}`"'],
+                ):
+                    html.Td("{{ r.index + 1 }}. {{ r.name }}")
+                    html.Td("{{ r.mean_entropy === null ? r.status : r.mean_entropy.toFixed(4) }}", classes="text-right")
+        html.Div("overlay: {{ rx_overlay }}", v_if=(f"{s}overlay",), classes="text-caption")
+
+    def _card_log(self) -> None:
+        """The panel's log card."""
+        with v3.VExpansionPanels(classes="mt-3"), v3.VExpansionPanel(title="Log"), v3.VExpansionPanelText():
+            html.Pre("{{ rx_log.join('\\n') }}", style="white-space: pre-wrap; font-size: 11px;", raw_attrs=tid("log"))
 
     # ------------------------------------------------------- panel callbacks
     def _on_up(self, path: str) -> None:
