@@ -683,67 +683,28 @@ def _setup(
     """Device, process group, labels, data, network, optimizer; restores the checkpoint when resuming."""
     from monai.losses import DiceCELoss
 
-    from repux.data.datasets import dataset_fingerprint, split_cases
-    from repux.nn import create_model
-
     cfg = config
     run = Path(run_dir)
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        set_threads(threads)
-    dist = Distributed(dev.type)
-    if dist.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(dev)
+    dev, dist = _setup_device(device, threads)
     if not dist.main:
         progress = None
-
-    # ---- labels and data
-    base_card = None
-    base_net = None
+    base_card, base_net = None, None
     if base_model is not None and model is None:
-        from repux.models.folder import load_model
-        from repux.models.store import resolve_model
-
-        base_card = resolve_model(base_model)
-        base_net, base_card = load_model(base_card.path, device="cpu", algorithm=cfg.algorithm)
+        base_card, base_net = _load_base(base_model, cfg.algorithm)
         cfg = replace(cfg, preprocessing=base_card.preprocessing)
     labels, name_to_value, channel_map = plan_labels(base_card.labels if base_card else None, dataset.labels)
-    file_values = dataset.label_values or {lab.name: lab.value for lab in dataset.labels}
-    value_map = {int(file_values[name]): int(v) for name, v in name_to_value.items()}
-    cases = [c for c in dataset.cases if c.split != "test"]
-    if not cases:
-        raise DatasetError("the dataset has no training cases.")
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
-    if not train_cases:
-        raise DatasetError(f"no training cases left after the validation split ({len(val_cases)} validation cases); lower --val-fraction.")
-    missing = [str(p) for c in cases for p in (c.image, c.label) if not Path(p).exists()]
-    if missing:
-        raise DatasetError(f"{len(missing)} dataset file(s) are missing, e.g. {missing[0]}; run 'repux dataset check'.")
+    train_cases, val_cases, fingerprint = _plan_cases(dataset, cfg)
     run.mkdir(parents=True, exist_ok=True)
-    fingerprint = dataset_fingerprint(cases, dataset.labels)
 
     tracker = ProgressTracker(progress, {"prepare": 3.0, "train": 94.0, "export": 3.0}, cancel)
     tracker.update("prepare", 0.0, f"caching {len(train_cases)} training and {len(val_cases)} validation cases")
     torch.manual_seed(cfg.seed)
+    file_values = dataset.label_values or {lab.name: lab.value for lab in dataset.labels}
+    value_map = {int(file_values[name]): int(v) for name, v in name_to_value.items()}
     train_ds, val_ds, train_transform = _make_datasets(train_cases, val_cases, cfg, labels, value_map, run)
     tracker.update("prepare", 1.0, "data ready")
 
-    # ---- model
-    if model is not None:
-        net = model
-    elif base_net is not None:
-        net = base_net
-        if cfg.kernel_mode == "bfr":
-            net.unreparameterize()  # W = W_eff / BFM, exact
-        net.train()
-        adapt_output_head(net, channel_map, labels.num_classes, seed=cfg.seed)
-    else:
-        net = create_model(
-            cfg.preset, in_channels=1, out_channels=labels.num_classes, deploy=cfg.kernel_mode == "plain", algorithm=cfg.algorithm, **cfg.model_args
-        )
-    if net.out_channels != labels.num_classes:
-        raise ConfigError(f"the network has {net.out_channels} outputs but the label set needs {labels.num_classes}.")
+    net = _build_network(cfg, labels, model, base_net, channel_map)
     guidance = _plan_guidance(net, cfg, labels, base_card)
     net.set_gradient_checkpointing(cfg.gradient_checkpointing)
     net = net.to(dev).train()
@@ -756,13 +717,7 @@ def _setup(
     ddp_net: nn.Module = net
     if dist.enabled:
         ddp_net = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-    # the 1x1x1 output head may learn faster: a new organ's channel starts from nothing against a trained background
-    head_params = [p for n, p in net.named_parameters() if n.startswith("out.")]
-    body_params = [p for n, p in net.named_parameters() if not n.startswith("out.")]
-    optimizer = torch.optim.AdamW(
-        [{"params": body_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_iterations, cfg.max_iterations))
+    optimizer, scheduler = _build_optimizer(net, cfg)
 
     r = _Run(
         cfg=cfg, run=run, dev=dev, dist=dist, dataset=dataset, labels=labels, train_cases=train_cases, val_cases=val_cases, fingerprint=fingerprint,
@@ -776,6 +731,74 @@ def _setup(
     if resume:
         r.restore()
     return r
+
+
+def _setup_device(device: str, threads: int | None) -> tuple[torch.device, Distributed]:
+    """The training device and the process group (torchrun's environment; one CUDA device per local rank)."""
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        set_threads(threads)
+    dist = Distributed(dev.type)
+    if dist.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)
+    return dev, dist
+
+
+def _load_base(base_model: str | Path, algorithm: str) -> tuple[ModelCard, nn.Module]:
+    """The fine-tuning base: its card and its (deploy-form) network."""
+    from repux.models.folder import load_model
+    from repux.models.store import resolve_model
+
+    base_net, base_card = load_model(resolve_model(base_model).path, device="cpu", algorithm=algorithm)
+    return base_card, base_net
+
+
+def _plan_cases(dataset, cfg: TrainConfig) -> tuple[list, list, str]:
+    """Training and validation cases (the test split is never used) and the dataset's fingerprint; files must exist."""
+    from repux.data.datasets import dataset_fingerprint, split_cases
+
+    cases = [c for c in dataset.cases if c.split != "test"]
+    if not cases:
+        raise DatasetError("the dataset has no training cases.")
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
+    if not train_cases:
+        raise DatasetError(f"no training cases left after the validation split ({len(val_cases)} validation cases); lower --val-fraction.")
+    missing = [str(p) for c in cases for p in (c.image, c.label) if not Path(p).exists()]
+    if missing:
+        raise DatasetError(f"{len(missing)} dataset file(s) are missing, e.g. {missing[0]}; run 'repux dataset check'.")
+    return train_cases, val_cases, dataset_fingerprint(cases, dataset.labels)
+
+
+def _build_network(cfg: TrainConfig, labels: LabelSet, model: nn.Module | None, base_net: nn.Module | None, channel_map: Mapping[int, int]) -> nn.Module:
+    """The network to train: the caller's, the base un-folded (W = W_eff / BFM, exact) with its head adapted, or a new one."""
+    from repux.nn import create_model
+
+    if model is not None:
+        net = model
+    elif base_net is not None:
+        net = base_net
+        if cfg.kernel_mode == "bfr":
+            net.unreparameterize()
+        net.train()
+        adapt_output_head(net, channel_map, labels.num_classes, seed=cfg.seed)
+    else:
+        net = create_model(
+            cfg.preset, in_channels=1, out_channels=labels.num_classes, deploy=cfg.kernel_mode == "plain", algorithm=cfg.algorithm, **cfg.model_args
+        )
+    if net.out_channels != labels.num_classes:
+        raise ConfigError(f"the network has {net.out_channels} outputs but the label set needs {labels.num_classes}.")
+    return net
+
+
+def _build_optimizer(net: nn.Module, cfg: TrainConfig) -> tuple[Any, Any]:
+    """AdamW (the 1x1x1 output head at ``head_lr_scale``: a new organ's channel starts from nothing) and warm-up + cosine."""
+    head_params = [p for n, p in net.named_parameters() if n.startswith("out.")]
+    body_params = [p for n, p in net.named_parameters() if not n.startswith("out.")]
+    optimizer = torch.optim.AdamW(
+        [{"params": body_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.lr * cfg.head_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_iterations, cfg.max_iterations))
 
 
 def _loop(r: _Run) -> str:
