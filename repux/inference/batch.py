@@ -438,6 +438,323 @@ def _next_prepared(q: queue.Queue, thread: threading.Thread, cancel: Any) -> Any
                 raise RuntimeError("the prefetch thread stopped unexpectedly") from None
 
 
+def _check_batch_options(format: str, out: Path, shard: tuple[int, int] | None) -> None:
+    """Refuse an unknown format, an output folder that is a file and a bad shard (before anything runs)."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format {format!r}: choose one of {', '.join(FORMATS)}.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {str(out)!r} is a file; with several cases --output is a folder (each case writes <folder>/<case>{FORMATS[format]}).")
+    if shard is not None and not (0 <= shard[0] < shard[1]):
+        raise ConfigError(f"--shard {shard[0]}/{shard[1]}: I must be in 0..N-1.")
+
+
+def _batch_cases(inputs: Sequence[str | Path] | str | Path | Sequence[Case], out: Path, shard: tuple[int, int] | None) -> list[Case]:
+    """The cases of a batch: :class:`Case` objects as given or discovered from paths, then this shard's."""
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(c, Case) for c in inputs):
+        cases = list(inputs)  # type: ignore[arg-type]
+    else:
+        cases = discover_cases(inputs, exclude=out if out.exists() else None)  # type: ignore[arg-type]
+    if shard is not None and shard[1] > 1:
+        n_all = len(cases)
+        cases = select_shard(cases, *shard)
+        logger.info("shard %d/%d: %d of %d cases", shard[0], shard[1], len(cases), n_all)
+    return cases
+
+
+class _BatchRun:
+    """One :func:`run_batch` call: the plan, the prefetch thread, the network loop, the writer thread and the report.
+
+    Built (and everything checked) when :func:`run_batch` first runs; :meth:`run` yields the results.
+    """
+
+    def __init__(
+        self,
+        segmenter: Any,
+        inputs: Sequence[str | Path] | str | Path | Sequence[Case],
+        out_dir: str | Path,
+        *,
+        format: str,
+        overwrite: bool,
+        shard: tuple[int, int] | None,
+        statistics: bool,
+        roi_ras: Sequence[float] | None,
+        prefetch: int,
+        report: bool,
+        progress: Any,
+        cancel: Any,
+    ) -> None:
+        self.segmenter = segmenter
+        self.format = format
+        self.overwrite = overwrite
+        self.statistics = statistics
+        self.roi_ras = roi_ras
+        self.prefetch = prefetch
+        self.report = report
+        self.progress = progress
+        self.cancel = cancel
+        self.out = Path(out_dir)
+        _check_batch_options(format, self.out, shard)
+        cases = _batch_cases(inputs, self.out, shard)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.n = len(cases)
+        self.paths = report_paths(self.out, shard)
+        self.device = str(segmenter.device)
+        self.header = self._header(shard)
+        self.rows: list[CaseResult] = []
+        self.stats_rows: list[tuple[str, list[dict[str, Any]]]] | None = [] if statistics else None
+        self.shown = 0.0  # a case's completion is reported while the next one runs: keep the fraction monotone
+        self.plan = self._plan(cases)
+        self.todo = [c for c, s in self.plan if s is None]
+        self.stop = threading.Event()
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, int(prefetch)))
+        self.thread = threading.Thread(target=self._reader, name="repux-prefetch", daemon=True)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="repux-write")
+        self.pending: tuple[int, Case, Future] | None = None
+        self.last_done = time.perf_counter()
+        self.started = False
+
+    # ------------------------------------------------------------------ planning
+    def _header(self, shard: tuple[int, int] | None) -> dict[str, Any]:
+        seg = self.segmenter
+        return {
+            "repux_batch": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "out_dir": str(self.out),
+            "format": self.format,
+            "shard": list(shard) if shard else None,
+            "device": self.device,
+            "model": {"id": seg.card.id, "version": seg.card.version} if seg.card is not None else None,
+            "organs": seg.labels.names,
+        }
+
+    def _expected_outputs(self, case: Case) -> list[Path]:
+        p = output_path(self.out, case, self.format)
+        if self.statistics:
+            from repux.inference.statistics import statistics_paths
+
+            return [p, *statistics_paths(p)]
+        return [p]
+
+    def _plan(self, cases: list[Case]) -> list[tuple[Case, str | None]]:
+        """``(case, None)`` for a case to segment, ``(case, status)`` for one that needs no network.
+
+        Those are discovery errors, format mismatches and complete outputs.
+        """
+        plan: list[tuple[Case, str | None]] = []  # (case, None=todo | status text)
+        for c in cases:
+            if c.error:
+                plan.append((c, "failed"))
+            elif self.format == "dicom-seg" and not c.is_dicom:
+                c.error = f"--format dicom-seg needs a DICOM series input; {c.input!r} is not DICOM (use seg.nrrd, nii.gz, nrrd or mha)."
+                plan.append((c, "failed"))
+            elif self.format == "dicom-seg" and (seg_problem := _seg_source_problem(c.files or [])):
+                c.error = seg_problem  # the SEG could not reference this series: refused before inference
+                plan.append((c, "failed"))
+            elif not self.overwrite and all(p.exists() for p in self._expected_outputs(c)):
+                plan.append((c, "skipped"))
+            else:
+                plan.append((c, None))
+        return plan
+
+    # ------------------------------------------------------------------ threads
+    def _reader(self) -> None:
+        """The prefetch thread: reads and preprocesses the cases to segment, in order, into ``self.q``."""
+        limit = max(1, int(self.prefetch))
+        for c in self.todo:
+            # read the next case only when fewer than `prefetch` cases wait: at most prefetch + 2 cases in memory
+            # (the waiting ones, the one in the network, the one being written)
+            while self.q.qsize() >= limit and not self.stop.is_set():
+                time.sleep(0.05)
+            if self.stop.is_set():
+                break
+            t = time.perf_counter()
+            try:
+                item = (c, self.segmenter.prepare(c.input, series_uid=c.series_uid, roi_ras=self.roi_ras), None)
+            except Exception as err:
+                item = (c, None, err)
+            logger.debug("prefetched %s in %.2f s", c.name, time.perf_counter() - t)
+            while not self.stop.is_set():
+                try:
+                    self.q.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def _finish(self, c: Case, prepared: Any) -> CaseResult:
+        """The writer thread's work for a case: postprocess, write the labels (and statistics)."""
+        res = self.segmenter.finish(prepared)
+        path = output_path(self.out, c, self.format)
+        t = time.perf_counter()
+        write_result(res, path, self.format, source_files=c.files)
+        outputs = {"labels": str(path)}
+        stats = None
+        if self.statistics:
+            from repux.inference.statistics import write_statistics
+
+            stats = res.statistics()
+            csv_p, json_p = write_statistics(stats, path, {"case": c.name, "input": c.input, "output": str(path)})
+            outputs.update(statistics_csv=str(csv_p), statistics_json=str(json_p))
+        timings = dict(prepared.timings)
+        timings["write"] = time.perf_counter() - t
+        return CaseResult(
+            0,
+            self.n,
+            c.name,
+            c.input,
+            str(path),
+            "done",
+            device=self.device,
+            timings=timings,
+            volumes_ml=res.summary["volumes_ml"],
+            statistics=stats,
+            outputs=outputs,
+            warnings=list(res.summary.get("warnings", [])),
+        )
+
+    # ------------------------------------------------------------------ results and progress
+    def _emit(self, stage: str, frac: float, message: str, **extra: Any) -> None:
+        from repux.progress import ProgressEvent
+
+        self.shown = max(self.shown, min(1.0, max(0.0, frac)))
+        if self.progress is not None:
+            self.progress(ProgressEvent(stage, self.shown, message, None, extra))
+
+    def _result(self, i: int, c: Case, status: str, error: str = "") -> CaseResult:
+        """A result with no outputs written (failed, skipped, cancelled)."""
+        return CaseResult(i, self.n, c.name, c.input, str(output_path(self.out, c, self.format)), status, error=error, device=self.device)
+
+    def _record(self, r: CaseResult) -> CaseResult:
+        """Time, keep and report a case's result (the report files are rewritten)."""
+        now = time.perf_counter()
+        if r.status in ("done", "failed") and not r.seconds:
+            r.seconds = now - self.last_done
+        if r.status in ("done", "failed"):
+            self.last_done = now
+        self.rows.append(r)
+        if self.stats_rows is not None:
+            if r.statistics is not None:
+                self.stats_rows.append((r.name, r.statistics))
+            elif r.status == "skipped":
+                from repux.inference.statistics import statistics_paths
+
+                old = _read_statistics_csv(statistics_paths(r.output)[0])
+                if old:
+                    self.stats_rows.append((r.name, old))
+        if self.report:
+            self._write_report()
+        if r.status == "failed":
+            logger.error("case %s (%s) failed: %s", r.name, r.input, r.error)
+        n = self.n
+        self._emit(
+            "case",
+            r.index / max(n, 1),
+            f"case {r.index}/{n} {r.name}: {r.status}",
+            case=r.name,
+            case_index=r.index,
+            case_count=n,
+            status=r.status,
+            error=r.error,
+            output=r.output,
+            volumes_ml=r.volumes_ml,
+        )
+        return r
+
+    def _write_report(self) -> None:
+        _write_report(self.paths, self.header, self.rows, self.stats_rows)
+
+    def _collect(self) -> Iterator[CaseResult]:
+        """The result of the case in the writer thread, if any (waits for it)."""
+        if self.pending is None:
+            return
+        i, c, fut = self.pending
+        self.pending = None
+        try:
+            r = fut.result()
+            r.index = i
+        except Exception as err:
+            r = self._result(i, c, "failed", error=_one_line(err))
+        yield self._record(r)
+
+    def _tracker(self, i: int, c: Case) -> Any:
+        """A progress tracker of case ``i`` that reports the fraction of the whole batch."""
+        from repux.progress import ProgressTracker
+
+        n = self.n
+
+        def case_progress(ev: Any) -> None:
+            self._emit(
+                ev.stage,
+                (i - 1 + ev.fraction) / max(n, 1),
+                f"case {i}/{n} {c.name}: {ev.message}",
+                case=c.name,
+                case_index=i,
+                case_count=n,
+                case_fraction=round(ev.fraction, 4),
+                **ev.extra,
+            )
+
+        return ProgressTracker(case_progress, {"infer": 1.0}, self.cancel)
+
+    # ------------------------------------------------------------------ the loop
+    def _segment(self, i: int, c: Case) -> Iterator[CaseResult]:
+        """Run case ``i`` through the network and hand it to the writer; yields the previous case's result."""
+        if not self.started:
+            self.thread.start()
+            self.started = True
+        if self.cancel is not None:
+            self.cancel.check()
+        item = _next_prepared(self.q, self.thread, self.cancel)
+        assert item[0] is c, "prefetch out of order"
+        _, prepared, err = item
+        if err is not None:
+            yield from self._collect()
+            yield self._record(self._result(i, c, "failed", error=_one_line(err)))
+            return
+        tracker = self._tracker(i, c)
+        try:
+            self.segmenter.infer(prepared, tracker=tracker, cancel=self.cancel)
+        except Cancelled:
+            raise
+        except (RepuxError, MemoryError, RuntimeError, ValueError) as err:
+            yield from self._collect()
+            yield self._record(self._result(i, c, "failed", error=_one_line(err)))
+            return
+        yield from self._collect()
+        self.pending = (i, c, self.writer.submit(self._finish, c, prepared))
+        del prepared, item
+
+    def _cancelled(self) -> None:
+        """Mark the cases not finished as cancelled and write the report."""
+        done_names = {r.name for r in self.rows}
+        for i, (c, _) in enumerate(self.plan, start=1):
+            if c.name not in done_names:
+                self.rows.append(self._result(i, c, "cancelled"))
+        if self.report:
+            self._write_report()
+
+    def run(self) -> Iterator[CaseResult]:
+        """Yield a :class:`CaseResult` per case, in order; stops the threads at the end."""
+        if self.report:
+            self._write_report()  # an empty shard still leaves its (empty) report
+        try:
+            for i, (c, status) in enumerate(self.plan, start=1):
+                if status is not None:
+                    yield self._record(self._result(i, c, status, error=c.error or ""))
+                else:
+                    yield from self._segment(i, c)
+            yield from self._collect()
+        except Cancelled:
+            self.stop.set()
+            yield from self._collect()
+            self._cancelled()
+            raise
+        finally:
+            self.stop.set()
+            self.writer.shutdown(wait=True)
+            if self.started:
+                self.thread.join(timeout=5.0)
+
+
 def run_batch(
     segmenter: Any,
     inputs: Sequence[str | Path] | str | Path | Sequence[Case],
@@ -474,239 +791,20 @@ def run_batch(
     Raises:
         ConfigError: bad format/shard, an output folder that is a file.
     """
-    from repux.progress import ProgressEvent, ProgressTracker
-
-    if format not in FORMATS:
-        raise ConfigError(f"--format {format!r}: choose one of {', '.join(FORMATS)}.")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {str(out)!r} is a file; with several cases --output is a folder (each case writes <folder>/<case>{FORMATS[format]}).")
-    if shard is not None and not (0 <= shard[0] < shard[1]):
-        raise ConfigError(f"--shard {shard[0]}/{shard[1]}: I must be in 0..N-1.")
-    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(c, Case) for c in inputs):
-        cases = list(inputs)  # type: ignore[arg-type]
-    else:
-        cases = discover_cases(inputs, exclude=out if out.exists() else None)  # type: ignore[arg-type]
-    if shard is not None and shard[1] > 1:
-        n_all = len(cases)
-        cases = select_shard(cases, *shard)
-        logger.info("shard %d/%d: %d of %d cases", shard[0], shard[1], len(cases), n_all)
-    out.mkdir(parents=True, exist_ok=True)
-    n = len(cases)
-    paths = report_paths(out, shard)
-    device = str(segmenter.device)
-    header = {
-        "repux_batch": 1,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "out_dir": str(out),
-        "format": format,
-        "shard": list(shard) if shard else None,
-        "device": device,
-        "model": {"id": segmenter.card.id, "version": segmenter.card.version} if segmenter.card is not None else None,
-        "organs": segmenter.labels.names,
-    }
-    rows: list[CaseResult] = []
-    stats_rows: list[tuple[str, list[dict[str, Any]]]] | None = [] if statistics else None
-
-    def expected_outputs(case: Case) -> list[Path]:
-        p = output_path(out, case, format)
-        if statistics:
-            from repux.inference.statistics import statistics_paths
-
-            return [p, *statistics_paths(p)]
-        return [p]
-
-    shown = [0.0]  # a case's completion is reported while the next one runs: keep the fraction monotone
-
-    def emit(stage: str, frac: float, message: str, **extra: Any) -> None:
-        shown[0] = max(shown[0], min(1.0, max(0.0, frac)))
-        if progress is not None:
-            progress(ProgressEvent(stage, shown[0], message, None, extra))
-
-    # cases that need no network: discovery errors, format mismatches, complete outputs
-    plan: list[tuple[Case, str | None]] = []  # (case, None=todo | status text)
-    for c in cases:
-        if c.error:
-            plan.append((c, "failed"))
-        elif format == "dicom-seg" and not c.is_dicom:
-            c.error = f"--format dicom-seg needs a DICOM series input; {c.input!r} is not DICOM (use seg.nrrd, nii.gz, nrrd or mha)."
-            plan.append((c, "failed"))
-        elif format == "dicom-seg" and (seg_problem := _seg_source_problem(c.files or [])):
-            c.error = seg_problem  # the SEG could not reference this series: refused before inference
-            plan.append((c, "failed"))
-        elif not overwrite and all(p.exists() for p in expected_outputs(c)):
-            plan.append((c, "skipped"))
-        else:
-            plan.append((c, None))
-    todo = [c for c, s in plan if s is None]
-    stop = threading.Event()
-    q: queue.Queue = queue.Queue(maxsize=max(1, int(prefetch)))
-
-    def reader() -> None:
-        for c in todo:
-            # read the next case only when fewer than `prefetch` cases wait: at most prefetch + 2 cases in memory
-            # (the waiting ones, the one in the network, the one being written)
-            while q.qsize() >= max(1, int(prefetch)) and not stop.is_set():
-                time.sleep(0.05)
-            if stop.is_set():
-                break
-            t = time.perf_counter()
-            try:
-                item = (c, segmenter.prepare(c.input, series_uid=c.series_uid, roi_ras=roi_ras), None)
-            except Exception as err:
-                item = (c, None, err)
-            logger.debug("prefetched %s in %.2f s", c.name, time.perf_counter() - t)
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-
-    def finish(c: Case, prepared: Any) -> CaseResult:
-        res = segmenter.finish(prepared)
-        path = output_path(out, c, format)
-        t = time.perf_counter()
-        write_result(res, path, format, source_files=c.files)
-        outputs = {"labels": str(path)}
-        stats = None
-        if statistics:
-            from repux.inference.statistics import write_statistics
-
-            stats = res.statistics()
-            csv_p, json_p = write_statistics(stats, path, {"case": c.name, "input": c.input, "output": str(path)})
-            outputs.update(statistics_csv=str(csv_p), statistics_json=str(json_p))
-        timings = dict(prepared.timings)
-        timings["write"] = time.perf_counter() - t
-        return CaseResult(
-            0,
-            n,
-            c.name,
-            c.input,
-            str(path),
-            "done",
-            device=device,
-            timings=timings,
-            volumes_ml=res.summary["volumes_ml"],
-            statistics=stats,
-            outputs=outputs,
-            warnings=list(res.summary.get("warnings", [])),
-        )
-
-    thread = threading.Thread(target=reader, name="repux-prefetch", daemon=True)
-    writer = ThreadPoolExecutor(1, thread_name_prefix="repux-write")
-    pending: tuple[int, Case, Future] | None = None
-    last_done = time.perf_counter()
-
-    def record(r: CaseResult) -> CaseResult:
-        nonlocal last_done
-        now = time.perf_counter()
-        if r.status in ("done", "failed") and not r.seconds:
-            r.seconds = now - last_done
-        if r.status in ("done", "failed"):
-            last_done = now
-        rows.append(r)
-        if stats_rows is not None:
-            if r.statistics is not None:
-                stats_rows.append((r.name, r.statistics))
-            elif r.status == "skipped":
-                from repux.inference.statistics import statistics_paths
-
-                old = _read_statistics_csv(statistics_paths(r.output)[0])
-                if old:
-                    stats_rows.append((r.name, old))
-        if report:
-            _write_report(paths, header, rows, stats_rows)
-        if r.status == "failed":
-            logger.error("case %s (%s) failed: %s", r.name, r.input, r.error)
-        emit(
-            "case",
-            r.index / max(n, 1),
-            f"case {r.index}/{n} {r.name}: {r.status}",
-            case=r.name,
-            case_index=r.index,
-            case_count=n,
-            status=r.status,
-            error=r.error,
-            output=r.output,
-            volumes_ml=r.volumes_ml,
-        )
-        return r
-
-    def collect() -> Iterator[CaseResult]:
-        nonlocal pending
-        if pending is None:
-            return
-        i, c, fut = pending
-        pending = None
-        try:
-            r = fut.result()
-            r.index = i
-        except Exception as err:
-            r = CaseResult(i, n, c.name, c.input, str(output_path(out, c, format)), "failed", error=_one_line(err), device=device)
-        yield record(r)
-
-    if report:
-        _write_report(paths, header, rows, stats_rows)  # an empty shard still leaves its (empty) report
-    started = False
-    try:
-        for i, (c, status) in enumerate(plan, start=1):
-            if status is not None:
-                yield record(CaseResult(i, n, c.name, c.input, str(output_path(out, c, format)), status, error=c.error or "", device=device))
-                continue
-            if not started:
-                thread.start()
-                started = True
-            if cancel is not None:
-                cancel.check()
-            item = _next_prepared(q, thread, cancel)
-            assert item[0] is c, "prefetch out of order"
-            _, prepared, err = item
-            if err is not None:
-                yield from collect()
-                yield record(CaseResult(i, n, c.name, c.input, str(output_path(out, c, format)), "failed", error=_one_line(err), device=device))
-                continue
-
-            def case_progress(ev: Any, i: int = i, c: Case = c) -> None:
-                emit(
-                    ev.stage,
-                    (i - 1 + ev.fraction) / max(n, 1),
-                    f"case {i}/{n} {c.name}: {ev.message}",
-                    case=c.name,
-                    case_index=i,
-                    case_count=n,
-                    case_fraction=round(ev.fraction, 4),
-                    **ev.extra,
-                )
-
-            tracker = ProgressTracker(case_progress, {"infer": 1.0}, cancel)
-            try:
-                segmenter.infer(prepared, tracker=tracker, cancel=cancel)
-            except Cancelled:
-                raise
-            except (RepuxError, MemoryError, RuntimeError, ValueError) as err:
-                yield from collect()
-                yield record(CaseResult(i, n, c.name, c.input, str(output_path(out, c, format)), "failed", error=_one_line(err), device=device))
-                continue
-            yield from collect()
-            pending = (i, c, writer.submit(finish, c, prepared))
-            del prepared, item
-        yield from collect()
-    except Cancelled:
-        stop.set()
-        yield from collect()
-        done_names = {r.name for r in rows}
-        for i, (c, _) in enumerate(plan, start=1):
-            if c.name not in done_names:
-                rows.append(CaseResult(i, n, c.name, c.input, str(output_path(out, c, format)), "cancelled", device=device))
-        if report:
-            _write_report(paths, header, rows, stats_rows)
-        raise
-    finally:
-        stop.set()
-        writer.shutdown(wait=True)
-        if started:
-            thread.join(timeout=5.0)
+    yield from _BatchRun(
+        segmenter,
+        inputs,
+        out_dir,
+        format=format,
+        overwrite=overwrite,
+        shard=shard,
+        statistics=statistics,
+        roi_ras=roi_ras,
+        prefetch=prefetch,
+        report=report,
+        progress=progress,
+        cancel=cancel,
+    ).run()
 
 
 def _one_line(err: BaseException) -> str:
