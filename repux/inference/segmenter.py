@@ -181,6 +181,68 @@ def importance_map(roi_size: Sequence[int], mode: str, device: torch.device | st
     return compute_importance_map(tuple(int(r) for r in roi_size), mode=mode, sigma_scale=0.125, device=device, dtype=torch.float32)
 
 
+class _ArgmaxSlab:
+    """The blended sum of one slab of ``rz`` planes along the last axis, argmaxed into ``labels`` as planes become final.
+
+    ``acc`` is ``(rz, C, X, Y)``: planes ``base .. base + rz`` of the weighted probability sum (allocated with the
+    first window, when ``C`` is known); ``wsum`` the sum of the weights.
+    """
+
+    def __init__(self, size: Sequence[int], rz: int, weight_z: torch.Tensor, buffer_device: torch.device, dtype: Any, entropy: bool) -> None:
+        X, Y, Z = size
+        self.size = (X, Y, Z)
+        self.rz = rz
+        self.weight_z = weight_z  # (z, x, y)
+        self.buffer_device = buffer_device
+        self.dtype = dtype
+        self.labels = np.zeros((X, Y, Z), dtype=dtype)
+        self.ent = np.zeros((X, Y, Z), dtype=np.float32) if entropy else None
+        self.acc: torch.Tensor | None = None
+        self.wsum = torch.zeros((rz, X, Y), dtype=torch.float32, device=buffer_device)
+        self.base = 0
+
+    def add(self, probs: torch.Tensor, chunk: Sequence[tuple[slice, ...]]) -> None:
+        """Blend the probabilities ``(B, C, x, y, z)`` of the windows ``chunk`` into the slab."""
+        X, Y, _ = self.size
+        rz = self.rz
+        if self.acc is None:
+            self.acc = torch.zeros((rz, probs.shape[1], X, Y), dtype=torch.float32, device=self.buffer_device)
+        acc, wsum, w = self.acc, self.wsum, self.weight_z
+        probs = probs.to(self.buffer_device, torch.float32)
+        for p, sl in zip(probs, chunk):
+            dz = sl[2].start - self.base
+            acc[dz : dz + rz, :, sl[0], sl[1]] += p.permute(3, 0, 1, 2) * w[:, None]
+            wsum[dz : dz + rz, sl[0], sl[1]] += w
+
+    def flush(self, upto: int) -> None:
+        """Argmax the planes before ``upto`` (they get no more windows) and shift the slab past them."""
+        n = min(upto, self.size[2]) - self.base
+        acc, wsum, base, rz = self.acc, self.wsum, self.base, self.rz
+        if n <= 0 or acc is None:
+            return
+        a = acc[:n]
+        self.labels[:, :, base : base + n] = a.argmax(1).permute(1, 2, 0).to("cpu").numpy().astype(self.dtype, copy=False)
+        if self.ent is not None:
+            p = a / wsum[:n, None].clamp_min(1e-12)
+            self.ent[:, :, base : base + n] = entropy_map(p.transpose(0, 1)).permute(1, 2, 0).to("cpu").numpy()
+        keep = rz - n
+        for i in range(keep):  # shift the slab plane by plane (no second slab in memory)
+            acc[i].copy_(acc[n + i])
+            wsum[i].copy_(wsum[n + i])
+        acc[keep:] = 0
+        wsum[keep:] = 0
+        self.base = base + n
+
+
+def _crop_padding(labels: np.ndarray, ent: np.ndarray | None, pad: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The arrays without the constant padding ``pad`` (``F.pad`` order) :func:`window_layout` added."""
+    if not any(pad):
+        return labels, ent
+    X, Y, Z = labels.shape
+    crop = (slice(pad[4], X - pad[5]), slice(pad[2], Y - pad[3]), slice(pad[0], Z - pad[1]))
+    return np.ascontiguousarray(labels[crop]), (np.ascontiguousarray(ent[crop]) if ent is not None else None)
+
+
 def stream_argmax(
     x: torch.Tensor,
     predictor: Predictor,
@@ -223,60 +285,22 @@ def stream_argmax(
     pad, slices = window_layout(x.shape[2:], roi, overlap)
     if any(pad):
         x = F.pad(x, pad, mode="constant", value=0.0)
-    size = [int(s) for s in x.shape[2:]]
     weight = importance_map(roi, mode, sw_device)
     weight_z = weight.permute(2, 0, 1).to(buffer_device)  # (z, x, y)
+    slab = _ArgmaxSlab([int(s) for s in x.shape[2:]], roi[2], weight_z, buffer_device, dtype, entropy)
     groups: dict[int, list[tuple[slice, ...]]] = {}
     for sl in slices:
         groups.setdefault(int(sl[2].start), []).append(sl)
-    X, Y, Z = size
-    rz = roi[2]
-    labels = np.zeros((X, Y, Z), dtype=dtype)
-    ent = np.zeros((X, Y, Z), dtype=np.float32) if entropy else None
-    acc: torch.Tensor | None = None  # (rz, C, X, Y): planes base..base+rz of the blended sum
-    wsum = torch.zeros((rz, X, Y), dtype=torch.float32, device=buffer_device)
-    base = 0
-
-    def flush(upto: int) -> None:
-        nonlocal base
-        n = min(upto, Z) - base
-        if n <= 0 or acc is None:
-            return
-        a = acc[:n]
-        labels[:, :, base : base + n] = a.argmax(1).permute(1, 2, 0).to("cpu").numpy().astype(dtype, copy=False)
-        if ent is not None:
-            p = a / wsum[:n, None].clamp_min(1e-12)
-            ent[:, :, base : base + n] = entropy_map(p.transpose(0, 1)).permute(1, 2, 0).to("cpu").numpy()
-        keep = rz - n
-        for i in range(keep):  # shift the slab plane by plane (no second slab in memory)
-            acc[i].copy_(acc[n + i])
-            wsum[i].copy_(wsum[n + i])
-        acc[keep:] = 0
-        wsum[keep:] = 0
-        base += n
-
     for z0 in sorted(groups):
-        flush(z0)
+        slab.flush(z0)
         wins = groups[z0]
         for i in range(0, len(wins), sw_batch_size):
             chunk = wins[i : i + sw_batch_size]
             batch = torch.cat([x[(slice(None), slice(None), *sl)] for sl in chunk]).to(sw_device)
-            probs = predictor(batch)
-            if acc is None:
-                acc = torch.zeros((rz, probs.shape[1], X, Y), dtype=torch.float32, device=buffer_device)
-            probs = probs.to(buffer_device, torch.float32)
-            for p, sl in zip(probs, chunk):
-                dz = sl[2].start - base
-                w = weight_z
-                acc[dz : dz + rz, :, sl[0], sl[1]] += p.permute(3, 0, 1, 2) * w[:, None]
-                wsum[dz : dz + rz, sl[0], sl[1]] += w
-            del probs, batch
-    flush(Z)
-    crop = (slice(pad[4], X - pad[5]), slice(pad[2], Y - pad[3]), slice(pad[0], Z - pad[1]))
-    labels = np.ascontiguousarray(labels[crop]) if any(pad) else labels
-    if ent is not None and any(pad):
-        ent = np.ascontiguousarray(ent[crop])
-    return labels, ent
+            slab.add(predictor(batch), chunk)
+            del batch
+    slab.flush(slab.size[2])
+    return _crop_padding(slab.labels, slab.ent, pad)
 
 
 #: an input thinner than this fraction of the model's window along an axis gets a warning
