@@ -313,6 +313,91 @@ def deploy_state_dict(model) -> dict[str, Any]:
     return sd
 
 
+def _check_savable(model, out: Path, labels: LabelSet, overwrite: bool, weights_dtype: str) -> dict[str, Any]:
+    """The model's constructor arguments, once the target, the dtype, the model's form and its labels are checked."""
+    if out.exists() and not overwrite:
+        raise ModelFileError(f"model folder {str(out)!r} already exists; choose another --output or pass overwrite.")
+    if weights_dtype not in ("float32", "float16"):
+        raise ModelFileError(f"weights_dtype must be float32 or float16; got {weights_dtype!r}.")
+    if getattr(model, "batchnorm_folded", False):
+        raise ModelFileError("a model whose BatchNorm was folded for inference cannot be saved; save it before reparameterize(fold_batchnorm=True).")
+    args = model.config()
+    if args["out_channels"] != labels.num_classes:
+        raise ModelFileError(
+            f"the model has out_channels={args['out_channels']} but the label set has {len(labels)} labels (+ background = {labels.num_classes})."
+        )
+    return args
+
+
+def _save_provenance(provenance: Mapping[str, Any] | None, weights_dtype: str) -> dict[str, Any]:
+    """The card's provenance: when and with what it was saved, then ``provenance``, then the weights' dtype."""
+    import torch
+
+    from repux._version import __version__
+
+    prov = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "repux_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+    }
+    prov.update(dict(provenance or {}))
+    prov["weights_dtype"] = weights_dtype
+    return prov
+
+
+def _write_weights(model, wpath: Path, out: Path, weights_dtype: str) -> None:
+    """Write the deploy-form state dict of ``model`` to ``wpath`` and read it back (``out``: the folder named in errors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    state = deploy_state_dict(model)
+    if weights_dtype == "float16":
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        save_file(state, str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE, "dtype": weights_dtype})
+        check_safetensors_file(wpath)
+    except (SafetensorError, ModelFileError) as err:
+        raise OutputError(f"cannot write the model weights to {str(out)!r}: {str(err).splitlines()[0][:200]}; nothing was saved.") from err
+
+
+def _write_card(card: ModelCard, tmp: Path, out: Path, mode: int) -> None:
+    """Write ``model.json`` into ``tmp`` and check it is complete (``out``: the folder named in errors)."""
+    text = json.dumps(card.to_dict(), indent=2) + "\n"
+    (tmp / CARD_FILE).write_text(text)
+    if (tmp / CARD_FILE).stat().st_size != len(text.encode()):
+        raise OutputError(f"cannot write {str(out / CARD_FILE)!r}: the file is incomplete (is the disk full?); nothing was saved.")
+    os.chmod(tmp / CARD_FILE, mode)
+
+
+def _write_model_folder(model, card: ModelCard, out: Path, overwrite: bool, weights_dtype: str) -> None:
+    """Write the weights and the card (its sha256 and size set) into a temporary sibling of ``out``, then rename it into place.
+
+    On any error the temporary folder is removed and an existing ``out`` is unchanged.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as err:
+        raise OutputError(os_error_message(out, err)) from err
+    mode = default_file_mode()
+    try:
+        os.chmod(tmp, mode | ((mode & 0o444) >> 2))  # mkdtemp makes 0700; a model folder gets the usual permissions (x where r)
+        wpath = tmp / WEIGHTS_FILE
+        _write_weights(model, wpath, out, weights_dtype)
+        os.chmod(wpath, mode)
+        card.sha256 = sha256_file(wpath)
+        card.size_bytes = wpath.stat().st_size
+        _write_card(card, tmp, out, mode)
+        _replace_dir(tmp, out, overwrite)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(os_error_message(out, err) + " Nothing was saved; an existing model there is unchanged.") from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_model(
     model,
     out_dir: str | Path,
@@ -346,33 +431,8 @@ def save_model(
     Raises:
         ModelFileError: if the folder exists (and not ``overwrite``) or labels do not fit.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
-    from repux._version import __version__
-
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ModelFileError(f"model folder {str(out)!r} already exists; choose another --output or pass overwrite.")
-    if weights_dtype not in ("float32", "float16"):
-        raise ModelFileError(f"weights_dtype must be float32 or float16; got {weights_dtype!r}.")
-    if getattr(model, "batchnorm_folded", False):
-        raise ModelFileError("a model whose BatchNorm was folded for inference cannot be saved; save it before reparameterize(fold_batchnorm=True).")
-    args = model.config()
-    if args["out_channels"] != labels.num_classes:
-        raise ModelFileError(
-            f"the model has out_channels={args['out_channels']} but the label set has {len(labels)} labels (+ background = {labels.num_classes})."
-        )
-    import torch
-
-    prov = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "repux_version": __version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-    }
-    prov.update(dict(provenance or {}))
-    prov["weights_dtype"] = weights_dtype
+    args = _check_savable(model, out, labels, overwrite, weights_dtype)
     card = ModelCard(
         model_args=args,
         labels=labels,
@@ -384,44 +444,13 @@ def save_model(
         description=description,
         preset=preset,
         license=license,
-        provenance=prov,
+        provenance=_save_provenance(provenance, weights_dtype),
         deploy=True,
         guidance=guidance,
     )
     if guidance is not None and (list(guidance.labels) != ["background", *labels.names] or args["in_channels"] <= guidance.channels):
         raise ModelFileError(f"guidance {list(guidance.labels)} does not fit the model ({args['in_channels']} input channels, labels {labels.names}).")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as err:
-        raise OutputError(os_error_message(out, err)) from err
-    mode = default_file_mode()
-    try:
-        os.chmod(tmp, mode | ((mode & 0o444) >> 2))  # mkdtemp makes 0700; a model folder gets the usual permissions (x where r)
-        wpath = tmp / WEIGHTS_FILE
-        state = deploy_state_dict(model)
-        if weights_dtype == "float16":
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        try:
-            save_file(state, str(wpath), metadata={"format": FORMAT, "architecture": ARCHITECTURE, "dtype": weights_dtype})
-            check_safetensors_file(wpath)
-        except (SafetensorError, ModelFileError) as err:
-            raise OutputError(f"cannot write the model weights to {str(out)!r}: {str(err).splitlines()[0][:200]}; nothing was saved.") from err
-        os.chmod(wpath, mode)
-        card.sha256 = sha256_file(wpath)
-        card.size_bytes = wpath.stat().st_size
-        text = json.dumps(card.to_dict(), indent=2) + "\n"
-        (tmp / CARD_FILE).write_text(text)
-        if (tmp / CARD_FILE).stat().st_size != len(text.encode()):
-            raise OutputError(f"cannot write {str(out / CARD_FILE)!r}: the file is incomplete (is the disk full?); nothing was saved.")
-        os.chmod(tmp / CARD_FILE, mode)
-        _replace_dir(tmp, out, overwrite)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(os_error_message(out, err) + " Nothing was saved; an existing model there is unchanged.") from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_model_folder(model, card, out, overwrite, weights_dtype)
     card.path = out
     logger.info("saved model %s (%s, sha256 %s) to %s", card.id, _human_size(card.size_bytes), card.sha256[:12], out)
     return card
