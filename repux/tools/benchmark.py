@@ -429,6 +429,165 @@ def machine_description(device: str) -> dict[str, Any]:
     return d
 
 
+def _window_jobs(
+    presets: list[str], window_paths: tuple[str, ...], *, roi: int, repeats: int, device: str, threads: int | None, reference_batch: int, tmp: Path
+) -> list[tuple[str, dict[str, Any]]]:
+    """The jobs of the window section: one window forward pass per preset and path."""
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    for p in presets:
+        for path in window_paths:
+            # the reference recipe runs windows 4 at a time (sw_batch_size 4); times are per window
+            batch = reference_batch if path == "reference" else 1
+            jobs.append(
+                (
+                    "window",
+                    {
+                        "kind": "window",
+                        "preset": p,
+                        "path": path,
+                        "roi": roi,
+                        "repeats": repeats,
+                        "device": device,
+                        "threads": threads,
+                        "batch": batch,
+                        "output": str(tmp / f"w_{p}_{path}.npy"),
+                    },
+                )
+            )
+    return jobs
+
+
+def _train_jobs(
+    presets: list[str], train_paths: tuple[str, ...], *, train_roi: int, train_repeats: int, device: str, threads: int | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The jobs of the train section: one training step per preset and path."""
+    return [
+        ("train", {"kind": "train", "preset": p, "path": path, "roi": train_roi, "repeats": train_repeats, "device": device, "threads": threads})
+        for p in presets
+        for path in train_paths
+    ]
+
+
+def _volume_jobs(input_path: str, *, model: str | None, device: str, threads: int | None, tmp: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The jobs of the volume section: ``input_path`` segmented along each of :data:`VOLUME_PATHS`."""
+    return [
+        (
+            "volume",
+            {
+                "kind": "volume",
+                "path": path,
+                "input": input_path,
+                "model": model,
+                "device": device,
+                "threads": threads,
+                "output": str(tmp / f"v_{path}.nii.gz"),
+            },
+        )
+        for path in VOLUME_PATHS
+    ]
+
+
+def _memory_jobs(
+    memory_models: tuple[str, ...],
+    *,
+    model: str | None,
+    device: str,
+    threads: int | None,
+    network_windows: int,
+    memory_size: tuple[int, int, int],
+    memory_spacing: tuple[float, float, float],
+    timeout: float,
+    tmp: Path,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The jobs of the memory section; the large CT they segment is written now (by a worker)."""
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    ct = str(tmp / "large_ct.mha")
+    made = _run_worker({"kind": "make_ct", "output": ct, "size": list(memory_size), "spacing": list(memory_spacing)}, timeout)
+    if "error" in made:
+        jobs.append(("memory", {"kind": "memory", "path": "make_ct", "model": "-", "skipped": made["error"]}))
+    for m in memory_models:
+        jobs.append(
+            (
+                "memory",
+                {
+                    "kind": "memory",
+                    "path": m,
+                    "model": (model or "repux-tiny-phantom") if m == "builtin" else m,
+                    "input": ct,
+                    "device": device,
+                    "threads": threads,
+                    "real_windows": network_windows,
+                    "output": str(tmp / f"m_{m}.seg.nrrd"),
+                },
+            )
+        )
+    return jobs
+
+
+def _batch_jobs(*, model: str | None, batch_cases: int, device: str, threads: int | None, tmp: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The job of the batch section: ``batch_cases`` phantoms as a batch and one by one."""
+    return [
+        (
+            "batch",
+            {
+                "kind": "batch",
+                "path": "batch",
+                "model": model or "repux-tiny-phantom",
+                "cases": batch_cases,
+                "spacing": [1.5, 1.5, 2.5],
+                "device": device,
+                "threads": threads,
+                "folder": str(tmp / "batch"),
+            },
+        )
+    ]
+
+
+def _run_jobs(jobs: list[tuple[str, dict[str, Any]]], timeout: float, progress: Any) -> dict[str, list[dict[str, Any]]]:
+    """Run each job in its own worker process; the results by section."""
+    from repux.progress import ProgressEvent
+
+    results: dict[str, list[dict[str, Any]]] = {"window": [], "train": [], "volume": [], "memory": [], "batch": []}
+    for i, (kind, spec) in enumerate(jobs):
+        if "skipped" in spec:
+            results[kind].append({"path": spec["path"], "error": spec["skipped"]})
+            continue
+        label = f"{kind} {spec.get('preset', '')} {spec['path']}".replace("  ", " ")
+        if progress:
+            progress(ProgressEvent("benchmark", i / len(jobs), label, None))
+        logger.info("benchmark %d/%d: %s", i + 1, len(jobs), label)
+        res = _run_worker(spec, timeout)
+        results[kind].append({**{k: spec[k] for k in ("preset", "path") if k in spec}, **res})
+    return results
+
+
+def _compare_presets(results: dict[str, list[dict[str, Any]]], presets: list[str], tmp: Path) -> None:
+    """Speed-ups over the reference of the window and train rows (and the window outputs' errors), in place."""
+    for p in presets:
+        rows = [r for r in results["window"] if r["preset"] == p]
+        ref = next((r for r in rows if r["path"] == "reference" and "seconds" in r), None)
+        for r in rows:
+            if ref and "seconds" in r:
+                r["speedup"] = ref["seconds"] / r["seconds"]
+                r.update(_compare_logits(str(tmp / f"w_{p}_reference.npy"), str(tmp / f"w_{p}_{r['path']}.npy")))
+        rows = [r for r in results["train"] if r["preset"] == p]
+        ref = next((r for r in rows if r["path"] == "reference" and "seconds" in r), None)
+        for r in rows:
+            if ref and "seconds" in r:
+                r["speedup"] = ref["seconds"] / r["seconds"]
+
+
+def _compare_volumes(vol: list[dict[str, Any]], tmp: Path) -> bool:
+    """Speed-ups and Dice of the volume rows against the reference row, in place; False without a reference."""
+    if not (vol and vol[0]["path"] == "reference" and "seconds" in vol[0]):
+        return False
+    for r in vol[1:]:
+        if "seconds" in r:
+            r["speedup"] = vol[0]["seconds"] / r["seconds"]
+            r["dice_vs_reference"] = _label_dice(str(tmp / "v_reference.nii.gz"), str(tmp / f"v_{r['path']}.nii.gz"))
+    return True
+
+
 def run_benchmark(
     *,
     presets: list[str],
@@ -466,116 +625,29 @@ def run_benchmark(
     jobs: list[tuple[str, dict[str, Any]]] = []
     tmp = Path(tempfile.mkdtemp(prefix="repux-bench-"))
     if "window" in sections:
-        for p in presets:
-            for path in window_paths:
-                # the reference recipe runs windows 4 at a time (sw_batch_size 4); times are per window
-                batch = reference_batch if path == "reference" else 1
-                jobs.append(
-                    (
-                        "window",
-                        {
-                            "kind": "window",
-                            "preset": p,
-                            "path": path,
-                            "roi": roi,
-                            "repeats": repeats,
-                            "device": device,
-                            "threads": threads,
-                            "batch": batch,
-                            "output": str(tmp / f"w_{p}_{path}.npy"),
-                        },
-                    )
-                )
+        jobs += _window_jobs(presets, window_paths, roi=roi, repeats=repeats, device=device, threads=threads, reference_batch=reference_batch, tmp=tmp)
     if "train" in sections:
-        for p in presets:
-            for path in train_paths:
-                jobs.append(
-                    ("train", {"kind": "train", "preset": p, "path": path, "roi": train_roi, "repeats": train_repeats, "device": device, "threads": threads})
-                )
+        jobs += _train_jobs(presets, train_paths, train_roi=train_roi, train_repeats=train_repeats, device=device, threads=threads)
     if "volume" in sections and input_path:
-        for path in VOLUME_PATHS:
-            jobs.append(
-                (
-                    "volume",
-                    {
-                        "kind": "volume",
-                        "path": path,
-                        "input": input_path,
-                        "model": model,
-                        "device": device,
-                        "threads": threads,
-                        "output": str(tmp / f"v_{path}.nii.gz"),
-                    },
-                )
-            )
+        jobs += _volume_jobs(input_path, model=model, device=device, threads=threads, tmp=tmp)
     if "memory" in sections:
-        ct = str(tmp / "large_ct.mha")
-        made = _run_worker({"kind": "make_ct", "output": ct, "size": list(memory_size), "spacing": list(memory_spacing)}, timeout)
-        if "error" in made:
-            jobs.append(("memory", {"kind": "memory", "path": "make_ct", "model": "-", "skipped": made["error"]}))
-        for m in memory_models:
-            jobs.append(
-                (
-                    "memory",
-                    {
-                        "kind": "memory",
-                        "path": m,
-                        "model": (model or "repux-tiny-phantom") if m == "builtin" else m,
-                        "input": ct,
-                        "device": device,
-                        "threads": threads,
-                        "real_windows": network_windows,
-                        "output": str(tmp / f"m_{m}.seg.nrrd"),
-                    },
-                )
-            )
+        jobs += _memory_jobs(
+            memory_models,
+            model=model,
+            device=device,
+            threads=threads,
+            network_windows=network_windows,
+            memory_size=memory_size,
+            memory_spacing=memory_spacing,
+            timeout=timeout,
+            tmp=tmp,
+        )
         report["memory_input"] = {"size": list(memory_size), "spacing": list(memory_spacing), "dtype": "int16", "network_windows": network_windows}
     if "batch" in sections:
-        jobs.append(
-            (
-                "batch",
-                {
-                    "kind": "batch",
-                    "path": "batch",
-                    "model": model or "repux-tiny-phantom",
-                    "cases": batch_cases,
-                    "spacing": [1.5, 1.5, 2.5],
-                    "device": device,
-                    "threads": threads,
-                    "folder": str(tmp / "batch"),
-                },
-            )
-        )
-    results: dict[str, list[dict[str, Any]]] = {"window": [], "train": [], "volume": [], "memory": [], "batch": []}
-    for i, (kind, spec) in enumerate(jobs):
-        if "skipped" in spec:
-            results[kind].append({"path": spec["path"], "error": spec["skipped"]})
-            continue
-        label = f"{kind} {spec.get('preset', '')} {spec['path']}".replace("  ", " ")
-        if progress:
-            progress(ProgressEvent("benchmark", i / len(jobs), label, None))
-        logger.info("benchmark %d/%d: %s", i + 1, len(jobs), label)
-        res = _run_worker(spec, timeout)
-        results[kind].append({**{k: spec[k] for k in ("preset", "path") if k in spec}, **res})
-    # comparisons
-    for p in presets:
-        rows = [r for r in results["window"] if r["preset"] == p]
-        ref = next((r for r in rows if r["path"] == "reference" and "seconds" in r), None)
-        for r in rows:
-            if ref and "seconds" in r:
-                r["speedup"] = ref["seconds"] / r["seconds"]
-                r.update(_compare_logits(str(tmp / f"w_{p}_reference.npy"), str(tmp / f"w_{p}_{r['path']}.npy")))
-        rows = [r for r in results["train"] if r["preset"] == p]
-        ref = next((r for r in rows if r["path"] == "reference" and "seconds" in r), None)
-        for r in rows:
-            if ref and "seconds" in r:
-                r["speedup"] = ref["seconds"] / r["seconds"]
-    vol = results["volume"]
-    if vol and vol[0]["path"] == "reference" and "seconds" in vol[0]:
-        for r in vol[1:]:
-            if "seconds" in r:
-                r["speedup"] = vol[0]["seconds"] / r["seconds"]
-                r["dice_vs_reference"] = _label_dice(str(tmp / "v_reference.nii.gz"), str(tmp / f"v_{r['path']}.nii.gz"))
+        jobs += _batch_jobs(model=model, batch_cases=batch_cases, device=device, threads=threads, tmp=tmp)
+    results = _run_jobs(jobs, timeout, progress)
+    _compare_presets(results, presets, tmp)
+    if _compare_volumes(results["volume"], tmp):
         report["volume_input"] = input_path
         report["volume_model"] = model
     report.update(results)
