@@ -20,7 +20,6 @@ MAX_LINES = 80
 ALLOWED: dict[str, str] = {
     # one straight list of random draws in a fixed order: splitting it risks changing every phantom of a seed
     "repux/data/phantom.py::_Anatomy.__init__": "the seeded draws of a phantom's anatomy, in an order the datasets depend on",
-    "repux/inference/session.py::InteractiveSession.click": "the click state machine (checks, select/remove/grow, undo record): not split yet",
     "repux/cli/commands_session.py::cmd_session": "the JSON-lines session loop and its nested command handlers: not split yet",
     "repux/cli/commands_infer.py::register": "argparse declarations of `repux segment` (one add_argument per option, no logic)",
     "repux/data/phantom.py::write_phantom_dataset": "writes cases, the train/val split and the manifest: not split yet",

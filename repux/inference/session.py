@@ -642,6 +642,14 @@ class InteractiveSession:
             grid_undo = outcome
             if not positive:
                 return self._guided_removal(idx, grid_undo, counter, t0)
+        picked = self._pick(idx, seed_g, want, grid_undo, cancel, counter, t0)
+        if isinstance(picked, ClickResult):
+            return picked
+        return self._commit_selection(idx, *picked, grid_undo, counter, t0)
+
+    def _pick(self, idx, seed_g: np.ndarray, want: Any, grid_undo: Any, cancel: CancelToken | None, counter: list[int], t0: float):
+        """Under the lock: ``(value, status, component)`` of the organ a positive click selects, grows or (after a guided
+        correction, ``grid_undo``) re-selects; or the ClickResult that ends the click here."""
         self._urgent += 1
         with self._lock:
             self._urgent -= 1
@@ -650,7 +658,7 @@ class InteractiveSession:
                 self._ensure(self._grid_to_padded(seed_g[None]), cancel, counter)
                 value = int(self._grid_labels[tuple(seed_g)])
                 status = "added"
-                if guided:
+                if grid_undo is not None:
                     if value != want.value:  # the network did not follow the click here
                         self._undo_grid(grid_undo)
                         return ClickResult(
@@ -690,6 +698,10 @@ class InteractiveSession:
                 found = self._select(idx, seed_g, predicate, cancel, counter)
             except Cancelled:
                 return ClickResult("cancelled", index=idx, windows=counter[0], message="superseded by a newer click", seconds=time.perf_counter() - t0)
+        return value, status, found
+
+    def _commit_selection(self, idx, value: int, status: str, found: Any, grid_undo: Any, counter: list[int], t0: float) -> ClickResult:
+        """Write the selected component into the session's label map (input grid) and describe the change."""
         name = self.labels.by_value(value).name
         if found is None:  # pragma: no cover - the seed is in the organ by construction
             return ClickResult("no-organ", index=idx, message="no organ here", seconds=time.perf_counter() - t0)
@@ -817,7 +829,7 @@ class InteractiveSession:
 
     def _guided_removal(self, idx, grid_undo, counter: list[int], t0: float) -> ClickResult:
         """A negative guidance click: the selected voxels whose label the correction changed are cleared."""
-        gbox, prev = grid_undo
+        gbox = grid_undo[0]
         lo = np.array([s.start for s in gbox])
         hi = np.array([s.stop for s in gbox])
         a, b = self._input_box_of_grid(lo, hi, margin=1)
