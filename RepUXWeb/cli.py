@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
         "--open", action=argparse.BooleanOptionalAction, default=None, help="open the page in the default browser (default: when a display is available)"
     )
     p.add_argument("--no-demo", dest="demo", action="store_false", help="do not open the built-in demo phantom at start")
+    p.add_argument("-m", "--model", help="the model selected at start: installed id or model folder (default: the built-in default model)")
     add_common(p, progress=False)
     p.set_defaults(func=cmd_web, cancel_grace=WEB_CANCEL_GRACE_S)
 
@@ -77,6 +78,10 @@ def check_web_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--root {args.root!r} is not a folder.")
     if not (args.max_upload_mb > 0) or args.max_upload_mb > 16384:
         raise ConfigError(f"--max-upload-mb must be > 0 and <= 16384; got {args.max_upload_mb}.")
+    if getattr(args, "model", None):
+        from repux.models.store import resolve_model
+
+        resolve_model(args.model)  # a clear error now rather than an empty model list in the page
     if args.dataset:
         folder = Path(args.dataset).expanduser()
         if folder.exists() and not folder.is_dir():
@@ -114,6 +119,7 @@ def cmd_web(args: argparse.Namespace, ctx: Any) -> int:
         max_upload_mb=float(args.max_upload_mb),
         dataset=Path(args.dataset).expanduser().resolve() if args.dataset else None,
         python=sys.executable,
+        model=args.model,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: anyone who can reach this machine can use RepUX Web and read the files under %s", args.host, settings.root)

@@ -83,6 +83,7 @@ class WebSettings:
         finetune: default ``FinetuneOptions`` fields (``maxIterations``, ``roiSize``, ``threads``...).
         segment_arguments: extra ``repux segment`` arguments, e.g. ``("--threads", "2")``.
         session_arguments: extra ``repux session`` arguments of the click tool, e.g. ``("--threads", "2")``.
+        model: the model selected at start (default: the built-in default model).
     """
 
     root: Path
@@ -93,6 +94,7 @@ class WebSettings:
     finetune: dict[str, Any] = field(default_factory=dict)
     segment_arguments: tuple[str, ...] = ()
     session_arguments: tuple[str, ...] = ()
+    model: str | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -419,7 +421,19 @@ class WebController:
             from repux.models.store import DEFAULT_MODEL
 
             ids = [r["id"] for r in rows]
-            self.select_model(DEFAULT_MODEL if DEFAULT_MODEL in ids else (ids[0] if ids else ""))
+            wanted = self._start_model_id() or DEFAULT_MODEL
+            self.select_model(wanted if wanted in ids else (DEFAULT_MODEL if DEFAULT_MODEL in ids else (ids[0] if ids else "")))
+
+    def _start_model_id(self) -> str | None:
+        """The id of ``settings.model`` (an id, or a folder whose model is installed or built in)."""
+        if not self.settings.model:
+            return None
+        from repux.models.store import resolve_model
+
+        try:
+            return resolve_model(self.settings.model).id
+        except Exception:  # noqa: BLE001 - an unknown model falls back to the default (the CLI checked it already)
+            return None
 
     def select_model(self, model_id: str) -> None:
         rows = {r["id"]: r for r in self.state["models"]}

@@ -65,7 +65,7 @@ def test_click_tool_in_mrml_scene(mrml, tmp_path):
 
     launcher = makeLauncher(tmp_path)
     env = childEnvironment(base=dict(os.environ, OMP_NUM_THREADS="1"))
-    tool = ClickSegmentTool(mrml.context(), volume, points, segNode, device="cpu", pythonExecutable=launcher, environment=env,
+    tool = ClickSegmentTool(mrml.context(), volume, points, segNode, model="repux-tiny-phantom", device="cpu", pythonExecutable=launcher, environment=env,
                             extraArguments=["--no-background"])
     shape = tuple(reversed(volume.GetImageData().GetDimensions()))
     other = np.zeros(shape, np.uint8)

@@ -71,6 +71,7 @@ def controller(mrmlContext, webRoot, tmp_path):
         work_dir=tmp_path / "work",
         dataset=tmp_path / "training-set",
         python=sys.executable,
+        model="repux-tiny-phantom",
         finetune={
             "maxIterations": 2,
             "roiSize": 32,

@@ -45,6 +45,7 @@ def server(tmp_path):
     env = dict(os.environ, REPUX_HOME=str(tmp_path / "home"), PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), PYTHONUNBUFFERED="1")
     log = open(tmp_path / "server.log", "w+", encoding="utf-8")
     command = [sys.executable, "-m", "repux", "web", "--port", "0", "--root", str(CT_FOLDER), "--no-open", "--dataset", str(tmp_path / "training-set")]
+    command += ["--model", "repux-tiny-phantom"]  # the 4-organ phantom model: quick to segment and to fine-tune in a test
     command += ["--max-upload-mb", "2"]  # the real CT (2.2 MB) is then too large to upload: the limit's message is checked
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO, start_new_session=True)
     url = None

@@ -54,7 +54,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: the model used when none is named (built in, no download)
-DEFAULT_MODEL = "repux-tiny-phantom"
+DEFAULT_MODEL = "repux-tiny-abdomen-ct"
 
 #: refuse archives that unpack to more than this (zip-bomb guard)
 MAX_UNPACKED_BYTES = 8 * 1024**3

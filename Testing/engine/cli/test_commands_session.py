@@ -54,7 +54,7 @@ def test_segment_point_writes_the_clicked_organ_only(phantom_ct, tmp_path, capsy
     kji = _liver_voxel(ph, apply_labels)
     r, a, s = _ras(img, kji)
     out = tmp_path / "liver.nii.gz"
-    assert main(["segment", "-i", str(path), "-o", str(out), f"--point={r},{a},{s}", "--progress", "none", "--device", "cpu"]) == 0
+    assert main(["segment", "-i", str(path), "-o", str(out), f"--point={r},{a},{s}", "-m", "repux-tiny-phantom", "--progress", "none", "--device", "cpu"]) == 0
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray((apply_labels == 1).astype(np.uint8))))
     assert np.array_equal(got == 1, cc == cc[kji]) and set(np.unique(got)) == {0, 1}
@@ -62,7 +62,7 @@ def test_segment_point_writes_the_clicked_organ_only(phantom_ct, tmp_path, capsy
     for point, why in (((r + 5000.0, a, s), "outside the volume"), (_ras(img, (0, 0, 0)), "no organ here")):
         bad = tmp_path / "bad.nii.gz"
         capsys.readouterr()
-        rc = main(["segment", "-i", str(path), "-o", str(bad), "--point=" + ",".join(str(v) for v in point), "--progress", "none", "--device", "cpu"])
+        rc = main(["segment", "-i", str(path), "-o", str(bad), "--point=" + ",".join(str(v) for v in point), "-m", "repux-tiny-phantom", "--progress", "none", "--device", "cpu"])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 1 and not bad.exists()
         assert len(err) == 1 and err[0].startswith("repux: error: --point") and why in err[0]
@@ -99,7 +99,7 @@ def test_session_protocol_through_launcher(phantom_ct, tmp_path):
     launcher = makeLauncher(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [launcher, "-m", "repux", "session", "--device", "cpu", "--no-background"],
+        [launcher, "-m", "repux", "session", "--model", "repux-tiny-phantom", "--device", "cpu", "--no-background"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path),
     )
     try:

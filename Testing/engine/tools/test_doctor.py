@@ -27,11 +27,11 @@ def test_report_has_versions_device_forward_pass_and_store(_isolated_store):
     assert report["packages"]["torch"] and report["packages"]["monai"] and report["problems"] == []
     assert report["device"]["device"] == "cpu" and (report["device"]["total_gb"] is None or report["device"]["total_gb"] > 0)
     forward = report["forward"]
-    assert forward["ok"] and forward["model"] == "repux-tiny-phantom" and forward["roi_size"] == [32, 32, 32] and forward["output_classes"] == 5
+    assert forward["ok"] and forward["model"] == "repux-tiny-abdomen-ct" and forward["roi_size"] == [32, 32, 32] and forward["output_classes"] == 14  # the default model
     assert 0 < forward["seconds"] < 60
     assert report["store"]["path"] == str(_isolated_store) and report["store"]["models"] == ["repux-tiny-abdomen-ct", "repux-tiny-phantom"]
     text = format_report(report)
-    assert "forward pass: repux-tiny-phantom, one 32x32x32 window" in text and "OK" in text and "problems:    none" in text
+    assert "forward pass: repux-tiny-abdomen-ct, one 32x32x32 window" in text and "OK" in text and "problems:    none" in text
 
 
 def test_problems_are_reported_not_raised(_isolated_store, monkeypatch):
