@@ -30,7 +30,7 @@ import numpy as np
 
 from repux.errors import ConfigError
 
-__all__ = ["GridClick", "GuidedWindows", "click_curve", "click_heatmaps", "next_click", "noc", "sample_clicks"]
+__all__ = ["GridClick", "GuidedWindows", "click_curve", "click_heatmaps", "guided_probabilities", "next_click", "noc", "sample_clicks", "window_reached"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,21 @@ def click_heatmaps(
         region = heat[(c.channel, *box)]
         np.maximum(region, g, out=region)
     return heat
+
+
+def window_reached(box: Sequence[slice], start: Sequence[int], roi: Sequence[int]) -> bool:
+    """Whether a click's support ``box`` (see :meth:`GridClick.support`) overlaps the window ``[start, start + roi)``."""
+    return all(b.start < int(s) + int(r) and b.stop > int(s) for b, s, r in zip(box, start, roi))
+
+
+def guided_probabilities(segmenter: Any, xi: Any, clicks: Sequence[GridClick], channels: int, sigma_vox: Sequence[float], offset: Sequence[int]) -> Any:
+    """Class probabilities ``(C, *window)`` (float32, CPU) of one window ``xi`` ``(1, C_image, *window)`` of the network
+    input with the heatmaps of ``clicks`` (indices relative to ``offset``, the window's first voxel) as guidance."""
+    import torch
+
+    heat = click_heatmaps(xi.shape[2:], clicks, channels, sigma_vox, offset=offset)
+    with torch.inference_mode():
+        return segmenter._probabilities(torch.cat([xi, torch.from_numpy(heat)[None]], 1).to(segmenter.device)).to("cpu", torch.float32)[0]
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,11 +187,10 @@ class GuidedWindows:
 
     def _reaching(self, clicks: Sequence[GridClick], i: int) -> tuple[GridClick, ...]:
         lo = np.array([s.start for s in self.slices[i]])
-        hi = lo + self.roi
         out = []
         for c in clicks:
             box = GridClick(tuple(int(v) for v in np.array(c.index) + self.pad_lo), c.channel).support(self.sigma, self.x.shape[2:])  # type: ignore[arg-type]
-            if all(b.start < h and b.stop > lo_ for b, lo_, h in zip(box, lo, hi)):
+            if window_reached(box, lo, self.roi):
                 out.append(c)
         return tuple(out)
 
@@ -191,9 +205,7 @@ class GuidedWindows:
             if cached is None or cached[0] != reach:
                 xi = self.x[(slice(None), slice(None), *sl)]
                 lo = np.array([s.start for s in sl]) - self.pad_lo
-                heat = click_heatmaps(xi.shape[2:], [c for c in reach], self.channels, self.sigma, offset=lo)
-                with torch.inference_mode():
-                    probs = self.seg._probabilities(torch.cat([xi, torch.from_numpy(heat)[None]], 1).to(self.seg.device)).to("cpu", torch.float32)[0]
+                probs = guided_probabilities(self.seg, xi, reach, self.channels, self.sigma, lo)
                 self._cache[i] = cached = (reach, probs)
                 self.windows_run += 1
             probs = cached[1]
