@@ -750,7 +750,7 @@ class InteractiveSession:
         import torch
         from scipy import ndimage
 
-        from repux.inference.guidance import GridClick, click_heatmaps, sigma_voxels
+        from repux.inference.guidance import GridClick, guided_probabilities, sigma_voxels, window_reached
 
         seg = self.segmenter
         g = seg.guidance
@@ -765,9 +765,7 @@ class InteractiveSession:
             sigma = sigma_voxels(g.sigma_mm, seg.preprocessing.spacing)
             shape = self._x.shape[2:]
             boxes = [c.support(sigma, shape) for c in clicks]
-            reach = [
-                i for i, st in enumerate(self._starts) if any(all(b.start < s0 + r and b.stop > s0 for b, s0, r in zip(box, st, self._roi)) for box in boxes)
-            ]
+            reach = [i for i, st in enumerate(self._starts) if any(window_reached(box, st, self._roi) for box in boxes)]
             lo = self._starts[reach].min(0)
             hi = (self._starts[reach] + self._roi).max(0)
             acc = None
@@ -776,10 +774,8 @@ class InteractiveSession:
                 if cancel is not None:
                     cancel.check()
                 st = self._starts[i]
-                heat = click_heatmaps(tuple(int(r) for r in self._roi), clicks, g.channels, sigma, offset=st)
                 xi = self._x[(slice(None), slice(None), *self._slices[i])]
-                with torch.inference_mode():
-                    p = seg._probabilities(torch.cat([xi, torch.from_numpy(heat)[None]], 1).to(seg.device)).to("cpu", torch.float32)[0]
+                p = guided_probabilities(seg, xi, clicks, g.channels, sigma, st)
                 counter[0] += 1
                 if acc is None:
                     acc = torch.zeros((p.shape[0], *wsum.shape), dtype=torch.float32)
@@ -810,6 +806,7 @@ class InteractiveSession:
             return (gbox, prev)
 
     def _undo_grid(self, grid_undo) -> None:
+        """Take back a guided correction on the model grid: its labels and its guidance click (None: nothing)."""
         if grid_undo is None:
             return
         gbox, prev = grid_undo
@@ -846,20 +843,7 @@ class InteractiveSession:
         values = np.unique(cur[drop])
         self._history.append((box, cur.copy(), grid_undo))
         cur[drop] = 0
-        name = self.labels.by_value(int(values[0])).name if values.size == 1 else ", ".join(self.labels.by_value(int(v)).name for v in values)
-        return ClickResult(
-            "removed",
-            organ=name if values.size == 1 else None,
-            value=int(values[0]) if values.size == 1 else 0,
-            labels=self._crop_image(box),
-            offset=tuple(int(v) for v in a),  # type: ignore[arg-type]
-            seconds=time.perf_counter() - t0,
-            windows=counter[0],
-            index=idx,
-            positive=False,
-            message=f"{name}: removed {int(drop.sum())} voxels (corrected by the click)",
-            voxels=int(drop.sum()),
-        )
+        return self._removed(idx, box, values, int(drop.sum()), t0, windows=counter[0], how=" (corrected by the click)")
 
     def _remove(self, idx: tuple[int, int, int], t0: float) -> ClickResult:
         kji = idx[::-1]
@@ -878,18 +862,24 @@ class InteractiveSession:
         cur = self._state[box]
         self._history.append((box, cur.copy(), None))
         cur[comp] = 0
-        name = self.labels.by_value(value).name
+        return self._removed(idx, box, np.array([value]), int(comp.sum()), t0)
+
+    def _removed(self, idx, box: tuple[slice, ...], values: np.ndarray, count: int, t0: float, *, windows: int = 0, how: str = "") -> ClickResult:
+        """The ClickResult of a negative click that cleared ``count`` voxels of the organs ``values`` inside ``box``."""
+        one = values.size == 1
+        name = ", ".join(self.labels.by_value(int(v)).name for v in values)
         return ClickResult(
             "removed",
-            organ=name,
-            value=value,
+            organ=name if one else None,
+            value=int(values[0]) if one else 0,
             labels=self._crop_image(box),
-            offset=tuple(s.start for s in box[::-1]),  # type: ignore[arg-type]
+            offset=tuple(int(s.start) for s in box[::-1]),  # type: ignore[arg-type]
             seconds=time.perf_counter() - t0,
+            windows=windows,
             index=idx,
             positive=False,
-            message=f"{name}: removed {int(comp.sum())} voxels",
-            voxels=int(comp.sum()),
+            message=f"{name}: removed {count} voxels{how}",
+            voxels=count,
         )
 
     def _crop_image(self, box: tuple[slice, ...]) -> sitk.Image:
@@ -914,12 +904,7 @@ class InteractiveSession:
             return ClickResult("unchanged", message="nothing to undo", seconds=time.perf_counter() - t0)
         box, prev, grid_undo = self._history.pop()
         self._state[box] = prev
-        if grid_undo is not None:  # a guided correction: its model-grid labels and its guidance click go too
-            gbox, gprev = grid_undo
-            with self._lock:
-                self._grid_labels[gbox] = gprev
-                if self._guide:
-                    self._guide.pop()
+        self._undo_grid(grid_undo)  # a guided correction: its model-grid labels and its guidance click go too
         return ClickResult(
             "undone",
             labels=self._crop_image(box),
