@@ -859,6 +859,10 @@ class WebController:
 
         return bool(self._run(go))
 
+    def _update_click(self, **changes: Any) -> None:
+        """Change fields of the click card's state (a new dict, so that trame sends the change)."""
+        self.state["click"] = {**self.state["click"], **changes}
+
     def place_clicks(self, placing: bool) -> None:
         """Turn placing clicks in the slice views on or off."""
         tool = self.click_tool
@@ -867,13 +871,13 @@ class WebController:
         else:
             self.viewer.stop_placing()
             placing = False
-        self.state["click"] = {**self.state["click"], "placing": bool(placing)}
+        self._update_click(placing=bool(placing))
 
     def set_click_positive(self, positive: bool) -> None:
         """``True``: a click selects the organ under it; ``False``: it removes the selected blob under it."""
         if self.click_tool is not None:
             self.click_tool.positive = bool(positive)
-        self.state["click"] = {**self.state["click"], "positive": bool(positive)}
+        self._update_click(positive=bool(positive))
 
     def set_click_organ(self, organ: str | None) -> None:
         """The organ a positive click grows (select mode) or corrects (a click-guidance model); "" or None: select."""
@@ -888,9 +892,9 @@ class WebController:
     def undo_click(self) -> bool:
         """Restore the segments as they were before the last click."""
         if self.click_tool is None or not self.click_tool.undo():
-            self.state["click"] = {**self.state["click"], "message": "nothing to undo"}
+            self._update_click(message="nothing to undo")
             return False
-        self.state["click"] = {**self.state["click"], "message": "undone"}
+        self._update_click(message="undone")
         self.refresh_segments()
         return True
 
@@ -903,12 +907,12 @@ class WebController:
             self.state["click"] = {**CLICK_IDLE, "message": "click session ended"}
 
     def _on_click_progress(self, update: Any) -> None:
-        self.state["click"] = {**self.state["click"], "message": f"{update.message} ({100 * update.fraction:.0f} %)"}
+        self._update_click(message=f"{update.message} ({100 * update.fraction:.0f} %)")
 
     def _on_click_outcome(self, outcome: Any) -> None:
         status = "failed" if outcome.status == "failed" else "ready"
         answers = self.state["click"]["answers"] + (outcome.clickId is not None and outcome.status not in ("opened", "failed"))
-        self.state["click"] = {**self.state["click"], "status": status, "message": outcome.describe(), "answers": int(answers)}
+        self._update_click(status=status, message=outcome.describe(), answers=int(answers))
         tool = self.click_tool
         if tool is None:
             return
