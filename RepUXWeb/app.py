@@ -127,6 +127,14 @@ def tid(name: str) -> list[str]:
     return [f'data-testid="{name}"']
 
 
+def tool_button(label: str, click: Any, test_id: str, *, disabled: Any = None, size: str = "x-small", classes: str = "mr-1 mb-1", **props: Any) -> Any:
+    """One of the panel's small tonal buttons, with its test id (``props`` add or override Vuetify properties)."""
+    kw: dict[str, Any] = {"size": size, "variant": "tonal", "classes": classes, "click": click, "raw_attrs": tid(test_id)}
+    if disabled is not None:
+        kw["disabled"] = disabled
+    return v3.VBtn(label, **{**kw, **props})
+
+
 def chart_svg(chart: dict[str, list], width: int = 380, height: int = 150) -> str:
     """Loss (orange, scaled to its maximum) and mean validation Dice (green, 0..1) against iteration, as SVG."""
     loss, dice = chart.get("loss", []), chart.get("dice", [])
@@ -493,15 +501,7 @@ class RepuxWebApp(TrameApp):
                 click=lambda: self._call(self.controller.start_segmentation),
                 raw_attrs=tid("segment-start"),
             )
-            v3.VBtn(
-                "Cancel",
-                size="small",
-                variant="tonal",
-                classes="ml-2",
-                disabled=(f"!{s}busy",),
-                click=lambda: self._call(self.controller.cancel),
-                raw_attrs=tid("segment-cancel"),
-            )
+            tool_button("Cancel", lambda: self._call(self.controller.cancel), "segment-cancel", disabled=(f"!{s}busy",), size="small", classes="ml-2")
             html.Span("{{ rx_progress.stage }}", classes="ml-2 text-caption", raw_attrs=tid("segment-stage"))
             html.Span("{{ rx_progress.eta }}", classes="ml-2 text-caption", raw_attrs=tid("segment-eta"))
         v3.VProgressLinear(
@@ -518,52 +518,23 @@ class RepuxWebApp(TrameApp):
         s = PREFIX
         html.Div("Click to segment", classes="text-caption font-weight-bold mt-2")
         with html.Div(classes="d-flex flex-wrap align-center"):
-            v3.VBtn(
-                "Initialize",
-                size="x-small",
-                variant="tonal",
-                classes="mr-1 mb-1",
-                disabled=(f"!{s}volume_id || !{s}model",),
-                click=lambda: self._call(self.controller.start_clicks),
-                raw_attrs=tid("click-start"),
-            )
-            v3.VBtn(
+            tool_button("Initialize", lambda: self._call(self.controller.start_clicks), "click-start", disabled=(f"!{s}volume_id || !{s}model",))
+            tool_button(
                 "Place",
-                size="x-small",
+                lambda: self._call(self.controller.place_clicks, not self.controller.state["click"]["placing"]),
+                "click-place",
+                disabled=(f"{s}click.status === 'off' || {s}click.status === 'failed'",),
                 variant=(f"{s}click.placing ? 'flat' : 'tonal'",),
                 color=(f"{s}click.placing ? 'primary' : undefined",),
-                classes="mr-1 mb-1",
-                disabled=(f"{s}click.status === 'off' || {s}click.status === 'failed'",),
-                click=lambda: self._call(self.controller.place_clicks, not self.controller.state["click"]["placing"]),
-                raw_attrs=tid("click-place"),
             )
-            v3.VBtn(
+            tool_button(
                 "{{ rx_click.positive ? '+ organ' : '- remove' }}",
-                size="x-small",
-                variant="tonal",
-                classes="mr-1 mb-1",
+                lambda: self._call(self.controller.set_click_positive, not self.controller.state["click"]["positive"]),
+                "click-polarity",
                 disabled=(f"{s}click.status === 'off'",),
-                click=lambda: self._call(self.controller.set_click_positive, not self.controller.state["click"]["positive"]),
-                raw_attrs=tid("click-polarity"),
             )
-            v3.VBtn(
-                "Undo",
-                size="x-small",
-                variant="tonal",
-                classes="mr-1 mb-1",
-                disabled=(f"{s}click.status === 'off'",),
-                click=lambda: self._call(self.controller.undo_click),
-                raw_attrs=tid("click-undo"),
-            )
-            v3.VBtn(
-                "End",
-                size="x-small",
-                variant="tonal",
-                classes="mr-1 mb-1",
-                disabled=(f"{s}click.status === 'off'",),
-                click=lambda: self._call(self.controller.stop_clicks),
-                raw_attrs=tid("click-stop"),
-            )
+            tool_button("Undo", lambda: self._call(self.controller.undo_click), "click-undo", disabled=(f"{s}click.status === 'off'",))
+            tool_button("End", lambda: self._call(self.controller.stop_clicks), "click-stop", disabled=(f"{s}click.status === 'off'",))
         v3.VSelect(
             label="Positive click: the organ under it, or grow / correct",
             v_model=(f"{s}click_organ",),
@@ -585,17 +556,9 @@ class RepuxWebApp(TrameApp):
         self._section("3. Edit (Slicer segment editor)")
         with html.Div(classes="d-flex flex-wrap"):
             for key, (label, _) in EFFECTS.items():
-                v3.VBtn(
-                    label,
-                    size="x-small",
-                    variant="tonal",
-                    classes="mr-1 mb-1",
-                    disabled=(f"!{s}segmentation_id",),
-                    click=(self.set_effect, f"['{key}']"),
-                    raw_attrs=tid(f"effect-{key}"),
-                )
-            v3.VBtn("Undo", size="x-small", variant="tonal", classes="mr-1 mb-1", click=self.undo, raw_attrs=tid("edit-undo"))
-            v3.VBtn("Redo", size="x-small", variant="tonal", classes="mr-1 mb-1", click=self.redo, raw_attrs=tid("edit-redo"))
+                tool_button(label, (self.set_effect, f"['{key}']"), f"effect-{key}", disabled=(f"!{s}segmentation_id",))
+            tool_button("Undo", self.undo, "edit-undo")
+            tool_button("Redo", self.redo, "edit-redo")
         with v3.VTable(density="compact", raw_attrs=tid("segment-table")):
             with html.Tbody():
                 with html.Tr(v_for="g in rx_segments", key="g.id", raw_attrs=[':data-testid="`segment-row-${g.name}`"']):
@@ -688,23 +651,16 @@ class RepuxWebApp(TrameApp):
                 click=lambda: self._call(self.controller.start_finetune),
                 raw_attrs=tid("train-start"),
             )
-            v3.VBtn(
+            tool_button(
                 "Stop",
-                size="small",
-                variant="tonal",
-                classes="ml-1",
+                lambda: self._call(self.controller.stop_finetune),
+                "train-stop",
                 disabled=(f"{s}train.status !== 'running'",),
-                click=lambda: self._call(self.controller.stop_finetune),
-                raw_attrs=tid("train-stop"),
-            )
-            v3.VBtn(
-                "Resume",
                 size="small",
-                variant="tonal",
                 classes="ml-1",
-                disabled=(f"!{s}train.can_resume",),
-                click=lambda: self._call(self.controller.resume_finetune),
-                raw_attrs=tid("train-resume"),
+            )
+            tool_button(
+                "Resume", lambda: self._call(self.controller.resume_finetune), "train-resume", disabled=(f"!{s}train.can_resume",), size="small", classes="ml-1"
             )
         html.Div(
             "{{ rx_train.status }} {{ rx_train.model_id }} - iteration {{ rx_train.iteration }}/{{ rx_train.max_iterations }}"
