@@ -96,7 +96,8 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
         "--interactive",
         action="store_true",
         help="train click-guidance input channels with simulated clicks (one heatmap per class; new weights start at zero, so without "
-        "clicks the network is the automatic one): clicks on about half of the iterations, drawn from the current prediction's errors",
+        "clicks the network is the automatic one): clicks on about half of the iterations, drawn from the current prediction's errors; "
+        "clicks recorded with curated cases (RepUX Trainer) are placed first",
     )
     c.add_argument("--max-clicks", type=click_limit, default=10, help="most simulated clicks per training crop with --interactive (default: 10)")
     h = add_device_options(p, algorithm=False)

@@ -52,6 +52,21 @@ class Case:
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def recorded_clicks(self) -> list[list[float]]:
+        """RAS points (mm) of the clicks recorded with the case: meta ``"clicks"`` (``{class name: [{"ras": [R, A, S],
+        "positive": ..., "organ": ...}, ...]}``, written by RepUX Trainer from the segments' click tags); malformed
+        entries are left out."""
+        out: list[list[float]] = []
+        raw = self.meta.get("clicks")
+        if not isinstance(raw, dict):
+            return out
+        for entries in raw.values():
+            for c in entries if isinstance(entries, list) else []:
+                ras = c.get("ras") if isinstance(c, dict) else None
+                if isinstance(ras, list) and len(ras) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ras):
+                    out.append([float(v) for v in ras])
+        return out
+
     def to_dict(self, root: Path) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "image": _rel(self.image, root), "label": _rel(self.label, root)}
         if self.split:

@@ -41,7 +41,7 @@ from repux.models.folder import ModelCard, save_model
 from repux.progress import CancelToken, ProgressCallback, ProgressTracker
 from repux.training.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from repux.training.distributed import Distributed, ranks_agree
-from repux.training.transforms import AUGMENTATIONS, CROP_SAMPLING, deterministic_transforms, random_transforms
+from repux.training.transforms import AUGMENTATIONS, CLICK_RAS_KEY, CLICKS_KEY, CROP_SAMPLING, click_indices, deterministic_transforms, random_transforms
 
 __all__ = ["KERNEL_MODES", "TrainConfig", "TrainResult", "adapt_output_head", "parse_duration", "plan_labels", "train"]
 
@@ -244,11 +244,23 @@ def _make_datasets(train_cases, val_cases, cfg: TrainConfig, labels: LabelSet, v
     from monai.data import CacheDataset, Dataset, PersistentDataset
     from monai.transforms import Compose
 
+    recorded = [c.recorded_clicks() for c in train_cases] if cfg.interactive else []
+    clicks = any(recorded)
+    if clicks:
+        logger.info(
+            "%d of %d training cases carry %d recorded clicks: interactive iterations place those in the crop first, then simulated ones",
+            sum(1 for r in recorded if r),
+            len(train_cases),
+            sum(len(r) for r in recorded),
+        )
     det = deterministic_transforms(cfg.preprocessing, value_map)
-    rand = random_transforms(cfg.roi_size, cfg.batch_size, labels, cfg.augmentation, cfg.crop_sampling)
+    rand = random_transforms(cfg.roi_size, cfg.batch_size, labels, cfg.augmentation, cfg.crop_sampling, clicks=clicks)
     train_items = [{"image": str(c.image), "label": str(c.label), "id": c.id} for c in train_cases]
+    if clicks:
+        for item, points in zip(train_items, recorded):
+            item[CLICK_RAS_KEY] = points
     val_items = [{"image": str(c.image), "label": str(c.label), "id": c.id} for c in val_cases]
-    train_t = Compose(det + rand)
+    train_t = Compose(deterministic_transforms(cfg.preprocessing, value_map, clicks=True) + rand) if clicks else Compose(det + rand)
     val_t = Compose(det)
     if cfg.cache == "memory":
         tr = CacheDataset(train_items, train_t, cache_rate=1.0, num_workers=1, progress=False)
@@ -558,7 +570,8 @@ class _Run:
             x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(self.dev).contiguous(memory_format=self.memory_format)
             y = torch.stack([torch.as_tensor(c["label"]) for c in crops]).to(self.dev)
             if self.guidance is not None:
-                x = torch.cat([x, self._guidance_input(x, y, rng)], 1).contiguous(memory_format=self.memory_format)
+                recorded = [click_indices(c[CLICKS_KEY]) for c in crops] if CLICKS_KEY in crops[0] else None
+                x = torch.cat([x, self._guidance_input(x, y, rng, recorded)], 1).contiguous(memory_format=self.memory_format)
             if self.amp is not None:
                 with torch.autocast(device_type=self.dev.type, dtype=self.amp):
                     loss = self.loss_fn(self.ddp_net(x).float(), y)
@@ -577,11 +590,13 @@ class _Run:
             raise ConfigError(f"training diverged at iteration {self.iteration} (loss {loss_value}); lower --lr or use --precision fp32.")
         return loss_value
 
-    def _guidance_input(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _guidance_input(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, recorded: list[list[Any]] | None = None) -> torch.Tensor:
         """Click heatmaps for one batch: none (zeros) or, with ``--interactive`` on about half of the iterations, 1 to
         ``max_clicks`` simulated clicks per crop drawn from the errors of the current prediction, in 1-3 rounds (one
-        no-grad forward per round, so later clicks correct what the earlier ones left)."""
-        from repux.inference.guidance import click_heatmaps, sample_clicks, sigma_voxels
+        no-grad forward per round, so later clicks correct what the earlier ones left).  ``recorded``: per crop, the
+        voxels of the clicks recorded with its case (:func:`~repux.training.transforms.click_indices`); they come
+        first, each saying the class the corrected label gives its voxel."""
+        from repux.inference.guidance import GridClick, click_heatmaps, sample_clicks, sigma_voxels
 
         cfg, g = self.cfg, self.guidance
         assert g is not None
@@ -592,7 +607,10 @@ class _Run:
         rounds = 1 + (n_clicks - 1) // 4
         sigma = sigma_voxels(g.sigma_mm, cfg.preprocessing.spacing)
         truth = y[:, 0].cpu().numpy().astype(np.uint8)
-        clicks: list[list[Any]] = [[] for _ in range(x.shape[0])]
+        clicks: list[list[Any]] = [[GridClick(i, int(truth[b][i])) for i in (recorded[b] if recorded else ())] for b in range(x.shape[0])]
+        for b in range(x.shape[0]):
+            if clicks[b]:
+                heat[b] = click_heatmaps(x.shape[2:], clicks[b], g.channels, sigma)
         placed = 0
         for r in range(rounds):
             k = math.ceil((n_clicks - placed) / (rounds - r))

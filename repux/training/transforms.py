@@ -9,6 +9,12 @@ rotations and scaling (``RandAffined``), and intensity shifts
 (``RandShiftIntensityd``).  Flips along the left-right axis are left out when
 the label set has sided organs (a flipped right kidney would become a left
 one).
+
+Clicks recorded with a case (RAS points, item key ``click_ras``) are rendered
+into a ``clicks`` volume on the model grid at load (through the grid image's
+own geometry) and travel through the same crops, flips and affine transforms as
+the label (nearest neighbour), so that :func:`click_indices` finds them in a
+training crop where they were placed on the patient.
 """
 
 from __future__ import annotations
@@ -50,6 +56,52 @@ def _above(x: Any, threshold: float) -> Any:
     return x > threshold
 
 
+#: a training item's recorded clicks (a list of RAS points, mm, in the image file's own RAS space)
+CLICK_RAS_KEY = "click_ras"
+#: the volume the recorded clicks are rendered into (``(1, x, y, z)`` uint8; click n marks value n)
+CLICKS_KEY = "clicks"
+#: most recorded clicks rendered per case (one uint8 value each)
+MAX_RECORDED_CLICKS = 255
+
+
+def render_clicks(points_ras: Any, grid_image: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``(1, x, y, z)`` uint8: recorded click n (1-based) marks the 3x3x3 voxels of the model grid around its point.
+
+    The cube (not one voxel) survives the nearest-neighbour resampling of the random affine; points outside the grid
+    (or malformed) are dropped.  :func:`click_indices` reads the clicks back after cropping and augmentation.
+    """
+    vol = np.zeros(tuple(int(n) for n in shape), np.uint8)
+    n = 0
+    for ras in list(points_ras or [])[:MAX_RECORDED_CLICKS]:
+        try:
+            lps = (-float(ras[0]), -float(ras[1]), float(ras[2]))
+        except (TypeError, ValueError, IndexError):
+            continue
+        if not all(math.isfinite(v) for v in lps):
+            continue
+        idx = np.round(grid_image.TransformPhysicalPointToContinuousIndex(lps)).astype(int)
+        if (idx < 0).any() or (idx >= vol.shape).any():
+            continue
+        n += 1
+        vol[tuple(slice(int(max(i - 1, 0)), int(i + 2)) for i in idx)] = n
+    return vol[None]
+
+
+def click_indices(volume: Any) -> list[tuple[int, int, int]]:
+    """The voxels of the recorded clicks in a (cropped, augmented) ``clicks`` volume: per click still in it, the
+    rounded mean position of its voxels, in array axes (``(x, y, z)``)."""
+    from scipy import ndimage
+
+    v = np.asarray(volume)
+    v = v[0] if v.ndim == 4 else v
+    ids = np.unique(v)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return []
+    centres = ndimage.center_of_mass(np.ones(v.shape, np.uint8), v, ids)
+    return [tuple(int(round(c)) for c in centre) for centre in centres]  # type: ignore[misc]
+
+
 class LoadModelGridd(MapTransform):
     """Read ``image`` and ``label`` paths and bring both onto the model grid.
 
@@ -57,7 +109,8 @@ class LoadModelGridd(MapTransform):
     inference preprocessing); the label is resampled with nearest neighbour
     onto the image's model grid and its file values are mapped to training
     values with ``value_map`` (values not in the map raise, naming them).
-    Output arrays are channel-first ``(1, x, y, z)``.
+    Output arrays are channel-first ``(1, x, y, z)``.  An item with :data:`CLICK_RAS_KEY` gets a
+    :data:`CLICKS_KEY` volume (:func:`render_clicks`).
     """
 
     def __init__(self, preprocessing: Preprocessing, value_map: Mapping[int, int] | None = None, keys: KeysCollection = ("image", "label")) -> None:
@@ -72,6 +125,8 @@ class LoadModelGridd(MapTransform):
         if "label" in d and d["label"] is not None:
             lab = label_to_model_grid(read_image(d["label"]), grid.image)
             d["label"] = self.remap(lab, str(d["label"]))[None]
+        if CLICK_RAS_KEY in d:
+            d[CLICKS_KEY] = render_clicks(d.pop(CLICK_RAS_KEY), grid.image, grid.array.shape)
         d["spacing"] = np.asarray(self.preprocessing.spacing, dtype=np.float32)
         return d
 
@@ -92,14 +147,20 @@ class LoadModelGridd(MapTransform):
         return out.astype(np.uint8)
 
 
-def deterministic_transforms(preprocessing: Preprocessing, value_map: Mapping[int, int] | None = None) -> list[Any]:
+def _spatial_keys(clicks: bool) -> list[str]:
+    return ["image", "label", CLICKS_KEY] if clicks else ["image", "label"]
+
+
+def deterministic_transforms(preprocessing: Preprocessing, value_map: Mapping[int, int] | None = None, clicks: bool = False) -> list[Any]:
+    """Load onto the model grid, crop the body, window the HU (``clicks``: the items carry recorded clicks)."""
     w = preprocessing.intensity
     margin = [int(math.ceil(preprocessing.foreground_margin_mm / s)) for s in preprocessing.spacing]
+    keys = _spatial_keys(clicks)
     chain: list[Any] = [LoadModelGridd(preprocessing, value_map)]
     if preprocessing.crop_foreground:
         chain.append(
             CropForegroundd(
-                keys=["image", "label"],
+                keys=keys,
                 source_key="image",
                 select_fn=functools.partial(_above, threshold=preprocessing.foreground_threshold),
                 margin=margin,
@@ -108,7 +169,7 @@ def deterministic_transforms(preprocessing: Preprocessing, value_map: Mapping[in
         )
     chain += [
         ScaleIntensityRanged(keys="image", a_min=w.a_min, a_max=w.a_max, b_min=w.b_min, b_max=w.b_max, clip=w.clip),
-        EnsureTyped(keys=["image", "label"], track_meta=False),
+        EnsureTyped(keys=keys, track_meta=False),
     ]
     return chain
 
@@ -121,21 +182,28 @@ CROP_SAMPLING = ("posneg", "classes")
 
 
 def random_transforms(
-    roi_size: tuple[int, int, int], num_samples: int, labels: LabelSet, augmentation: str = "standard", crop_sampling: str = "posneg"
+    roi_size: tuple[int, int, int],
+    num_samples: int,
+    labels: LabelSet,
+    augmentation: str = "standard",
+    crop_sampling: str = "posneg",
+    clicks: bool = False,
 ) -> list[Any]:
     """Crops and augmentations (official recipe; ``strong`` for few-case fine-tuning).
 
     ``crop_sampling="posneg"`` centres half the crops on any organ (official);
     ``"classes"`` centres crops on each class (background included) equally often,
-    which helps small organs when iterations are few.
+    which helps small organs when iterations are few.  ``clicks``: the recorded
+    clicks' volume is cropped and transformed with the label.
     """
+    keys = _spatial_keys(clicks)
     if augmentation not in AUGMENTATIONS:
         raise DatasetError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}; got {augmentation!r}.")
     if crop_sampling not in CROP_SAMPLING:
         raise DatasetError(f"crop_sampling must be one of {', '.join(CROP_SAMPLING)}; got {crop_sampling!r}.")
     if crop_sampling == "classes":
         crop: Any = RandCropByLabelClassesd(
-            keys=["image", "label"],
+            keys=keys,
             label_key="label",
             spatial_size=roi_size,
             num_classes=labels.num_classes,
@@ -146,19 +214,19 @@ def random_transforms(
         )
     else:
         crop = RandCropByPosNegLabeld(
-            keys=["image", "label"], label_key="label", spatial_size=roi_size, pos=1, neg=1, num_samples=num_samples, image_key="image", image_threshold=0
+            keys=keys, label_key="label", spatial_size=roi_size, pos=1, neg=1, num_samples=num_samples, image_key="image", image_threshold=0
         )
-    chain: list[Any] = [SpatialPadd(keys=["image", "label"], spatial_size=roi_size), crop]
+    chain: list[Any] = [SpatialPadd(keys=keys, spatial_size=roi_size), crop]
     if augmentation == "none":
         return chain
     strong = augmentation == "strong"
     flip_axes = [1, 2] if has_sided_labels(labels) else [0, 1, 2]
     for ax in flip_axes:
-        chain.append(RandFlipd(keys=["image", "label"], prob=0.2 if strong else 0.1, spatial_axis=ax))
+        chain.append(RandFlipd(keys=keys, prob=0.2 if strong else 0.1, spatial_axis=ax))
     chain.append(
         RandAffined(
-            keys=["image", "label"],
-            mode=("bilinear", "nearest"),
+            keys=keys,
+            mode=("bilinear", "nearest", "nearest") if clicks else ("bilinear", "nearest"),
             prob=0.8 if strong else 0.5,
             rotate_range=(math.pi / 18, math.pi / 18, math.pi / 12) if strong else (0, 0, math.pi / 30),
             scale_range=(0.15, 0.15, 0.15) if strong else (0.1, 0.1, 0.1),

@@ -277,8 +277,8 @@ def test_interactive_training_learns_guidance_channels(blob_dataset, tmp_path, m
     calls = []
     original = trainer_module._Run._guidance_input
 
-    def spy(self, x, y, rng):
-        heat = original(self, x, y, rng)
+    def spy(self, x, y, rng, recorded=None):
+        heat = original(self, x, y, rng, recorded)
         calls.append((tuple(heat.shape), float(heat.max())))
         return heat
 
@@ -300,3 +300,40 @@ def test_interactive_training_learns_guidance_channels(blob_dataset, tmp_path, m
     assert float(stem.detach()[:, 1:].abs().sum()) > 0  # the click weights trained away from zero
     with pytest.raises(ValueError, match="max_clicks must be an integer from 1 to 100"):
         _config(max_clicks=0)
+
+
+def test_interactive_training_places_the_recorded_clicks(blob_dataset, tmp_path, monkeypatch):
+    """Clicks recorded with a curated case (meta "clicks", RAS) reach the training crops at their organ, before the simulated ones."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from repux.training import trainer as trainer_module
+
+    manifest = blob_dataset / "repux-dataset.json"
+    data = json.loads(manifest.read_text())
+    for case in data["cases"]:
+        lab = sitk.ReadImage(str(blob_dataset / case["label"]))
+        centre = np.argwhere(sitk.GetArrayFromImage(lab) == 1).mean(0)[::-1]  # the liver's centre (i, j, k)
+        x, y, z = lab.TransformContinuousIndexToPhysicalPoint(centre.tolist())
+        case["clicks"] = {"liver": [{"ras": [-x, -y, z], "positive": True, "organ": "liver"}]}
+    manifest.write_text(json.dumps(data))
+    seen = []
+    original = trainer_module._Run._guidance_input
+
+    def spy(self, x, y, rng, recorded=None):
+        heat = original(self, x, y, rng, recorded)
+        for b, points in enumerate(recorded or []):
+            for p in points:
+                seen.append((int(y[b, 0][p]), float(heat[b, 1][p])))  # the class at the click, its liver heatmap there
+        return heat
+
+    monkeypatch.setattr(trainer_module._Run, "_guidance_input", spy)
+    train(
+        load_dataset(blob_dataset),
+        tmp_path / "model",
+        _config(interactive=True, interactive_probability=1.0, max_clicks=2, augmentation="standard"),
+        run_dir=tmp_path / "run",
+        device="cpu",
+    )
+    assert seen, "no training crop held a recorded click"
+    assert all(cls == 1 and peak == pytest.approx(1.0) for cls, peak in seen), seen
