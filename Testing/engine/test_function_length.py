@@ -24,7 +24,6 @@ ALLOWED: dict[str, str] = {
     "repux/cli/commands_infer.py::register": "argparse declarations of `repux segment` (one add_argument per option, no logic)",
     "repux/data/phantom.py::write_phantom_dataset": "writes cases, the train/val split and the manifest: not split yet",
     "repux/io/dicomseries.py::prepare_series": "the checks of a DICOM series' instances, one after another: not split yet",
-    "repux/inference/segmenter.py::Segmenter.__init__": "26 lines of keyword-only signature, then device, model loading and settings resolution: not split yet",
     "repux/io/dicomseg.py::write_dicom_seg": "one DICOM SEG dataset built attribute by attribute: not split yet",
 }
 

@@ -359,6 +359,36 @@ def entropy_map(probs: torch.Tensor) -> torch.Tensor:
     return -(p * p.log()).sum(0) / math.log(probs.shape[0])
 
 
+def resolve_settings(
+    base: InferenceSettings,
+    device: torch.device,
+    *,
+    quality: str | None = None,
+    overlap: float | None = None,
+    tta: bool | None = None,
+    roi_size: Sequence[int] | None = None,
+    sw_batch_size: int | None = None,
+) -> InferenceSettings:
+    """``base`` with the explicit choices applied: the ``quality`` preset first, then each given value; on CUDA a
+    ``sw_batch_size`` of 1 that nobody chose becomes 4."""
+    changes: dict[str, Any] = {}
+    if quality is not None:
+        if quality not in QUALITY_PRESETS:
+            raise ConfigError(f"quality must be one of {', '.join(QUALITY_PRESETS)}; got {quality!r}.")
+        changes.update(QUALITY_PRESETS[quality])
+    if overlap is not None:
+        changes["overlap"] = overlap
+    if tta is not None:
+        changes["tta"] = tta
+    if roi_size is not None:
+        changes["roi_size"] = tuple(roi_size)
+    if sw_batch_size is not None:
+        changes["sw_batch_size"] = sw_batch_size
+    elif device.type == "cuda" and base.sw_batch_size == 1:
+        changes["sw_batch_size"] = 4
+    return replace(base, **changes) if changes else base
+
+
 class Segmenter:
     """A loaded model plus settings, ready to segment volumes.
 
@@ -407,34 +437,14 @@ class Segmenter:
         fold_batchnorm: bool = True,
         organs: Sequence[str] | str | None = None,
     ) -> None:
-        self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            self.threads = set_threads(threads)
-        else:
-            self.threads = threads or torch.get_num_threads()
-            if self.device.type == "cuda":
-                torch.backends.cuda.matmul.allow_tf32 = True
-                torch.backends.cudnn.allow_tf32 = True
-                torch.backends.cudnn.benchmark = True
-        self.amp_dtype = autocast_dtype(self.device, precision)
-        self.precision = precision
+        self._setup_device(device, threads, precision)
         self.card: ModelCard | None = None
         self.net: torch.nn.Module | None = None
         self.guidance = None  # repux.config.Guidance of a click-guidance model: Apply feeds it all-zero heatmaps
         if predictor is None:
             if model is None:
                 raise ConfigError("Segmenter needs a model (installed id or folder) or a predictor.")
-            from repux.models.folder import load_model
-            from repux.models.store import resolve_model
-
-            card = model if isinstance(model, ModelCard) else resolve_model(model)
-            net, card = load_model(card, device="cpu", algorithm=algorithm)
-            net.reparameterize(fold_batchnorm=fold_batchnorm)
-            if channels_last:
-                net = net.to(memory_format=torch.channels_last_3d)
-            self.net = net.to(self.device)
-            self.card = card
-            self._predict_net: Predictor = torch.compile(self.net) if compile else self.net
+            card = self._load_network(model, algorithm, fold_batchnorm, channels_last, compile)
             self.labels = labels or card.labels
             self.preprocessing = preprocessing or card.preprocessing
             base = card.inference
@@ -446,24 +456,9 @@ class Segmenter:
             self.labels = labels
             self.preprocessing = preprocessing
             base = settings or InferenceSettings()
-        if settings is not None:
-            base = settings
-        changes: dict[str, Any] = {}
-        if quality is not None:
-            if quality not in QUALITY_PRESETS:
-                raise ConfigError(f"quality must be one of {', '.join(QUALITY_PRESETS)}; got {quality!r}.")
-            changes.update(QUALITY_PRESETS[quality])
-        if overlap is not None:
-            changes["overlap"] = overlap
-        if tta is not None:
-            changes["tta"] = tta
-        if roi_size is not None:
-            changes["roi_size"] = tuple(roi_size)
-        if sw_batch_size is not None:
-            changes["sw_batch_size"] = sw_batch_size
-        elif self.device.type == "cuda" and base.sw_batch_size == 1:
-            changes["sw_batch_size"] = 4
-        self.settings = replace(base, **changes) if changes else base
+        self.settings = resolve_settings(
+            settings or base, self.device, quality=quality, overlap=overlap, tta=tta, roi_size=roi_size, sw_batch_size=sw_batch_size
+        )
         if crop_foreground is not None:
             self.preprocessing = replace(self.preprocessing, crop_foreground=crop_foreground)
         self.model_labels = self.labels
@@ -473,6 +468,35 @@ class Segmenter:
         self.uncertainty = uncertainty
         self.max_voxels = max_voxels
         self.fallbacks: list[str] = []
+
+    def _setup_device(self, device: str, threads: int | None, precision: str) -> None:
+        """The device, its thread count (CPU) or TF32/cuDNN autotuning (CUDA), and the autocast dtype."""
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            self.threads = set_threads(threads)
+        else:
+            self.threads = threads or torch.get_num_threads()
+            if self.device.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+                torch.backends.cudnn.benchmark = True
+        self.amp_dtype = autocast_dtype(self.device, precision)
+        self.precision = precision
+
+    def _load_network(self, model: str | Path | ModelCard, algorithm: str, fold_batchnorm: bool, channels_last: bool, compile: bool) -> ModelCard:
+        """Load ``model`` in its inference form (re-parameterized) onto the device; returns its card."""
+        from repux.models.folder import load_model
+        from repux.models.store import resolve_model
+
+        card = model if isinstance(model, ModelCard) else resolve_model(model)
+        net, card = load_model(card, device="cpu", algorithm=algorithm)
+        net.reparameterize(fold_batchnorm=fold_batchnorm)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last_3d)
+        self.net = net.to(self.device)
+        self.card = card
+        self._predict_net: Predictor = torch.compile(self.net) if compile else self.net
+        return card
 
     # ------------------------------------------------------------------ helpers
     def _network_call(self, x: torch.Tensor) -> torch.Tensor:
