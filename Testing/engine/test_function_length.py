@@ -22,8 +22,6 @@ ALLOWED: dict[str, str] = {
     "repux/data/phantom.py::_Anatomy.__init__": "the seeded draws of a phantom's anatomy, in an order the datasets depend on",
     "repux/cli/commands_session.py::cmd_session": "the JSON-lines session loop and its nested command handlers: not split yet",
     "repux/cli/commands_infer.py::register": "argparse declarations of `repux segment` (one add_argument per option, no logic)",
-    "repux/data/phantom.py::write_phantom_dataset": "writes cases, the train/val split and the manifest: not split yet",
-    "repux/io/dicomseries.py::prepare_series": "the checks of a DICOM series' instances, one after another: not split yet",
     "repux/io/dicomseg.py::write_dicom_seg": "one DICOM SEG dataset built attribute by attribute: not split yet",
 }
 

@@ -1305,6 +1305,32 @@ def generate_phantom(
     return Phantom(image, labels, seed, meta)
 
 
+def _check_dataset_arguments(n: Any, seed: Any, val_fraction: Any, orientation: str, spacing: Any, label_set: LabelSet) -> tuple[int, int, float, str, Any]:
+    """The checked ``(n, seed, val_fraction, orientation, spacing)`` of :func:`write_phantom_dataset` (ConfigError naming
+    the argument otherwise); warns about labels of ``label_set`` that no phantom structure draws."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 1:
+        raise ConfigError(f"n must be an integer >= 1 (number of phantoms); got {n!r}.")
+    n = int(n)
+    seed = _check_seed(seed)
+    try:
+        vf = float(val_fraction)
+    except (TypeError, ValueError):
+        raise ConfigError(f"val_fraction must be a number with 0 <= val_fraction < 1; got {val_fraction!r}.") from None
+    if not (0.0 <= vf < 1.0):
+        raise ConfigError(f"val_fraction must be a number with 0 <= val_fraction < 1; got {val_fraction!r}.")
+    orientation = _check_orientation(orientation)
+    if spacing is not None:
+        spacing = _check_triple(spacing, "spacing", 0.1, 50.0)
+    lut = _structure_lut(label_set)
+    matched = {int(v) for v in lut if v}
+    if not matched:
+        raise ConfigError(f"label_set {label_set.name!r} ({', '.join(label_set.names)}) names no phantom structure; phantoms draw: {', '.join(STRUCTURES)}.")
+    missing = [lab.name for lab in label_set if lab.value not in matched]
+    if missing:
+        logger.warning("label_set %r: %s not drawn by the phantom; these labels stay empty.", label_set.name, ", ".join(missing))
+    return n, seed, vf, orientation, spacing
+
+
 def write_phantom_dataset(
     out_dir: str | Path,
     n: int,
@@ -1346,27 +1372,7 @@ def write_phantom_dataset(
         ConfigError: an argument is out of range or ``label_set`` names no phantom structure.
         Cancelled: ``cancel`` was set.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 1:
-        raise ConfigError(f"n must be an integer >= 1 (number of phantoms); got {n!r}.")
-    n = int(n)
-    seed = _check_seed(seed)
-    try:
-        vf = float(val_fraction)
-    except (TypeError, ValueError):
-        raise ConfigError(f"val_fraction must be a number with 0 <= val_fraction < 1; got {val_fraction!r}.") from None
-    if not (0.0 <= vf < 1.0):
-        raise ConfigError(f"val_fraction must be a number with 0 <= val_fraction < 1; got {val_fraction!r}.")
-    orientation = _check_orientation(orientation)
-    if spacing is not None:
-        spacing = _check_triple(spacing, "spacing", 0.1, 50.0)
-    lut = _structure_lut(label_set)
-    matched = {int(v) for v in lut if v}
-    if not matched:
-        raise ConfigError(f"label_set {label_set.name!r} ({', '.join(label_set.names)}) names no phantom structure; phantoms draw: {', '.join(STRUCTURES)}.")
-    missing = [lab.name for lab in label_set if lab.value not in matched]
-    if missing:
-        logger.warning("label_set %r: %s not drawn by the phantom; these labels stay empty.", label_set.name, ", ".join(missing))
-
+    n, seed, vf, orientation, spacing = _check_dataset_arguments(n, seed, val_fraction, orientation, spacing, label_set)
     root = Path(out_dir)
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
     (root / "labelsTr").mkdir(parents=True, exist_ok=True)

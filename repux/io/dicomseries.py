@@ -258,30 +258,7 @@ def prepare_series(series: DicomSeries) -> DicomSeries:
     """
     name = series.name
     notes: list[str] = []
-    seen: dict[str, str] = {}
-    kept: list[DicomInstance] = []
-    duplicates = []
-    for inst in sorted(series.instances, key=lambda i: i.path):
-        if inst.sop_instance_uid and inst.sop_instance_uid in seen:
-            duplicates.append(inst.path)
-            continue
-        if inst.sop_instance_uid:
-            seen[inst.sop_instance_uid] = inst.path
-        kept.append(inst)
-    if duplicates:
-        notes.append(f"dropped {len(duplicates)} duplicate instance(s) (same SOP Instance UID as another file): {', '.join(Path(p).name for p in duplicates[:5])}")
-    images = [i for i in kept if i.is_image]
-    if not images:
-        raise InputImageError(f"DICOM series {name} holds no image (modality {kept[0].modality if kept else '?'}); choose a CT series.")
-    skipped = [
-        i for i in images if i.sop_class_uid in SECONDARY_CAPTURE_SOP_CLASSES or NON_VOLUME_IMAGE_TYPES & set(i.image_type)
-    ]
-    if skipped:
-        kinds = sorted({"secondary capture" if i.sop_class_uid in SECONDARY_CAPTURE_SOP_CLASSES else "localizer" for i in skipped})
-        notes.append(f"skipped {len(skipped)} {' and '.join(kinds)} image(s) by Image Type/SOP Class: {', '.join(Path(i.path).name for i in skipped[:5])}")
-        images = [i for i in images if i not in skipped]
-    if not images:
-        raise InputImageError(f"DICOM series {name} holds only localizer/secondary-capture images; choose the CT series (--series-uid).")
+    images = _volume_images(_drop_duplicates(series.instances, notes), name, notes)
     multi = [i for i in images if i.frames > 1]
     if multi:
         chosen = max(multi, key=lambda i: i.frames)
@@ -291,7 +268,50 @@ def prepare_series(series: DicomSeries) -> DicomSeries:
         series.files, series.notes, series.multiframe = [chosen.path], notes, True
         _log_notes(series)
         return series
-    # the majority orientation and matrix: a coronal scout or a stray reformat inside an axial series is left out
+    images, major = _majority_geometry(images, notes)
+    if major[0] is not None and all(i.position is not None for i in images):
+        images = _slices_in_order(images, name)
+    # else: no geometry tags: leave the order to ITK
+    series.files, series.notes = [i.path for i in images], notes
+    _log_notes(series)
+    return series
+
+
+def _drop_duplicates(instances: Iterable[DicomInstance], notes: list[str]) -> list[DicomInstance]:
+    """The instances in path order without repeated SOP Instance UIDs (a copied file); notes what was dropped."""
+    seen: dict[str, str] = {}
+    kept: list[DicomInstance] = []
+    duplicates = []
+    for inst in sorted(instances, key=lambda i: i.path):
+        if inst.sop_instance_uid and inst.sop_instance_uid in seen:
+            duplicates.append(inst.path)
+            continue
+        if inst.sop_instance_uid:
+            seen[inst.sop_instance_uid] = inst.path
+        kept.append(inst)
+    if duplicates:
+        notes.append(f"dropped {len(duplicates)} duplicate instance(s) (same SOP Instance UID as another file): {', '.join(Path(p).name for p in duplicates[:5])}")
+    return kept
+
+
+def _volume_images(kept: list[DicomInstance], name: str, notes: list[str]) -> list[DicomInstance]:
+    """The images among ``kept`` that can make a volume: no localizer or secondary capture (noted); raises when none."""
+    images = [i for i in kept if i.is_image]
+    if not images:
+        raise InputImageError(f"DICOM series {name} holds no image (modality {kept[0].modality if kept else '?'}); choose a CT series.")
+    skipped = [i for i in images if i.sop_class_uid in SECONDARY_CAPTURE_SOP_CLASSES or NON_VOLUME_IMAGE_TYPES & set(i.image_type)]
+    if skipped:
+        kinds = sorted({"secondary capture" if i.sop_class_uid in SECONDARY_CAPTURE_SOP_CLASSES else "localizer" for i in skipped})
+        notes.append(f"skipped {len(skipped)} {' and '.join(kinds)} image(s) by Image Type/SOP Class: {', '.join(Path(i.path).name for i in skipped[:5])}")
+        images = [i for i in images if i not in skipped]
+    if not images:
+        raise InputImageError(f"DICOM series {name} holds only localizer/secondary-capture images; choose the CT series (--series-uid).")
+    return images
+
+
+def _majority_geometry(images: list[DicomInstance], notes: list[str]) -> tuple[list[DicomInstance], Any]:
+    """The images of the majority orientation and matrix (a coronal scout or a stray reformat inside an axial series is
+    left out, noted) and that ``(orientation key, rows, columns)``."""
     counts: dict[Any, int] = {}
     for i in images:
         k = (_orientation_key(i.orientation), i.rows, i.columns)
@@ -304,10 +324,11 @@ def prepare_series(series: DicomSeries) -> DicomSeries:
             + ", ".join(Path(i.path).name for i in off[:5])
         )
         images = [i for i in images if i not in off]
-    if major[0] is None or any(i.position is None for i in images):
-        series.files, series.notes = [i.path for i in images], notes  # no geometry tags: leave it to ITK
-        _log_notes(series)
-        return series
+    return images, major
+
+
+def _slices_in_order(images: list[DicomInstance], name: str) -> list[DicomInstance]:
+    """The slices sorted along their normal; raises for a gantry tilt, two slices at one position or irregular spacing."""
     iop = np.asarray(images[0].orientation)
     normal = np.cross(iop[:3], iop[3:6])
     pos = np.asarray([i.position for i in images])
@@ -341,9 +362,7 @@ def prepare_series(series: DicomSeries) -> DicomSeries:
                     f"DICOM series {name} has irregular slice spacing ({steps.min():.2f} to {steps.max():.2f} mm; a step of {steps[i]:.2f} mm after slice {i + 1} of {len(images)}): "
                     "slices are missing or acquisitions are mixed. Load it in 3D Slicer (which can regularize the geometry) and export a volume, or remove the stray slices."
                 )
-    series.files, series.notes = [i.path for i in images], notes
-    _log_notes(series)
-    return series
+    return images
 
 
 _logged: set[tuple[str, str]] = set()
