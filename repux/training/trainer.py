@@ -253,15 +253,13 @@ def _make_datasets(train_cases, val_cases, cfg: TrainConfig, labels: LabelSet, v
             len(train_cases),
             sum(len(r) for r in recorded),
         )
-    det = deterministic_transforms(cfg.preprocessing, value_map)
     rand = random_transforms(cfg.roi_size, cfg.batch_size, labels, cfg.augmentation, cfg.crop_sampling, clicks=clicks)
     train_items = [{"image": str(c.image), "label": str(c.label), "id": c.id} for c in train_cases]
-    if clicks:
-        for item, points in zip(train_items, recorded):
-            item[CLICK_RAS_KEY] = points
+    for item, points in zip(train_items, recorded if clicks else ()):
+        item[CLICK_RAS_KEY] = points
     val_items = [{"image": str(c.image), "label": str(c.label), "id": c.id} for c in val_cases]
-    train_t = Compose(deterministic_transforms(cfg.preprocessing, value_map, clicks=True) + rand) if clicks else Compose(det + rand)
-    val_t = Compose(det)
+    train_t = Compose(deterministic_transforms(cfg.preprocessing, value_map, clicks=clicks) + rand)
+    val_t = Compose(deterministic_transforms(cfg.preprocessing, value_map))
     if cfg.cache == "memory":
         tr = CacheDataset(train_items, train_t, cache_rate=1.0, num_workers=1, progress=False)
         va = CacheDataset(val_items, val_t, cache_rate=1.0, num_workers=1, progress=False) if val_items else None
